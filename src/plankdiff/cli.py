@@ -1,0 +1,18 @@
+"""The `plankdiff` command: one verb per pipeline stage, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import typer
+
+from plankdiff.data.cli import app as data_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app.add_typer(data_app, name="data", help="Read, prepare, split and inspect plankton image collections.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

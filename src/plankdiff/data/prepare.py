@@ -1,0 +1,259 @@
+"""Prepare a collection once: decode every image in parallel workers into one memory-mappable
+uint8 array `[N, C, S, S]`, with a metadata table and the parameters that made it.
+
+Layout of a prepared dataset folder:
+    images.npy     uint8 [N, C, S, S]
+    meta.csv       one row per image (label, class_index, source path, sizes, capture time, …)
+    skipped.csv    every file that could not be used, with the reason
+    prepare.json   preprocessing parameters, package version, source hash, class list
+    splits/*.csv   split assignments (see `plankdiff.data.splits`)
+
+Work is written chunk by chunk into `.partial-<key>/`, so an interrupted run resumes where it
+stopped; the finished files appear only when everything is done.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from plankdiff import __version__
+from plankdiff.data.preprocess import (
+    ImageRejected,
+    PreprocessParams,
+    decode,
+    keep_scale_factor,
+    preprocess,
+)
+from plankdiff.data.sources import Collection, SourceError
+from plankdiff.data.timestamps import capture_time
+from plankdiff.progress import progress_bar
+from plankdiff.provenance import cache_root, read_json, save_npy, sha256_file, sha256_json, write_json
+
+CHUNK = 256
+FORMAT_VERSION = 1
+
+_worker_collection: Collection | None = None
+_worker_params: PreprocessParams | None = None
+
+
+def _init_worker(collection: Collection, params: PreprocessParams) -> None:
+    global _worker_collection, _worker_params
+    # A forked worker inherits the parent's open archive, whose file offset is shared: reopen.
+    collection.reopen()
+    _worker_collection, _worker_params = collection, params
+    Image.MAX_IMAGE_PIXELS = None  # sizes are checked before decoding, with a clearer message
+
+
+def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], np.ndarray]:
+    collection, params = _worker_collection, _worker_params
+    assert collection is not None and params is not None, "worker used before initialisation"
+    rows, pixels = [], np.zeros((len(indices), params.channels, params.size, params.size), np.uint8)
+    for slot, index in enumerate(indices):
+        item = collection.items[index]
+        row = {"index": index, "path": item.path, "label": item.label, "reason": ""}
+        try:
+            image = decode(collection.read_bytes(item.path))
+            orig = (item.orig_width or image.size[0], item.orig_height or image.size[1])
+            prepared = preprocess(image, params, orig_size=orig)
+        except ImageRejected as rejection:
+            row["reason"] = str(rejection)
+        except (OSError, KeyError, ValueError) as error:  # unreadable member, damaged archive entry
+            row["reason"] = f"could not read: {error}"
+        else:
+            pixels[slot] = prepared.pixels
+            row.update(
+                orig_width=orig[0],
+                orig_height=orig[1],
+                width=prepared.width,
+                height=prepared.height,
+                object_area=round(prepared.object_area, 1),
+                inverted=int(prepared.inverted),
+                clipped=int(prepared.clipped),
+            )
+        rows.append(row)
+    return chunk_id, rows, pixels
+
+
+def source_hash(collection: Collection) -> str:
+    if collection.is_archive:
+        return sha256_file(collection.source)
+    listing = []
+    for item in collection.items:
+        stat = (collection.source / item.path).stat()
+        listing.append((item.path, item.label, stat.st_size, stat.st_mtime_ns))
+    return sha256_json(listing)
+
+
+def prepared_dir(name: str) -> Path:
+    return cache_root() / "prepared" / name
+
+
+def _longest_sides(collection: Collection) -> np.ndarray:
+    sides = []
+    for item in collection.items:
+        if item.orig_width and item.orig_height:
+            sides.append(max(item.orig_width, item.orig_height))
+            continue
+        try:
+            with Image.open(io.BytesIO(collection.read_bytes(item.path))) as image:
+                sides.append(max(image.size))
+        except Exception:  # noqa: BLE001 - a file that cannot even be opened is reported later
+            continue
+    return np.asarray(sides)
+
+
+def prepare(
+    source: Path | str,
+    *,
+    name: str,
+    size: int = 32,
+    mode: str = "fit",
+    channels: int = 1,
+    normalise_polarity: bool = True,
+    keep_scale_quantile: float = 0.95,
+    workers: int | None = None,
+    out_dir: Path | None = None,
+    show_progress: bool = True,
+) -> PreparedDataset:
+    """Decode and preprocess `source` once; reuse the result when nothing it depends on changed."""
+    collection = Collection(source)
+    factor = 1.0
+    if mode == "keep-scale":
+        factor = keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
+    params = PreprocessParams(
+        size=size, mode=mode, channels=channels, normalise_polarity=normalise_polarity, scale_factor=factor
+    )
+    config = {
+        "format_version": FORMAT_VERSION,
+        "plankdiff_version": __version__,
+        "source": str(Path(source).resolve()),
+        "source_hash": source_hash(collection),
+        "n_listed": len(collection),
+        "preprocess": asdict(params),
+        "keep_scale_quantile": keep_scale_quantile if mode == "keep-scale" else None,
+    }
+    key = sha256_json({k: v for k, v in config.items() if k != "source"})
+    root = Path(out_dir) if out_dir else prepared_dir(name)
+    info_path = root / "prepare.json"
+    if info_path.exists() and read_json(info_path).get("key") == key:
+        return PreparedDataset(root)
+
+    partial = root / f".partial-{key[:12]}"
+    (partial / "chunks").mkdir(parents=True, exist_ok=True)
+    shape = (len(collection), params.channels, params.size, params.size)
+    pixels_path = partial / "pixels.npy"
+    pixels = np.lib.format.open_memmap(pixels_path, mode="r+" if pixels_path.exists() else "w+",
+                                       dtype=np.uint8, shape=shape)
+    assert pixels.shape == shape, f"{pixels_path}: stale partial array of shape {pixels.shape}, expected {shape}"
+    chunks = [list(range(i, min(i + CHUNK, len(collection)))) for i in range(0, len(collection), CHUNK)]
+    pending = [c for c in range(len(chunks)) if not (partial / "chunks" / f"{c}.csv").exists()]
+
+    workers = workers or min(os.cpu_count() or 1, 8)
+    with progress_bar(f"prepare {name}", total=len(collection), enabled=show_progress) as advance:
+        advance(len(collection) - sum(len(chunks[c]) for c in pending))
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(collection, params)) as pool:
+            futures = [pool.submit(_process_chunk, c, chunks[c]) for c in pending]
+            for future in as_completed(futures):
+                chunk_id, rows, chunk_pixels = future.result()
+                pixels[chunks[chunk_id][0] : chunks[chunk_id][-1] + 1] = chunk_pixels
+                pixels.flush()
+                table = pd.DataFrame(rows)
+                chunk_csv = partial / "chunks" / f"{chunk_id}.csv"
+                table.to_csv(chunk_csv.with_suffix(".tmp"), index=False)
+                os.replace(chunk_csv.with_suffix(".tmp"), chunk_csv)
+                advance(len(rows))
+
+    table = pd.concat([pd.read_csv(p, keep_default_na=False) for p in (partial / "chunks").glob("*.csv")])
+    table = table.sort_values("index").reset_index(drop=True)
+    skipped = table[table["reason"] != ""][["path", "label", "reason"]]
+    skipped.insert(0, "file", [f"{collection.source}::{p}" for p in skipped["path"]])
+    usable = table[table["reason"] == ""].drop(columns=["reason"]).copy()
+    if usable.empty:
+        raise SourceError(
+            f"{collection.source}: none of {len(collection)} images could be used; see the reasons above"
+            if skipped.empty
+            else f"{collection.source}: none of {len(collection)} images could be used "
+            f"(first problem: {skipped.iloc[0]['path']}: {skipped.iloc[0]['reason']})"
+        )
+    classes = sorted(usable["label"].unique())
+    usable["class_index"] = usable["label"].map({c: i for i, c in enumerate(classes)})
+    times = [capture_time(p) for p in usable["path"]]
+    usable["capture_time"] = [t.isoformat() if t else "" for t in times]
+    source_rows = usable["index"].to_numpy()
+    usable = usable.drop(columns=["index"]).reset_index(drop=True)
+
+    root.mkdir(parents=True, exist_ok=True)
+    save_npy(root / "images.npy", np.ascontiguousarray(pixels[source_rows]))
+    usable.to_csv(root / "meta.csv", index=False)
+    skipped.to_csv(root / "skipped.csv", index=False)
+    empty = [c.label for c in collection.empty_classes]
+    write_json(
+        info_path,
+        {
+            **config,
+            "key": key,
+            "name": name,
+            "n_images": len(usable),
+            "n_skipped": len(skipped),
+            "classes": classes,
+            "empty_class_folders": empty,
+        },
+    )
+    del pixels
+    shutil.rmtree(partial, ignore_errors=True)
+    return PreparedDataset(root)
+
+
+class PreparedDataset:
+    """A prepared dataset folder: pixels memory-mapped, metadata as a DataFrame."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        info_path = self.root / "prepare.json"
+        if not info_path.exists():
+            raise SourceError(f"{self.root}: not a prepared dataset (no prepare.json); run `plankdiff data prepare`")
+        self.info = read_json(info_path)
+        self.images = np.load(self.root / "images.npy", mmap_mode="r")
+        self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)
+        assert len(self.meta) == len(self.images), f"{self.root}: meta.csv and images.npy disagree in length"
+
+    @classmethod
+    def open(cls, name_or_path: str | Path) -> PreparedDataset:
+        path = Path(name_or_path)
+        return cls(path if (path / "prepare.json").exists() else prepared_dir(str(name_or_path)))
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info["classes"]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.meta["class_index"].to_numpy()
+
+    @property
+    def key(self) -> str:
+        return self.info["key"]
+
+    @property
+    def params(self) -> PreprocessParams:
+        return PreprocessParams(**self.info["preprocess"])
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        return pd.read_csv(self.root / "skipped.csv", keep_default_na=False)
+
+    def __len__(self) -> int:
+        return len(self.images)

@@ -1,0 +1,181 @@
+"""Turning one plankton crop into a fixed-size array.
+
+Plankton crops are one object on a flat background, in any orientation, and the object's
+size in pixels means something (ISIIS and SPC images are taken at a fixed magnification).
+So preprocessing (1) decodes any common mode to 8-bit, (2) makes the background dark and the
+object bright whatever the instrument, (3) pads to a square with the background value, and
+(4) either fits the square to S×S (`fit`) or keeps native pixel size on an S×S canvas,
+shrinking every image of the dataset by one common factor (`keep-scale`), so relative size
+survives.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MIN_SIDE = 2
+MAX_SIDE = 10_000
+SizeMode = Literal["fit", "keep-scale"]
+
+
+class ImageRejected(ValueError):
+    """One image that cannot be used; the message is the reason written to the skip report."""
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    size: int = 32
+    mode: SizeMode = "fit"
+    channels: int = 1
+    normalise_polarity: bool = True
+    # keep-scale: every image is multiplied by this one factor (<= 1) before pasting;
+    # objects still larger than the canvas are shrunk to fit and flagged.
+    scale_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        assert self.size >= 8, f"image size {self.size} is too small to be useful (need >= 8)"
+        assert self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"
+        assert self.mode in ("fit", "keep-scale"), f"mode must be 'fit' or 'keep-scale', got {self.mode!r}"
+        assert 0 < self.scale_factor <= 1, f"scale_factor must be in (0, 1], got {self.scale_factor}"
+
+
+@dataclass
+class Prepared:
+    pixels: np.ndarray  # uint8 [C, S, S]
+    width: int  # of the decoded file
+    height: int
+    inverted: bool
+    object_area: float  # foreground pixels, in original-resolution pixels
+    clipped: bool  # keep-scale only: the object had to be shrunk beyond the common factor
+
+
+def decode(data: bytes) -> Image.Image:
+    """Decode any supported file to an 8-bit 'L', 'RGB' image (alpha is flattened onto black)."""
+    if not data:
+        raise ImageRejected("zero-byte file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (format not recognised)") from None
+    width, height = image.size
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected(f"too small: {width}×{height} px (minimum side {MIN_SIDE})")
+    if max(width, height) > MAX_SIDE:
+        raise ImageRejected(f"too large: {width}×{height} px (maximum side {MAX_SIDE})")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(f"unreadable or truncated image data: {error}") from None
+    return _to_8bit(image)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8), "L")
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (0, 0, 0))
+        background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
+        return background
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def border_values(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+def preprocess(image: Image.Image, params: PreprocessParams, orig_size: tuple[int, int] | None = None) -> Prepared:
+    """`orig_size` is the size before any downscaling by the data's packager, for keep-scale and metadata."""
+    width, height = image.size
+    orig_w, orig_h = orig_size or (width, height)
+    target_mode = "L" if params.channels == 1 else "RGB"
+    array = np.asarray(image.convert(target_mode), dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    gray = array.mean(axis=2)
+    background = float(np.median(border_values(gray)))
+    inverted = params.normalise_polarity and background > 127.5
+    if inverted:
+        array = 255 - array
+        gray = 255.0 - gray
+        background = 255.0 - background
+    foreground = np.abs(gray - background) > 24
+    object_area = float(foreground.sum()) * (orig_w * orig_h) / (width * height)
+    fill = tuple(int(np.median(border_values(array[:, :, c]))) for c in range(array.shape[2]))
+
+    side = max(width, height)
+    square = np.empty((side, side, array.shape[2]), dtype=np.uint8)
+    square[:] = np.asarray(fill, dtype=np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top : top + height, left : left + width] = array
+    pil_mode = "L" if params.channels == 1 else "RGB"
+    square_image = Image.fromarray(square[:, :, 0] if params.channels == 1 else square, pil_mode)
+
+    clipped = False
+    if params.mode == "fit":
+        out = square_image.resize((params.size, params.size), Image.Resampling.BILINEAR)
+    else:
+        # The square's side in original pixels, times the dataset's common factor.
+        native_side = max(orig_w, orig_h) * params.scale_factor
+        target = max(1, round(native_side))
+        if target > params.size:
+            target, clipped = params.size, True
+        resized = square_image.resize((target, target), Image.Resampling.BILINEAR)
+        out = Image.new(pil_mode, (params.size, params.size), fill[0] if params.channels == 1 else fill)
+        offset = (params.size - target) // 2
+        out.paste(resized, (offset, offset))
+    pixels = np.asarray(out, dtype=np.uint8)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return Prepared(np.ascontiguousarray(pixels), width, height, inverted, object_area, clipped)
+
+
+def keep_scale_factor(longest_sides: np.ndarray, size: int, quantile: float = 0.95) -> float:
+    """One factor for the whole dataset: the `quantile` of longest sides lands exactly on the canvas."""
+    if len(longest_sides) == 0:
+        return 1.0
+    reference = float(np.quantile(np.asarray(longest_sides, dtype=np.float64), quantile))
+    return 1.0 if reference <= size else size / reference
+
+
+def log_size_features(width: np.ndarray, height: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """log of original width, height and object area: the size cue an SPC or ISIIS image carries."""
+    return np.stack([np.log1p(width), np.log1p(height), np.log1p(np.maximum(area, 0))], axis=1).astype(
+        np.float32
+    )
+
+
+def describe(params: PreprocessParams) -> str:
+    extra = f", common factor {params.scale_factor:.4g}" if params.mode == "keep-scale" else ""
+    polarity = "dark background" if params.normalise_polarity else "polarity as recorded"
+    return f"{params.size}×{params.size} {params.mode}, {params.channels} channel(s), {polarity}{extra}"
+
+
+__all__ = [
+    "ImageRejected",
+    "PreprocessParams",
+    "Prepared",
+    "decode",
+    "preprocess",
+    "keep_scale_factor",
+    "log_size_features",
+    "describe",
+]

@@ -1,0 +1,175 @@
+"""Train/val/test assignments over a prepared dataset, stored as `splits/<name>.csv`
+(columns: row, split[, target]) beside the prepared images.
+
+Kinds:
+- `long-tailed`: stratified 70/10/20 over all classes, the natural class distribution.
+- `balanced`: the same stratified assignment, keeping classes with at least `min_train` training
+  images and capping each class at `cap` training images (val/test capped in proportion).
+- `temporal`: train/val from one capture-time range, test from another; only classes with at
+  least `min_per_side` images on both sides.
+- `cross-domain`: labels mapped to shared coarse groups through a mapping file; see `mapping.py`.
+
+Rule for tiny classes: a class needs 3 images to appear in train, val and test. Classes with
+1-2 images go to train only (with a warning), so they are never silently dropped from training
+and never make a split crash.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.provenance import read_json, write_json
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+# NDSB: 71 of 121 classes have >= 60 training images at 70/10/20.
+BALANCED_MIN_TRAIN = 60
+BALANCED_CAP = 100
+
+
+@dataclass
+class Split:
+    """Row indices of a prepared dataset per split, and the label to predict for each row."""
+
+    name: str
+    rows: dict[str, np.ndarray]
+    targets: np.ndarray  # class index for every row of the dataset (-1 where not used)
+    classes: list[str]
+
+    def indices(self, split: str) -> np.ndarray:
+        return self.rows[split]
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.targets[self.rows[split]]
+
+    def to_frame(self) -> pd.DataFrame:
+        parts = [pd.DataFrame({"row": r, "split": s}) for s, r in self.rows.items()]
+        frame = pd.concat(parts).sort_values("row").reset_index(drop=True)
+        frame["target"] = frame["row"].map(lambda r: self.classes[self.targets[r]])
+        return frame
+
+    def save(self, dataset: PreparedDataset) -> Path:
+        path = dataset.root / "splits" / f"{self.name}.csv"
+        path.parent.mkdir(exist_ok=True)
+        self.to_frame().to_csv(path, index=False)
+        write_json(path.with_suffix(".json"), {"name": self.name, "classes": self.classes, **self.summary()})
+        return path
+
+    @classmethod
+    def load(cls, dataset: PreparedDataset, name: str) -> Split:
+        path = dataset.root / "splits" / f"{name}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such split; create it with `plankdiff data split`")
+        frame = pd.read_csv(path, keep_default_na=False)
+        classes = read_json(path.with_suffix(".json"))["classes"]
+        targets = np.full(len(dataset), -1, dtype=np.int64)
+        targets[frame["row"].to_numpy()] = frame["target"].map({c: i for i, c in enumerate(classes)})
+        rows = {s: frame.loc[frame["split"] == s, "row"].to_numpy() for s in SPLITS}
+        return cls(name=name, rows=rows, targets=targets, classes=classes)
+
+    def summary(self) -> dict[str, int]:
+        return {s: len(r) for s, r in self.rows.items()} | {"classes": len(self.classes)}
+
+
+def _stratify(labels: np.ndarray, candidates: np.ndarray, fractions, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    tiny = []
+    for label in np.unique(labels[candidates]):
+        members = candidates[labels[candidates] == label]
+        members = members[rng.permutation(len(members))]
+        n = len(members)
+        if n < 3:
+            tiny.append(int(label))
+            out["train"].append(members)
+            continue
+        n_test = max(1, round(fractions[2] * n)) if fractions[2] > 0 else 0
+        n_val = max(1, round(fractions[1] * n)) if fractions[1] > 0 else 0
+        out["test"].append(members[:n_test])
+        out["val"].append(members[n_test : n_test + n_val])
+        out["train"].append(members[n_test + n_val :])
+    if tiny:
+        warnings.warn(
+            f"{len(tiny)} class(es) have fewer than 3 images and go to train only: class indices {tiny}",
+            stacklevel=3,
+        )
+    return {s: np.sort(np.concatenate(v)) if v else np.array([], int) for s, v in out.items()}
+
+
+def _relabel(name: str, rows: dict[str, np.ndarray], labels: np.ndarray, names: list[str]) -> Split:
+    used = np.unique(np.concatenate(list(rows.values())))
+    kept = sorted({names[labels[r]] for r in used})
+    lookup = {c: i for i, c in enumerate(kept)}
+    targets = np.full(len(labels), -1, dtype=np.int64)
+    targets[used] = [lookup[names[labels[r]]] for r in used]
+    return Split(name=name, rows=rows, targets=targets, classes=kept)
+
+
+def long_tailed_split(dataset: PreparedDataset, *, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> Split:
+    labels = dataset.labels
+    rows = _stratify(labels, np.arange(len(labels)), fractions, seed)
+    return _relabel(f"long-tailed-s{seed}", rows, labels, dataset.classes)
+
+
+def balanced_split(
+    dataset: PreparedDataset,
+    *,
+    seed: int = 0,
+    min_train: int = BALANCED_MIN_TRAIN,
+    cap: int = BALANCED_CAP,
+    fractions=DEFAULT_FRACTIONS,
+) -> Split:
+    labels = dataset.labels
+    base = _stratify(labels, np.arange(len(labels)), fractions, seed)
+    rng = np.random.default_rng(seed + 1)
+    caps = {"train": cap, "val": round(cap * fractions[1] / fractions[0]), "test": round(cap * fractions[2] / fractions[0])}
+    train_counts = np.bincount(labels[base["train"]], minlength=len(dataset.classes))
+    keep = np.flatnonzero(train_counts >= min_train)
+    rows = {}
+    for split in SPLITS:
+        chosen = []
+        for label in keep:
+            members = base[split][labels[base[split]] == label]
+            if len(members) > caps[split]:
+                members = np.sort(rng.choice(members, caps[split], replace=False))
+            chosen.append(members)
+        rows[split] = np.sort(np.concatenate(chosen))
+    return _relabel(f"balanced-s{seed}", rows, labels, dataset.classes)
+
+
+def temporal_split(
+    dataset: PreparedDataset,
+    *,
+    train_years: tuple[int, ...],
+    test_years: tuple[int, ...],
+    min_per_side: int = 20,
+    val_fraction: float = 0.125,
+    seed: int = 0,
+) -> Split:
+    times = pd.to_datetime(dataset.meta["capture_time"].replace("", None), utc=True, errors="coerce")
+    years = times.dt.year.to_numpy()
+    labels = dataset.labels
+    known = ~np.isnan(years)
+    train_side = np.flatnonzero(known & np.isin(years, train_years))
+    test_side = np.flatnonzero(known & np.isin(years, test_years))
+    n_classes = len(dataset.classes)
+    both = np.flatnonzero(
+        (np.bincount(labels[train_side], minlength=n_classes) >= min_per_side)
+        & (np.bincount(labels[test_side], minlength=n_classes) >= min_per_side)
+    )
+    if len(both) == 0:
+        raise ValueError(
+            f"{dataset.root}: no class has {min_per_side}+ images in both {train_years} and {test_years}"
+        )
+    train_side = train_side[np.isin(labels[train_side], both)]
+    test_side = test_side[np.isin(labels[test_side], both)]
+    inner = _stratify(labels, train_side, (1 - val_fraction, val_fraction, 0.0), seed)
+    rows = {"train": inner["train"], "val": inner["val"], "test": test_side}
+    name = f"temporal-{'+'.join(map(str, train_years))}-to-{'+'.join(map(str, test_years))}-s{seed}"
+    return _relabel(name, rows, labels, dataset.classes)
