@@ -34,7 +34,9 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
         task = progress.add_task(description, total=total, status="")
 
         def advance(n: int = 1, **fields: object) -> None:
-            status = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            status = "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+            )
             progress.update(task, advance=n, **({"status": status} if fields else {}))
 
         yield advance

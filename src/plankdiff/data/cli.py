@@ -22,7 +22,9 @@ console = Console()
 @app.command("prepare")
 def prepare_command(
     source: Path = typer.Argument(..., help="ImageFolder tree or .zip of one"),
-    name: str = typer.Option(..., "--name", help="name of the prepared dataset (folder under cache/prepared)"),
+    name: str = typer.Option(
+        ..., "--name", help="name of the prepared dataset (folder under cache/prepared)"
+    ),
     size: int = typer.Option(32, "--size", help="side S of the S×S output"),
     mode: str = typer.Option("fit", "--mode", help="fit | keep-scale"),
     channels: int = typer.Option(1, "--channels", help="1 (default) or 3"),
@@ -32,7 +34,12 @@ def prepare_command(
     """Decode every image once into a memory-mappable array, with metadata and a skip report."""
     try:
         dataset = prepare(
-            source, name=name, size=size, mode=mode, channels=channels, normalise_polarity=polarity,
+            source,
+            name=name,
+            size=size,
+            mode=mode,
+            channels=channels,
+            normalise_polarity=polarity,
             workers=workers or None,
         )
     except (SourceError, AssertionError) as error:
@@ -44,7 +51,9 @@ def prepare_command(
         f"→ {dataset.root}"
     )
     if info["n_skipped"]:
-        console.print(f"[yellow]skipped {info['n_skipped']} file(s)[/yellow]; reasons in {dataset.root / 'skipped.csv'}")
+        console.print(
+            f"[yellow]skipped {info['n_skipped']} file(s)[/yellow]; reasons in {dataset.root / 'skipped.csv'}"
+        )
         for _, row in dataset.skipped.head(10).iterrows():
             console.print(f"  {row['file']}: {row['reason']}")
     if info["empty_class_folders"]:
@@ -54,7 +63,9 @@ def prepare_command(
 @app.command("info")
 def info_command(
     name: str = typer.Argument(..., help="prepared dataset name or folder"),
-    sheet: Path = typer.Option(None, "--sheet", help="contact sheet PNG (default: <dataset>/contact_sheet.png)"),
+    sheet: Path = typer.Option(
+        None, "--sheet", help="contact sheet PNG (default: <dataset>/contact_sheet.png)"
+    ),
     per_class: int = typer.Option(8, "--per-class"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
@@ -71,7 +82,14 @@ def info_command(
     for label, count in summary["per_class"].items():
         table.add_row(label, str(count))
     console.print(table)
-    for key in ("array", "skipped", "class_size", "orig_longest_side_px", "inverted_fraction", "capture_time"):
+    for key in (
+        "array",
+        "skipped",
+        "class_size",
+        "orig_longest_side_px",
+        "inverted_fraction",
+        "capture_time",
+    ):
         console.print(f"[bold]{key}[/bold]: {summary[key]}")
     console.print(f"[bold]contact sheet[/bold]: {path}")
 
@@ -79,7 +97,9 @@ def info_command(
 @app.command("split")
 def split_command(
     name: str = typer.Argument(..., help="prepared dataset name or folder"),
-    kind: str = typer.Option("long-tailed", "--kind", help="long-tailed | balanced | temporal | cross-domain"),
+    kind: str = typer.Option(
+        "long-tailed", "--kind", help="long-tailed | balanced | temporal | cross-domain"
+    ),
     seed: int = typer.Option(0, "--seed"),
     train_years: str = typer.Option("2018,2019", "--train-years", help="temporal: comma-separated years"),
     test_years: str = typer.Option("2020", "--test-years", help="temporal: comma-separated years"),
@@ -102,10 +122,14 @@ def split_command(
             raise typer.BadParameter("cross-domain needs --target, the prepared shifted dataset")
         shifted = _open(target)
         table = load_mapping(mapping)
-        pair = cross_domain_splits(dataset, shifted, table, source_key=source_key, target_key=target_key, seed=seed)
+        pair = cross_domain_splits(
+            dataset, shifted, table, source_key=source_key, target_key=target_key, seed=seed
+        )
         splits = [(dataset, pair[0]), (shifted, pair[1])]
         for ds, key in ((dataset, source_key), (shifted, target_key)):
-            console.print(f"{ds.name}: unmapped classes left out: {', '.join(unmapped_labels(ds, table, key))}")
+            console.print(
+                f"{ds.name}: unmapped classes left out: {', '.join(unmapped_labels(ds, table, key))}"
+            )
     else:
         raise typer.BadParameter(f"unknown split kind {kind!r}")
     for ds, split in splits:

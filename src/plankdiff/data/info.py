@@ -40,7 +40,9 @@ def summarise(dataset: PreparedDataset) -> dict:
     }
 
 
-def contact_sheet(dataset: PreparedDataset, out: Path, *, per_class: int = 8, cell: int = 48, seed: int = 0) -> Path:
+def contact_sheet(
+    dataset: PreparedDataset, out: Path, *, per_class: int = 8, cell: int = 48, seed: int = 0
+) -> Path:
     """One row per class: its name, then `per_class` random prepared images, upscaled for viewing."""
     rng = np.random.default_rng(seed)
     label_width = 260
@@ -56,8 +58,10 @@ def contact_sheet(dataset: PreparedDataset, out: Path, *, per_class: int = 8, ce
         for col, index in enumerate(sorted(chosen)):
             pixels = np.asarray(dataset.images[index])
             image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
-            sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST),
-                        (label_width + col * (cell + 2), y))
+            sheet.paste(
+                image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST),
+                (label_width + col * (cell + 2), y),
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out

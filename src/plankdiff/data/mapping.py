@@ -61,7 +61,10 @@ def cross_domain_splits(
     seed: int = 0,
 ) -> tuple[Split, Split]:
     """Source: stratified train/val/test over groups; target: every mapped image as a shifted test set."""
-    source_groups, target_groups = _groups_for(source, mapping, source_key), _groups_for(target, mapping, target_key)
+    source_groups, target_groups = (
+        _groups_for(source, mapping, source_key),
+        _groups_for(target, mapping, target_key),
+    )
     shared = sorted((set(source_groups) & set(target_groups)) - {""})
     assert shared, f"no group of the mapping occurs in both {source.name} and {target.name}"
     lookup = {g: i for i, g in enumerate(shared)}

@@ -29,7 +29,6 @@ from plankdiff import __version__
 from plankdiff.data.preprocess import (
     ImageRejected,
     PreprocessParams,
-    decode,
     keep_scale_factor,
     preprocess,
 )
@@ -61,7 +60,7 @@ def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], 
         item = collection.items[index]
         row = {"index": index, "path": item.path, "label": item.label, "reason": ""}
         try:
-            image = decode(collection.read_bytes(item.path))
+            image = collection.read_image(item.path)
             orig = (item.orig_width or image.size[0], item.orig_height or image.size[1])
             prepared = preprocess(image, params, orig_size=orig)
         except ImageRejected as rejection:
@@ -151,9 +150,12 @@ def prepare(
     (partial / "chunks").mkdir(parents=True, exist_ok=True)
     shape = (len(collection), params.channels, params.size, params.size)
     pixels_path = partial / "pixels.npy"
-    pixels = np.lib.format.open_memmap(pixels_path, mode="r+" if pixels_path.exists() else "w+",
-                                       dtype=np.uint8, shape=shape)
-    assert pixels.shape == shape, f"{pixels_path}: stale partial array of shape {pixels.shape}, expected {shape}"
+    pixels = np.lib.format.open_memmap(
+        pixels_path, mode="r+" if pixels_path.exists() else "w+", dtype=np.uint8, shape=shape
+    )
+    assert pixels.shape == shape, (
+        f"{pixels_path}: stale partial array of shape {pixels.shape}, expected {shape}"
+    )
     chunks = [list(range(i, min(i + CHUNK, len(collection)))) for i in range(0, len(collection), CHUNK)]
     pending = [c for c in range(len(chunks)) if not (partial / "chunks" / f"{c}.csv").exists()]
 
@@ -220,7 +222,9 @@ class PreparedDataset:
         self.root = Path(root)
         info_path = self.root / "prepare.json"
         if not info_path.exists():
-            raise SourceError(f"{self.root}: not a prepared dataset (no prepare.json); run `plankdiff data prepare`")
+            raise SourceError(
+                f"{self.root}: not a prepared dataset (no prepare.json); run `plankdiff data prepare`"
+            )
         self.info = read_json(info_path)
         self.images = np.load(self.root / "images.npy", mmap_mode="r")
         self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)

@@ -103,7 +103,9 @@ def border_values(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
-def preprocess(image: Image.Image, params: PreprocessParams, orig_size: tuple[int, int] | None = None) -> Prepared:
+def preprocess(
+    image: Image.Image, params: PreprocessParams, orig_size: tuple[int, int] | None = None
+) -> Prepared:
     """`orig_size` is the size before any downscaling by the data's packager, for keep-scale and metadata."""
     width, height = image.size
     orig_w, orig_h = orig_size or (width, height)

@@ -13,6 +13,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from PIL import Image
+
+from plankdiff.data.preprocess import decode
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
 MANIFEST_NAME = "manifest.csv"
 
@@ -149,6 +153,10 @@ class Collection:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.source)
         return self._zip
+
+    def read_image(self, path: str) -> Image.Image:
+        """The decoded 8-bit image (raises `ImageRejected` with the reason when unusable)."""
+        return decode(self.read_bytes(path))
 
     def reopen(self) -> None:
         self._zip = None

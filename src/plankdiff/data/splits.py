@@ -128,7 +128,11 @@ def balanced_split(
     labels = dataset.labels
     base = _stratify(labels, np.arange(len(labels)), fractions, seed)
     rng = np.random.default_rng(seed + 1)
-    caps = {"train": cap, "val": round(cap * fractions[1] / fractions[0]), "test": round(cap * fractions[2] / fractions[0])}
+    caps = {
+        "train": cap,
+        "val": round(cap * fractions[1] / fractions[0]),
+        "test": round(cap * fractions[2] / fractions[0]),
+    }
     train_counts = np.bincount(labels[base["train"]], minlength=len(dataset.classes))
     keep = np.flatnonzero(train_counts >= min_train)
     rows = {}
