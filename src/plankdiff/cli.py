@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from plankdiff.data.cli import app as data_app
+from plankdiff.diffusion.cli import app as diffusion_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Read, prepare, split and inspect plankton image collections.")
+app.add_typer(diffusion_app, name="diffusion", help="Train the DDPM denoiser without labels; draw samples.")
 
 
 def main() -> None:

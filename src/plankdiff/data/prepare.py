@@ -26,6 +26,7 @@ import pandas as pd
 from PIL import Image
 
 from plankdiff import __version__
+from plankdiff.data.ifcb import open_collection
 from plankdiff.data.preprocess import (
     ImageRejected,
     PreprocessParams,
@@ -83,6 +84,8 @@ def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], 
 
 
 def source_hash(collection: Collection) -> str:
+    if hasattr(collection, "fingerprint"):  # IFCB items are ROIs inside bin files, not files
+        return collection.fingerprint()
     if collection.is_archive:
         return sha256_file(collection.source)
     listing = []
@@ -124,7 +127,7 @@ def prepare(
     show_progress: bool = True,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed."""
-    collection = Collection(source)
+    collection = open_collection(source)
     factor = 1.0
     if mode == "keep-scale":
         factor = keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)

@@ -58,7 +58,7 @@ class Split:
         path = dataset.root / "splits" / f"{self.name}.csv"
         path.parent.mkdir(exist_ok=True)
         self.to_frame().to_csv(path, index=False)
-        write_json(path.with_suffix(".json"), {"name": self.name, "classes": self.classes, **self.summary()})
+        write_json(path.with_suffix(".json"), {"name": self.name, "counts": self.summary(), "classes": self.classes})
         return path
 
     @classmethod

@@ -1,8 +1,9 @@
-"""Capture times written into Scripps Plankton Camera file names.
+"""Capture times written into Scripps Plankton Camera and IFCB file names.
 
 ZooLake: `SPC-EAWAG-0P5X-<microseconds since 1970>-…`; PWSSC: `SPC-PWSSC-<unix seconds>-…`.
 A zero or implausible value means the camera clock was not set: it becomes unknown (None),
-never a wrong date.
+never a wrong date. IFCB ROIs (`D20220522T000439_IFCB134_00002`, `IFCB5_2012_028_081515_00003`)
+carry their bin's start time: ROIs of one bin share it (the bin is a few minutes of sampling).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
+from plankdiff.data.ifcb import IfcbError, parse_roi_name
+
 # SPC cameras entered service in 2013; nothing in these data can be from the future.
 EARLIEST = datetime(2010, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2035, 1, 1, tzinfo=timezone.utc)
+IFCB_EARLIEST = datetime(2004, 1, 1, tzinfo=timezone.utc)  # IFCB prototypes sampled from 2004 on
 
 _PATTERNS = (
     (re.compile(r"^SPC-EAWAG-[^-]+-(\d+)-"), 1e-6),
@@ -23,8 +27,14 @@ _PATTERNS = (
 
 
 def capture_time(path: str) -> datetime | None:
-    """The UTC capture time in an SPC file name, or None when absent, zero or implausible."""
+    """The UTC capture time in an SPC or IFCB file name, or None when absent, zero or implausible."""
     name = PurePosixPath(path).name
+    if name.startswith(("D", "IFCB")):
+        try:
+            moment = parse_roi_name(name)[0].timestamp
+        except IfcbError:
+            return None
+        return moment if IFCB_EARLIEST <= moment < LATEST else None
     for pattern, seconds_per_unit in _PATTERNS:
         match = pattern.match(name)
         if not match:

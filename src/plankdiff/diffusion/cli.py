@@ -1,0 +1,64 @@
+"""`plankdiff diffusion …`: train, sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.splits import Split
+from plankdiff.diffusion.config import load_config
+from plankdiff.diffusion.model import count_parameters, load_backbone
+from plankdiff.diffusion.train import DiffusionTrainer, TrainingDiverged, sample_images, save_grid
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.command("train")
+def train_command(
+    data: str = typer.Argument(..., help="prepared dataset name or folder"),
+    preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | paper, or a YAML file"),
+    out: Path = typer.Option(..., "--out", help="run folder"),
+    split: str = typer.Option("", "--split", help="train only on this split's train rows (recommended)"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="training-time budget, summed over resumes"),
+    max_steps: int = typer.Option(None, "--max-steps"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    seed: int = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
+) -> None:
+    """Train a DDPM denoiser on unlabelled images (labels are never read)."""
+    config = load_config(preset, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed)
+    dataset = PreparedDataset.open(data)
+    rows = Split.load(dataset, split).indices("train") if split else None
+    trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
+    parameters = count_parameters(trainer.model)
+    console.print(f"{config.preset}: {parameters / 1e6:.2f}M parameters, {len(trainer.images)} images → {out}")
+    try:
+        result = trainer.train()
+    except TrainingDiverged as error:
+        console.print(f"[red]stopped:[/red] {error}")
+        raise typer.Exit(2) from None
+    except (FileExistsError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green]done[/green] ({result.stopped_by}): step {result.step}, {result.elapsed_minutes:.1f} min, "
+        f"{result.images_seen} images seen, loss {result.last_loss:.4f}"
+    )
+
+
+@app.command("sample")
+def sample_command(
+    run: Path = typer.Argument(..., help="diffusion run folder, or a diffusers UNet2DModel folder"),
+    n: int = typer.Option(64, "--n"),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(None, "--out", help="PNG path (default: RUN/samples/final.png)"),
+) -> None:
+    """Draw a PNG grid of samples with the EMA denoiser."""
+    unet, scheduler = load_backbone(run)
+    path = save_grid(sample_images(unet, scheduler, n=n, steps=steps, seed=seed), out or run / "samples" / "final.png")
+    console.print(f"{n} samples ({steps} DDIM steps) → {path}")

@@ -1,0 +1,492 @@
+"""Linear probes: one softmax classifier per (pair, hyper-parameter), all trained at once.
+
+A "pair" is one (block, timestep) feature matrix [N, D_pair]. Fitting 63 pairs × 4 hyper-parameter
+settings one by one would repeat the same data pass 252 times; here every probe sees the same
+mini-batches, so all of them are one batched matrix product per step: pairs are grouped by padded
+width (next power of two, so 32..512-wide blocks make at most five groups and padding wastes < 2×),
+and inside a group the weights are [pairs, width, hps × classes]. Zero-padded inputs meet weights
+that start at zero and receive zero gradient, so they stay exactly zero and each probe is the model
+it would be alone.
+
+The optimiser is AdamW written out over the whole weight tensor, because every probe needs its own
+learning rate and weight decay: Adam divides out gradient scale, so scaling gradients per probe
+cannot set a per-probe learning rate, and one torch parameter group per hp would split the batched
+product apart. The schedule is cosine over all steps, no warm-up (a convex problem from zero init).
+
+Matrix products run in bfloat16 by default with float32 weights, optimiser state, softmax and loss:
+on CPUs with AMX (Sapphire Rapids and later) and on GPUs that is ~20× the float32 throughput, and
+linear probes on standardised features do not notice the rounding (the sklearn cross-check test and
+the benchmark compare against float64 lbfgs). Pass `matmul_dtype="float32"` on CPUs without bf16 units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from plankdiff.probe.metrics import macro_f1_rows
+from plankdiff.progress import progress_bar
+
+Loss = Literal["ce", "class-balanced", "logit-adjusted"]
+LOSSES: tuple[str, ...] = ("ce", "class-balanced", "logit-adjusted")
+# Defaults sized for 2 CPU cores: 2 × 2 hps is the smallest grid that still brackets the usual
+# linear-probe optimum (Adam lr 1e-3..3e-3 on standardised inputs; wd from "almost none" to "some"
+# for the rare classes with < 60 images), and 30 epochs of batch 512 (~1,200 steps at N_train=21k)
+# bring the probes within ~1 point of converged float64 lbfgs (see bench/results/probe.md).
+DEFAULT_LRS: tuple[float, ...] = (1e-3, 3e-3)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-4, 1e-2)
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH_SIZE = 512
+CLASS_BALANCED_BETA = 0.999  # Cui et al. 2019, "effective number of samples"
+LOGIT_ADJUST_TAU = 1.0  # Menon et al. 2021, the Bayes-consistent value for balanced error
+STD_FLOOR = 1e-6
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+EVAL_CHUNK = 4096  # rows scored at a time: bounds memory to ~pairs × chunk × width floats
+
+
+def as_rows(index: np.ndarray, n: int) -> np.ndarray:
+    """Integer row indices from either a boolean mask over `n` rows or integer indices."""
+    index = np.asarray(index)
+    if index.dtype == bool:
+        assert index.shape == (n,), f"boolean split mask of shape {index.shape} for {n} rows"
+        return np.flatnonzero(index)
+    assert np.issubdtype(index.dtype, np.integer), (
+        f"split indices must be integers or a mask, got {index.dtype}"
+    )
+    assert index.size == 0 or (index.min() >= 0 and index.max() < n), f"split indices outside 0..{n - 1}"
+    return index.astype(np.int64)
+
+
+def train_statistics(x: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over the training rows only (float64 sums; std floored at 1e-6).
+
+    Validation and test rows never enter, so a shift in them cannot leak into the standardisation;
+    float16 features are summed in float64 because 21k float16 values overflow and lose precision.
+    """
+    rows = x[as_rows(train, len(x))]
+    mean = rows.mean(axis=0, dtype=np.float64)
+    std = np.maximum(rows.std(axis=0, dtype=np.float64), STD_FLOOR)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class LinearClassifier:
+    """A fitted probe that takes raw features: `softmax(((x - mean) / std) @ weight.T + bias)`.
+
+    `weight` is [classes, features] like `torch.nn.Linear`. It carries its own train statistics so
+    that a saved classifier cannot be applied to features standardised some other way.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std", "weight", "bias"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+        d, c = self.mean.shape[0], self.bias.shape[0]
+        assert self.std.shape == (d,), f"std {self.std.shape} does not match mean ({d},)"
+        assert self.weight.shape == (c, d), (
+            f"weight {self.weight.shape} should be (classes={c}, features={d})"
+        )
+        assert (self.std > 0).all(), "std must be positive (it divides the features)"
+
+    @classmethod
+    def from_arrays(
+        cls, *, mean: np.ndarray, std: np.ndarray, weight: np.ndarray, bias: np.ndarray
+    ) -> LinearClassifier:
+        """Rebuild from `state_dict()` output, e.g. as loaded with `safetensors.numpy.load_file`."""
+        return cls(mean=mean, std=std, weight=weight, bias=bias)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The four arrays, ready for `safetensors.numpy.save_file`."""
+        return {"mean": self.mean, "std": self.std, "weight": self.weight, "bias": self.bias}
+
+    @property
+    def n_features(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        return self.bias.shape[0]
+
+    def logits(self, x_raw: np.ndarray) -> np.ndarray:
+        assert x_raw.ndim == 2 and x_raw.shape[1] == self.n_features, (
+            f"features of shape {x_raw.shape}, classifier expects (N, {self.n_features})"
+        )
+        out = np.empty((len(x_raw), self.n_classes), dtype=np.float32)
+        for start in range(0, len(x_raw), EVAL_CHUNK):
+            chunk = (x_raw[start : start + EVAL_CHUNK].astype(np.float32) - self.mean) / self.std
+            out[start : start + EVAL_CHUNK] = chunk @ self.weight.T + self.bias
+        return out
+
+    def predict_proba(self, x_raw: np.ndarray) -> np.ndarray:
+        return _softmax(self.logits(x_raw))
+
+    def predict(self, x_raw: np.ndarray) -> np.ndarray:
+        return self.logits(x_raw).argmax(axis=1)
+
+
+@dataclass
+class ProbeGrid:
+    """Every probe's validation scores, the selected (pair, hp), and each pair's best classifier.
+
+    `table` has one row per (pair, hp), pairs in the order given and hps in grid order, with columns
+    pair, dim, lr, weight_decay, val_macro_f1, val_accuracy, train_loss (mean over the last epoch).
+    Selection everywhere is: highest val macro-F1, ties broken by val accuracy, then by table order.
+    """
+
+    table: pd.DataFrame
+    best_pair: str
+    best_hp: dict[str, float]
+    settings: dict[str, Any]
+    classifiers: dict[str, LinearClassifier] = field(repr=False)
+
+    def classifier(self, pair: str | None = None) -> LinearClassifier:
+        """The probe of `pair` (default: the selected pair) at that pair's best hyper-parameters."""
+        pair = self.best_pair if pair is None else pair
+        assert pair in self.classifiers, f"unknown pair {pair!r}; pairs are {list(self.classifiers)}"
+        return self.classifiers[pair]
+
+    def best_per_pair(self) -> pd.DataFrame:
+        """One row per pair at its best hp, in the given pair order: the input of a block × t heatmap."""
+        ranked = _ranked(self.table)
+        best = ranked.groupby("pair", sort=False).head(1)
+        return best.set_index("pair").loc[list(self.classifiers)].reset_index()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Everything needed to refit the selected probe, for `metrics.json`."""
+        return {"pair": self.best_pair, **self.best_hp, **self.settings}
+
+
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable")
+
+
+def class_weights(counts: np.ndarray, *, beta: float = CLASS_BALANCED_BETA) -> np.ndarray:
+    """Cui et al. 2019: weight ∝ (1 - β) / (1 - β^n_c), normalised to mean 1 over classes seen in training.
+
+    Classes absent from training get weight 0: no training example carries them, and leaving them
+    out of the mean keeps the weights of the classes that are there independent of the label space.
+    """
+    seen = counts > 0
+    weights = np.zeros(len(counts))
+    weights[seen] = (1 - beta) / (1 - beta ** counts[seen].astype(np.float64))
+    weights[seen] /= weights[seen].mean()
+    return weights
+
+
+def logit_adjustment(counts: np.ndarray, *, tau: float = LOGIT_ADJUST_TAU) -> np.ndarray:
+    """Menon et al. 2021: τ·log prior, added to the logits while training only.
+
+    Counts are floored at 1 so an unseen class gets a large negative offset instead of -inf.
+    """
+    counts = np.maximum(counts, 1).astype(np.float64)
+    return tau * np.log(counts / counts.sum())
+
+
+def _loss_and_grads(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_classes: int,
+    sample_weight: torch.Tensor | None,
+    logit_offset: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted softmax cross-entropy of every probe on one batch, with its gradients, by hand.
+
+    x [G, B, W] (matmul dtype), weight [G, W, H·C] and bias [G, H·C] (float32), y [B].
+    Returns (per-probe loss [G, H], grad weight, grad bias). The gradient of mean-over-batch CE is
+    (softmax - onehot) · sample_weight / B; writing it out avoids keeping an autograd graph of the
+    biggest tensor in the step, and keeps the bf16 products explicit.
+    """
+    groups, batch, _ = x.shape
+    hps = weight.shape[2] // n_classes
+    logits = torch.bmm(x, weight.to(x.dtype)).float().add_(bias[:, None, :])
+    logits = logits.view(groups, batch, hps, n_classes)
+    if logit_offset is not None:
+        logits.add_(logit_offset)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    target = y.view(1, batch, 1, 1).expand(groups, batch, hps, 1)
+    nll = -log_probs.gather(-1, target).squeeze(-1)  # [G, B, H]
+    scale = (
+        sample_weight[y] / batch if sample_weight is not None else x.new_full((batch,), 1.0 / batch).float()
+    )
+    grad = log_probs.exp_()
+    grad.scatter_add_(-1, target, grad.new_full(target.shape, -1.0))
+    grad.mul_(scale.view(1, batch, 1, 1))
+    loss = (nll * scale.view(1, batch, 1)).sum(dim=1)
+    grad = grad.view(groups, batch, hps * n_classes)
+    grad_weight = torch.bmm(x.transpose(1, 2), grad.to(x.dtype)).float()
+    return loss, grad_weight, grad.sum(dim=1)
+
+
+def _adamw_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    *,
+    step: int,
+    lr: torch.Tensor,
+    weight_decay: torch.Tensor | None,
+) -> None:
+    """One AdamW step (torch.optim.AdamW's arithmetic) with a learning rate and decay per last-axis slice.
+
+    `lr` and `weight_decay` broadcast against `param`'s last axis (hps × classes), which is how each
+    probe gets its own; decay is decoupled and scaled by lr, as in torch.
+    """
+    beta1, beta2 = ADAM_BETAS
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if weight_decay is not None:
+        param.mul_(1 - lr * weight_decay)
+    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(ADAM_EPS)
+    param.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+
+
+def _padded_width(dim: int) -> int:
+    return 1 << max(dim - 1, 0).bit_length()
+
+
+def _standardised(
+    features: Mapping[str, np.ndarray],
+    pairs: Sequence[str],
+    rows: np.ndarray,
+    stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    width: int,
+) -> torch.Tensor:
+    """[len(pairs), len(rows), width] float32: each pair standardised with its train stats, zero-padded."""
+    out = torch.zeros(len(pairs), len(rows), width)
+    for i, pair in enumerate(pairs):
+        mean, std = stats[pair]
+        out[i, :, : len(mean)] = torch.from_numpy((features[pair][rows].astype(np.float32) - mean) / std)
+    return out
+
+
+class _Group:
+    """Pairs that share a padded width: their train inputs, probe weights and AdamW state."""
+
+    def __init__(self, pairs: list[str], width: int, n_out: int, x_train: torch.Tensor) -> None:
+        self.pairs, self.width, self.x_train = pairs, width, x_train
+        device = x_train.device
+        self.weight = torch.zeros(len(pairs), width, n_out, device=device)
+        self.bias = torch.zeros(len(pairs), n_out, device=device)
+        self.state = [torch.zeros_like(t) for t in (self.weight, self.weight, self.bias, self.bias)]
+
+
+def fit_probe_grid(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    train: np.ndarray,
+    val: np.ndarray,
+    n_classes: int,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    loss: Loss = "ce",
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    device: str = "cpu",
+    matmul_dtype: Literal["bfloat16", "float32"] = "bfloat16",
+    progress: bool = False,
+) -> ProbeGrid:
+    """Fit a linear probe for every pair × (lr, weight decay) as one batched model; select on validation.
+
+    features: pair name → [N, D_pair] (any float dtype, e.g. float16), rows aligned with `labels`.
+    train, val: row indices or boolean masks; disjoint. Standardisation uses train rows only.
+    loss: "ce"; "class-balanced" (per-class weights, `class_weights`); "logit-adjusted" (τ·log prior
+    added to the logits in training only, `logit_adjustment`). Defaults are sized for 2 CPU cores
+    (module constants: lrs (1e-3, 3e-3), weight decays (1e-4, 1e-2), 30 epochs, batch 512).
+    All probes share one seeded shuffle, so a seed fixes every result bit for bit on a given machine.
+    """
+    assert loss in LOSSES, f"loss {loss!r} is not one of {LOSSES}"
+    assert features, "no feature pairs to probe"
+    assert epochs > 0 and batch_size > 0, "epochs and batch_size must be positive"
+    assert lrs and weight_decays, "the hyper-parameter grid is empty"
+    labels = np.asarray(labels)
+    n = len(labels)
+    for pair, x in features.items():
+        assert x.ndim == 2 and len(x) == n, f"pair {pair!r}: features {x.shape} do not align with {n} labels"
+    train_rows, val_rows = as_rows(train, n), as_rows(val, n)
+    assert len(train_rows) and len(val_rows), "train and val splits must both be non-empty"
+    assert not np.intersect1d(train_rows, val_rows).size, "train and val rows overlap: selection would leak"
+    assert labels.min() >= 0 and labels.max() < n_classes, f"labels outside range({n_classes})"
+
+    hps = list(product(lrs, weight_decays))
+    n_out = len(hps) * n_classes
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[matmul_dtype]
+    y_train = torch.from_numpy(labels[train_rows].astype(np.int64)).to(device)
+    counts = np.bincount(labels[train_rows], minlength=n_classes)
+    sample_weight = (
+        torch.tensor(class_weights(counts), dtype=torch.float32, device=device)
+        if loss == "class-balanced"
+        else None
+    )
+    logit_offset = (
+        torch.tensor(logit_adjustment(counts), dtype=torch.float32, device=device)
+        if loss == "logit-adjusted"
+        else None
+    )
+    lr_cols = torch.tensor([lr for lr, _ in hps], device=device).repeat_interleave(n_classes)
+    wd_cols = torch.tensor([wd for _, wd in hps], device=device).repeat_interleave(n_classes)
+
+    stats = {pair: train_statistics(x, train_rows) for pair, x in features.items()}
+    by_width: dict[int, list[str]] = {}
+    for pair, x in features.items():
+        by_width.setdefault(_padded_width(x.shape[1]), []).append(pair)
+    groups = [
+        _Group(
+            pairs, width, n_out, _standardised(features, pairs, train_rows, stats, width).to(device, dtype)
+        )
+        for width, pairs in sorted(by_width.items())
+    ]
+
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_rows) / batch_size)
+    total_steps = epochs * steps_per_epoch
+    step = 0
+    with progress_bar("linear probes", total_steps, enabled=progress) as advance:
+        for _ in range(epochs):
+            order = torch.randperm(len(train_rows), generator=generator).to(device)
+            epoch_loss = [torch.zeros(len(g.pairs), len(hps), device=device) for g in groups]
+            for start in range(0, len(train_rows), batch_size):
+                idx = order[start : start + batch_size]
+                y = y_train[idx]
+                lr = lr_cols * (0.5 * (1 + math.cos(math.pi * step / total_steps)))
+                step += 1
+                for group, running in zip(groups, epoch_loss, strict=True):
+                    batch_loss, grad_w, grad_b = _loss_and_grads(
+                        group.x_train.index_select(1, idx),
+                        group.weight,
+                        group.bias,
+                        y,
+                        n_classes=n_classes,
+                        sample_weight=sample_weight,
+                        logit_offset=logit_offset,
+                    )
+                    running += batch_loss
+                    m_w, v_w, m_b, v_b = group.state
+                    _adamw_(group.weight, grad_w, m_w, v_w, step=step, lr=lr, weight_decay=wd_cols)
+                    _adamw_(group.bias, grad_b, m_b, v_b, step=step, lr=lr, weight_decay=None)
+                advance()
+
+    rows, classifiers = [], {}
+    y_val = labels[val_rows].astype(np.int64)
+    for group, running in zip(groups, epoch_loss, strict=True):
+        preds = np.empty((len(group.pairs), len(hps), len(val_rows)), dtype=np.int64)
+        for start in range(0, len(val_rows), EVAL_CHUNK):
+            chunk = val_rows[start : start + EVAL_CHUNK]
+            x = _standardised(features, group.pairs, chunk, stats, group.width).to(device)
+            logits = torch.baddbmm(group.bias[:, None, :], x, group.weight)
+            logits = logits.view(len(group.pairs), len(chunk), len(hps), n_classes)
+            preds[:, :, start : start + len(chunk)] = logits.argmax(-1).permute(0, 2, 1).cpu().numpy()
+        flat = preds.reshape(-1, len(val_rows))
+        macro_f1 = macro_f1_rows(y_val, flat, n_classes).reshape(len(group.pairs), len(hps))
+        accuracy = (flat == y_val).mean(axis=1).reshape(len(group.pairs), len(hps))
+        train_loss = (running / steps_per_epoch).cpu().numpy()
+        assert np.isfinite(train_loss).all(), "a probe's training loss is not finite; lower the learning rate"
+        for i, pair in enumerate(group.pairs):
+            for h, (lr, wd) in enumerate(hps):
+                rows.append(
+                    {"pair": pair, "dim": features[pair].shape[1], "lr": lr, "weight_decay": wd}
+                    | {"val_macro_f1": macro_f1[i, h], "val_accuracy": accuracy[i, h]}
+                    | {"train_loss": float(train_loss[i, h])}
+                )
+    order_of = {pair: i for i, pair in enumerate(features)}
+    table = pd.DataFrame(rows).sort_values("pair", key=lambda s: s.map(order_of), kind="stable")
+    table = table.reset_index(drop=True)
+
+    for group in groups:
+        for i, pair in enumerate(group.pairs):
+            best = _ranked(table[table["pair"] == pair]).iloc[0]
+            h = hps.index((best["lr"], best["weight_decay"]))
+            cols = slice(h * n_classes, (h + 1) * n_classes)
+            dim = features[pair].shape[1]
+            classifiers[pair] = LinearClassifier(
+                mean=stats[pair][0],
+                std=stats[pair][1],
+                weight=group.weight[i, :dim, cols].T.cpu().numpy(),
+                bias=group.bias[i, cols].cpu().numpy(),
+            )
+    best = _ranked(table).iloc[0]
+    settings = {
+        "loss": loss,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "lrs": list(lrs),
+        "weight_decays": list(weight_decays),
+        "optimizer": "adamw-cosine",
+        "matmul_dtype": matmul_dtype,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+    }
+    if loss == "class-balanced":
+        settings["class_balanced_beta"] = CLASS_BALANCED_BETA
+    if loss == "logit-adjusted":
+        settings["logit_adjust_tau"] = LOGIT_ADJUST_TAU
+    return ProbeGrid(
+        table=table,
+        best_pair=str(best["pair"]),
+        best_hp={"lr": float(best["lr"]), "weight_decay": float(best["weight_decay"])},
+        settings=settings,
+        classifiers={pair: classifiers[pair] for pair in features},
+    )
+
+
+def fit_single(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    train: np.ndarray,
+    val: np.ndarray,
+    n_classes: int,
+    name: str = "features",
+    **options: Any,
+) -> ProbeGrid:
+    """`fit_probe_grid` on one feature matrix (a baseline's, or concatenated pairs for fusion).
+
+    Still searches the (lr, weight decay) grid on validation; `.classifier()` is the fitted probe.
+    `options` are `fit_probe_grid`'s keyword arguments.
+    """
+    return fit_probe_grid({name: x}, labels, train=train, val=val, n_classes=n_classes, **options)
+
+
+def sklearn_crosscheck(
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    train: np.ndarray,
+    test: np.ndarray,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> float:
+    """Accuracy on `test` of sklearn's lbfgs LogisticRegression on the same train-standardised features.
+
+    An independent, float64, run-to-convergence reference: if the batched probe lands far below it,
+    the probe is under-trained or broken, whatever its own validation numbers say.
+    """
+    train_rows, test_rows = as_rows(train, len(x)), as_rows(test, len(x))
+    mean, std = train_statistics(x, train_rows)
+    model = LogisticRegression(C=C, max_iter=max_iter)
+    model.fit((x[train_rows].astype(np.float64) - mean) / std, labels[train_rows])
+    return float(model.score((x[test_rows].astype(np.float64) - mean) / std, labels[test_rows]))
