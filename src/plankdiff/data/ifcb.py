@@ -112,10 +112,10 @@ class IfcbBin:
             path = path.with_suffix("")
         elif path.suffix:
             raise IfcbError(f"{path}: not an IFCB file (expected one of {', '.join(SUFFIXES)})")
-        self.name = parse_bin_name(path.name)
         self.stem_path = path
         if not any(self.file(s).exists() for s in SUFFIXES):
-            raise IfcbError(f"{path}: no {', '.join(SUFFIXES)} files with this stem")
+            raise IfcbError(f"{path}: no such bin (no {', '.join(SUFFIXES)} file with this stem)")
+        self.name = parse_bin_name(path.name)
         self._handle: BinaryIO | None = None
 
     def file(self, suffix: str) -> Path:
@@ -133,7 +133,10 @@ class IfcbBin:
         text = self._text(".hdr")
         if not text.strip():
             raise IfcbError(f"{self.file('.hdr')}: empty header file (0 bytes of text)")
-        return _parse_header(self.file(".hdr"), text)
+        try:
+            return _parse_header(self.file(".hdr"), text)
+        except csv.Error as error:
+            raise IfcbError(f"{self.file('.hdr')}: unreadable header ({error})") from None
 
     @cached_property
     def _columns(self) -> tuple[list[str] | None, tuple[int, ...]]:
@@ -148,8 +151,12 @@ class IfcbBin:
     def adc(self) -> pd.DataFrame:
         """The ADC table, indexed by ROI number (1-based row), columns named by the header if it can."""
         path, (names, geometry) = self.file(".adc"), self._columns
-        rows = []
-        for line_no, fields in enumerate(csv.reader(io.StringIO(self._text(".adc"))), 1):
+        rows, reader = [], csv.reader(io.StringIO(self._text(".adc")))
+        try:
+            lines = list(reader)
+        except csv.Error as error:
+            raise IfcbError(f"{path}: line {reader.line_num}: not CSV ({error})") from None
+        for line_no, fields in enumerate(lines, 1):
             while fields and not fields[-1].strip():
                 fields.pop()  # old ADC rows end in a comma
             if not fields:
@@ -293,8 +300,6 @@ class IfcbCollection:
         self, source: Path | str, labels_csv: Path | str | None = None, *, labelled_only: bool = False
     ):
         self.source = Path(source)
-        if not self.source.exists() and not any(IfcbBin(self.source).file(s).exists() for s in SUFFIXES):
-            raise IfcbError(f"{self.source}: no such file or folder")
         self.bins = find_bins(self.source) if self.source.is_dir() else [IfcbBin(self.source)]
         self._by_stem = {b.name.stem: b for b in self.bins}
         if len(self._by_stem) != len(self.bins):
@@ -343,7 +348,7 @@ class IfcbCollection:
     def fingerprint(self) -> str:
         """Changes when any bin file or any label changes (the prepare cache key uses it)."""
         files = [
-            (str(p.relative_to(self.source.parent)), p.stat().st_size, p.stat().st_mtime_ns)
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
             for b in self.bins
             for p in map(b.file, SUFFIXES)
             if p.exists()
