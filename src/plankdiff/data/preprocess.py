@@ -62,6 +62,8 @@ def decode(data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # header cut short: "Truncated File Read"
+        raise ImageRejected(f"unreadable or truncated image data: {error}") from None
     width, height = image.size
     if min(width, height) < MIN_SIDE:
         raise ImageRejected(f"too small: {width}×{height} px (minimum side {MIN_SIDE})")

@@ -109,7 +109,7 @@ class Collection:
                 self.prefix = top + "/"
                 names = inner
         # Directory entries end in '/'; keep them so an empty class folder is still seen.
-        return [n.rstrip("/") if n.endswith("/") and n.count("/") == 1 else n for n in names if n]
+        return [n for n in names if n]
 
     def _folder_names(self) -> list[str]:
         names = []
@@ -118,7 +118,7 @@ class Collection:
             if path.is_symlink():
                 continue
             if path.is_dir() and rel.count("/") == 0:
-                names.append(rel)  # a class folder, possibly empty
+                names.append(rel + "/")  # a class folder, possibly empty
             elif path.is_file():
                 names.append(rel)
         return names

@@ -135,6 +135,10 @@ def balanced_split(
     }
     train_counts = np.bincount(labels[base["train"]], minlength=len(dataset.classes))
     keep = np.flatnonzero(train_counts >= min_train)
+    if len(keep) == 0:
+        raise ValueError(
+            f"{dataset.root}: no class has {min_train}+ training images (largest: {train_counts.max()})"
+        )
     rows = {}
     for split in SPLITS:
         chosen = []

@@ -1,0 +1,301 @@
+"""Decoding every common image mode to 8 bits, polarity, padding, fit / keep-scale, and rejections."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from plankdiff.data.preprocess import (
+    ImageRejected,
+    PreprocessParams,
+    decode,
+    describe,
+    keep_scale_factor,
+    log_size_features,
+    preprocess,
+)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def blob(
+    width: int, height: int, *, background: int, value: int, box: tuple[int, int, int, int]
+) -> Image.Image:
+    """A flat background with one rectangular object: box = (left, top, right, bottom), exclusive."""
+    array = np.full((height, width), background, np.uint8)
+    left, top, right, bottom = box
+    array[top:bottom, left:right] = value
+    return Image.fromarray(array, "L")
+
+
+def foreground(pixels: np.ndarray, background: int, threshold: int = 24) -> int:
+    return int((np.abs(pixels.astype(int) - background) > threshold).sum())
+
+
+# -- decoding --------------------------------------------------------------------------------------
+
+
+def test_decode_8bit_grayscale_is_unchanged():
+    array = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    decoded = decode(encode(Image.fromarray(array, "L"), "PNG"))
+    assert decoded.mode == "L"
+    np.testing.assert_array_equal(np.asarray(decoded), array)
+
+
+def test_decode_16bit_grayscale_scales_the_full_range():
+    array = np.array([[0, 1000, 32768, 65535]] * 3, dtype=np.uint16)
+    data = encode(Image.fromarray(array), "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    decoded = decode(data)
+    assert decoded.mode == "L"
+    # round(v / 65535 * 255): 65535 is white, mid-range is mid-gray, not clipped to 255.
+    np.testing.assert_array_equal(np.asarray(decoded)[0], [0, 4, 128, 255])
+
+
+def test_decode_16bit_tiff():
+    decoded = decode(encode(Image.new("I;16", (5, 4), 4000), "TIFF"))
+    assert decoded.mode == "L"
+    assert np.asarray(decoded)[0, 0] == 16  # round(4000 / 65535 * 255)
+
+
+def test_decode_rgb_keeps_colour():
+    decoded = decode(encode(Image.new("RGB", (5, 4), (10, 200, 30)), "PNG"))
+    assert decoded.mode == "RGB"
+    assert tuple(np.asarray(decoded)[2, 2]) == (10, 200, 30)
+
+
+def test_decode_rgba_flattens_alpha_onto_black():
+    array = np.zeros((4, 6, 4), np.uint8)
+    array[:, :3] = (200, 100, 50, 255)  # opaque half
+    array[:, 3:] = (200, 100, 50, 0)  # transparent half
+    decoded = decode(encode(Image.fromarray(array, "RGBA"), "PNG"))
+    assert decoded.mode == "RGB"
+    pixels = np.asarray(decoded)
+    assert tuple(pixels[0, 0]) == (200, 100, 50)
+    assert tuple(pixels[0, 5]) == (0, 0, 0)
+
+
+def test_decode_palette_image():
+    image = Image.new("P", (6, 4), 1)
+    image.putpalette([0, 0, 0, 250, 20, 20] + [0] * (254 * 3))
+    image.putpixel((0, 0), 0)
+    decoded = decode(encode(image, "PNG"))
+    assert decoded.mode == "RGB"
+    assert tuple(np.asarray(decoded)[1, 1]) == (250, 20, 20)
+    assert tuple(np.asarray(decoded)[0, 0]) == (0, 0, 0)
+
+
+def test_decode_palette_with_transparency_is_flattened():
+    image = Image.new("P", (6, 4), 1)
+    image.putpalette([0, 0, 0, 250, 20, 20] + [0] * (254 * 3))
+    image.info["transparency"] = 1
+    decoded = decode(encode(image, "PNG"))
+    assert tuple(np.asarray(decoded)[1, 1]) == (0, 0, 0)
+
+
+def test_decode_cmyk_jpeg_becomes_rgb():
+    data = encode(Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    decoded = decode(data)
+    assert decoded.mode == "RGB"
+    red, green, blue = (int(v) for v in np.asarray(decoded)[4, 4])
+    assert red > 200 and green < 50 and blue > 200  # magenta
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "JPEG"])
+def test_decode_other_formats(fmt):
+    array = np.full((6, 9), 180, np.uint8)
+    decoded = decode(encode(Image.fromarray(array, "L"), fmt))
+    assert decoded.size == (9, 6)
+    assert abs(int(np.asarray(decoded.convert("L"))[3, 4]) - 180) <= 2
+
+
+def test_decode_bilevel_image():
+    image = Image.new("1", (4, 4), 1)
+    decoded = decode(encode(image, "BMP"))
+    assert decoded.mode == "L"
+    assert np.asarray(decoded).max() == 255
+
+
+# -- rejections ------------------------------------------------------------------------------------
+
+
+def test_zero_byte_file_is_rejected():
+    with pytest.raises(ImageRejected, match="zero-byte file"):
+        decode(b"")
+
+
+def test_text_file_is_rejected():
+    with pytest.raises(ImageRejected, match="not an image"):
+        decode(b"label,count\ncopepod,3\n")
+
+
+def test_one_pixel_image_is_rejected():
+    with pytest.raises(ImageRejected, match="too small: 1×1 px"):
+        decode(encode(Image.new("L", (1, 1)), "PNG"))
+
+
+def test_very_long_image_is_rejected():
+    with pytest.raises(ImageRejected, match="too large: 10001×2 px"):
+        decode(encode(Image.new("L", (10001, 2)), "PNG"))
+
+
+def test_sizes_at_the_limits_are_accepted():
+    assert decode(encode(Image.new("L", (2, 2)), "PNG")).size == (2, 2)
+    assert decode(encode(Image.new("L", (10000, 2)), "PNG")).size == (10000, 2)
+
+
+def test_truncated_real_jpeg_is_rejected(small_ndsb_zip):
+    with zipfile.ZipFile(small_ndsb_zip) as archive:
+        names = [n for n in archive.namelist() if n.endswith(".jpg")]
+        data = [archive.read(n) for n in names[:12]]
+    for whole in data:
+        assert decode(whole).size[0] >= 2
+        with pytest.raises(ImageRejected, match="unreadable or truncated|not an image"):
+            decode(whole[: len(whole) // 2])
+
+
+def test_truncated_jpeg_body_is_rejected():
+    rng = np.random.default_rng(0)
+    whole = encode(Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), "L"), "JPEG")
+    with pytest.raises(ImageRejected, match="unreadable or truncated image data"):
+        decode(whole[: len(whole) // 2])
+
+
+# -- polarity and padding ---------------------------------------------------------------------------
+
+
+def test_dark_object_on_white_is_inverted():
+    image = blob(20, 20, background=250, value=30, box=(7, 7, 13, 13))
+    prepared = preprocess(image, PreprocessParams(size=20))
+    assert prepared.inverted
+    pixels = prepared.pixels[0]
+    assert pixels[0, 0] == 5 and pixels[-1, -1] == 5  # background now dark
+    assert pixels[10, 10] == 225  # object now bright
+
+
+def test_bright_object_on_dark_is_left_alone():
+    image = blob(20, 20, background=10, value=220, box=(7, 7, 13, 13))
+    prepared = preprocess(image, PreprocessParams(size=20))
+    assert not prepared.inverted
+    assert prepared.pixels[0, 0, 0] == 10
+    assert prepared.pixels[0, 10, 10] == 220
+
+
+def test_no_polarity_keeps_a_white_background():
+    image = blob(20, 20, background=250, value=30, box=(7, 7, 13, 13))
+    prepared = preprocess(image, PreprocessParams(size=20, normalise_polarity=False))
+    assert not prepared.inverted
+    assert prepared.pixels[0, 0, 0] == 250
+    assert prepared.pixels[0, 10, 10] == 30
+
+
+@pytest.mark.parametrize(("background", "expected_fill"), [(40, 40), (235, 20)])
+def test_padding_uses_the_background_value(background, expected_fill):
+    # 30 wide, 10 tall: the square gets 10 rows of padding above and below.
+    image = blob(30, 10, background=background, value=255 - background, box=(10, 3, 20, 7))
+    pixels = preprocess(image, PreprocessParams(size=15, mode="fit")).pixels[0]
+    assert pixels.shape == (15, 15)
+    np.testing.assert_array_equal(pixels[:4], expected_fill)  # padding rows
+    np.testing.assert_array_equal(pixels[-4:], expected_fill)
+    assert abs(int(pixels[7, 7]) - expected_fill) > 100  # the object is still there
+
+
+def test_rgb_padding_uses_each_channel_background():
+    array = np.zeros((10, 30, 3), np.uint8)
+    array[:] = (5, 30, 60)
+    array[3:7, 10:20] = (200, 200, 200)
+    prepared = preprocess(Image.fromarray(array, "RGB"), PreprocessParams(size=15, channels=3))
+    assert prepared.pixels.shape == (3, 15, 15)
+    assert tuple(prepared.pixels[:, 0, 0]) == (5, 30, 60)
+
+
+# -- fit and keep-scale ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("width", "height"), [(5, 40), (300, 7), (16, 16), (2, 2)])
+def test_fit_gives_size_by_size(width, height):
+    image = blob(width, height, background=0, value=200, box=(0, 0, 1, 1))
+    prepared = preprocess(image, PreprocessParams(size=24, mode="fit"))
+    assert prepared.pixels.shape == (1, 24, 24)
+    assert prepared.pixels.dtype == np.uint8
+    assert (prepared.width, prepared.height) == (width, height)
+    assert not prepared.clipped
+
+
+def test_keep_scale_keeps_a_small_object_at_native_size():
+    image = blob(10, 10, background=0, value=200, box=(3, 3, 7, 7))  # 16 object pixels
+    prepared = preprocess(image, PreprocessParams(size=32, mode="keep-scale"))
+    assert prepared.pixels.shape == (1, 32, 32)
+    assert not prepared.clipped
+    assert foreground(prepared.pixels[0], 0) == 16
+    assert prepared.object_area == 16.0
+    # In fit mode the same object would fill a large part of the canvas.
+    fitted = preprocess(image, PreprocessParams(size=32, mode="fit"))
+    assert foreground(fitted.pixels[0], 0) > 100
+
+
+def test_keep_scale_shrinks_a_large_object_and_flags_it():
+    image = blob(100, 100, background=0, value=200, box=(20, 20, 80, 80))  # 3600 object pixels
+    prepared = preprocess(image, PreprocessParams(size=32, mode="keep-scale"))
+    assert prepared.clipped
+    area = foreground(prepared.pixels[0], 0)
+    assert 300 <= area <= 420  # 3600 × (32 / 100)² ≈ 369
+    assert prepared.object_area == 3600.0
+
+
+def test_keep_scale_applies_the_common_factor():
+    image = blob(100, 100, background=0, value=200, box=(20, 20, 80, 80))
+    prepared = preprocess(image, PreprocessParams(size=32, mode="keep-scale", scale_factor=0.25))
+    assert not prepared.clipped
+    pixels = prepared.pixels[0]
+    # 100 px × 0.25 = 25 px square, centred on the 32 px canvas: 3 px of background each side.
+    rows = np.flatnonzero(pixels.max(axis=1) > 24)
+    assert 150 <= foreground(pixels, 0) <= 290  # 60 × 0.25 = 15 px object side: ≈ 225
+    assert rows.min() >= 3 + 4 and rows.max() <= 32 - 3 - 4
+
+
+def test_keep_scale_uses_the_original_size_of_a_downscaled_image():
+    # The packager halved a 100 px image to 50 px; the common factor 0.25 applies to 100 px.
+    image = blob(50, 50, background=0, value=200, box=(10, 10, 40, 40))
+    prepared = preprocess(
+        image, PreprocessParams(size=32, mode="keep-scale", scale_factor=0.25), orig_size=(100, 100)
+    )
+    assert not prepared.clipped
+    assert 150 <= foreground(prepared.pixels[0], 0) <= 290  # same ≈ 15 px object as above
+    assert prepared.object_area == 900 * 4  # counted in original pixels
+    assert (prepared.width, prepared.height) == (50, 50)
+
+
+def test_keep_scale_factor():
+    sides = np.arange(1, 101)
+    assert keep_scale_factor(sides, 32) == pytest.approx(32 / 95.05)  # 95th percentile = 95.05
+    assert keep_scale_factor(sides, 32, quantile=0.5) == pytest.approx(32 / 50.5)
+    assert keep_scale_factor(np.array([10, 20, 32]), 32) == 1.0  # never enlarges
+    assert keep_scale_factor(np.array([]), 32) == 1.0
+
+
+def test_params_are_validated():
+    with pytest.raises(AssertionError, match="too small"):
+        PreprocessParams(size=4)
+    with pytest.raises(AssertionError, match="channels"):
+        PreprocessParams(channels=2)
+    with pytest.raises(AssertionError, match="scale_factor"):
+        PreprocessParams(scale_factor=1.5)
+
+
+def test_log_size_features_and_describe():
+    features = log_size_features(np.array([0, 9]), np.array([1, 99]), np.array([-5.0, 999.0]))
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, np.log1p([[0, 1, 0], [9, 99, 999]]), rtol=1e-6)
+    assert describe(PreprocessParams(size=32, mode="keep-scale", scale_factor=0.5)) == (
+        "32×32 keep-scale, 1 channel(s), dark background, common factor 0.5"
+    )

@@ -1,0 +1,257 @@
+"""The DDPM trainer on the `tiny` preset: it learns, resumes exactly, stops on NaN and on time;
+configurations are validated."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint
+from plankdiff.diffusion.config import PRESETS, load_config
+from plankdiff.diffusion.model import build_unet, count_parameters
+from plankdiff.diffusion.train import (
+    DiffusionTrainer,
+    TrainingDiverged,
+    dihedral_augment,
+    to_model_range,
+)
+
+# `plankdiff.diffusion` re-exports names that could hide submodules: fetch the module itself.
+train_module = importlib.import_module("plankdiff.diffusion.train")
+
+
+def read_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+# -- learning --------------------------------------------------------------------------------------
+
+
+def test_loss_falls_when_fitting_one_fixed_batch(prepared_small_ndsb, make_trainer, tmp_path):
+    trainer = make_trainer(prepared_small_ndsb, tmp_path / "fit", augment=False)
+    assert trainer.config.train.augment is False
+    fixed = torch.arange(8)
+    losses = [float(trainer.train_step(fixed)) for _ in range(30)]
+    assert all(math.isfinite(loss) for loss in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert 0.5 < first < 2.0  # an untrained ε-predictor: about the noise variance, 1
+    assert last < 0.4 * first, losses
+
+
+def test_tiny_run_layout_and_metrics(tiny_run):
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == [
+        "latest",
+        "step_0000003",
+        "step_0000006",
+    ]
+    assert (tiny_run / "checkpoints" / "latest").read_text() == "step_0000006"
+    assert (tiny_run / "ema" / "config.json").exists()
+    assert (tiny_run / "ema" / "diffusion_pytorch_model.safetensors").exists()
+    assert (tiny_run / "scheduler" / "scheduler_config.json").exists()
+    metrics = read_metrics(tiny_run)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert metrics[-1]["images_seen"] == 6 * 8
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["diffusion"]["preset"] == "tiny"
+    assert config["image_shape"] == [1, 16, 16]
+    assert config["training_rows"] == 48
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+
+def test_resume_gives_bitwise_the_same_run(prepared_small_ndsb, make_trainer, tiny_run, tmp_path):
+    """tiny_run trained 6 steps in one go; here 3 steps, a fresh process-like restart, 3 more."""
+    out = tmp_path / "resumed"
+    first = make_trainer(prepared_small_ndsb, out, max_steps=3).train()
+    assert (first.step, first.stopped_by) == (3, "steps")
+    assert latest_checkpoint(out / "checkpoints").name == "step_0000003"
+    torch.manual_seed(1234)  # whatever the global RNG holds now must not matter
+    second = make_trainer(prepared_small_ndsb, out, max_steps=6, resume=True).train()
+    assert (second.step, second.images_seen) == (6, 48)
+
+    for step in ("step_0000003", "step_0000006"):
+        model_a, ema_a, state_a = load_checkpoint(tiny_run / "checkpoints" / step)
+        model_b, ema_b, state_b = load_checkpoint(out / "checkpoints" / step)
+        assert_same_weights(model_a, model_b)
+        assert_same_weights(ema_a, ema_b)
+        assert state_a["ema_optimization_step"] == state_b["ema_optimization_step"] == int(step[-1])
+        assert torch.equal(state_a["generator"], state_b["generator"])
+    assert_same_weights(
+        load_file(tiny_run / "ema" / "diffusion_pytorch_model.safetensors"),
+        load_file(out / "ema" / "diffusion_pytorch_model.safetensors"),
+    )
+    # The log continues where it stopped, with the same losses.
+    assert [m["loss"] for m in read_metrics(out)] == [m["loss"] for m in read_metrics(tiny_run)]
+
+
+def test_resume_refuses_a_different_network(prepared_small_ndsb, tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    config = load_config("tiny").model_copy(
+        update={"unet": load_config("tiny").unet.model_copy(update={"layers_per_block": 2})}
+    )
+    trainer = DiffusionTrainer(
+        config=config, dataset=prepared_small_ndsb, out=run, resume=True, show_progress=False
+    )
+    with pytest.raises(ValueError, match="network or noise settings differ"):
+        trainer.train()
+
+
+def test_existing_run_without_resume_is_refused(prepared_small_ndsb, make_trainer, tiny_run):
+    before = (tiny_run / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        make_trainer(prepared_small_ndsb, tiny_run).train()
+    assert (tiny_run / "metrics.jsonl").read_text() == before
+    assert (tiny_run / "checkpoints" / "latest").read_text() == "step_0000006"
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    prepared_small_ndsb, make_trainer, tmp_path, monkeypatch
+):
+    real_mse = train_module.F.mse_loss
+    calls = []
+
+    def mse_turning_nan(predicted, target):
+        calls.append(1)
+        loss = real_mse(predicted, target)
+        return loss * float("nan") if len(calls) >= 4 else loss
+
+    monkeypatch.setattr(train_module.F, "mse_loss", mse_turning_nan)
+    out = tmp_path / "nan"
+    trainer = make_trainer(prepared_small_ndsb, out)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 4.*--resume"):
+        trainer.train()
+    assert len(calls) == 4
+    newest = latest_checkpoint(out / "checkpoints")
+    assert newest is not None and newest.name == "step_0000003"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    model, ema, state = load_checkpoint(newest)
+    assert state["step"] == 3
+    assert all(torch.isfinite(t).all() for t in [*model.values(), *ema.values()])
+
+    monkeypatch.setattr(train_module.F, "mse_loss", real_mse)  # "lower the learning rate and --resume"
+    result = make_trainer(prepared_small_ndsb, out, resume=True).train()
+    assert (result.step, result.stopped_by) == (6, "steps")
+
+
+def test_time_budget_stops_with_a_checkpoint(prepared_small_ndsb, make_trainer, tmp_path):
+    out = tmp_path / "timed"
+    result = make_trainer(prepared_small_ndsb, out, max_minutes=0.0001, max_steps=1000).train()
+    assert result.stopped_by == "time"
+    assert 1 <= result.step < 5
+    assert result.elapsed_minutes >= 0.0001
+    # Stopped between checkpoints: the final state is saved all the same.
+    assert latest_checkpoint(out / "checkpoints").name == f"step_{result.step:07d}"
+    assert (out / "ema" / "config.json").exists()
+
+
+def test_training_on_selected_rows_only(prepared_small_ndsb, make_trainer, tmp_path):
+    rows = np.array([5, 1, 40])
+    trainer = DiffusionTrainer(
+        config=load_config("tiny"),
+        dataset=prepared_small_ndsb,
+        out=tmp_path / "rows",
+        rows=rows,
+        show_progress=False,
+    )
+    assert torch.equal(trainer.images, torch.from_numpy(np.asarray(prepared_small_ndsb.images[[1, 5, 40]])))
+    with pytest.raises(AssertionError, match="no images selected"):
+        DiffusionTrainer(
+            config=load_config("tiny"), dataset=prepared_small_ndsb, out=tmp_path / "none", rows=[]
+        )
+
+
+# -- pieces of the step ----------------------------------------------------------------------------
+
+
+def test_model_range_and_augmentation():
+    pixels = torch.tensor([[[[0, 255], [128, 64]]]], dtype=torch.uint8)
+    x = to_model_range(pixels)
+    assert torch.allclose(x, torch.tensor([[[[-1.0, 1.0], [128 / 127.5 - 1, 64 / 127.5 - 1]]]]), atol=1e-6)
+    batch = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
+    augmented = dihedral_augment(batch, torch.Generator().manual_seed(0))
+    dihedral = [torch.rot90(v, k, dims=(-2, -1)) for v in (batch, batch.flip(-1)) for k in range(4)]
+    for i in range(2):  # each image is one of its own 8 flips / rotations
+        assert any(torch.equal(augmented[i], view[i]) for view in dihedral)
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_presets_load():
+    for preset in PRESETS:
+        config = load_config(preset)
+        assert config.preset == preset
+    tiny = load_config("tiny")
+    assert tiny.unet.block_out_channels == (16, 32)
+    assert (tiny.train.max_steps, tiny.train.checkpoint_every, tiny.train.batch_size) == (6, 3, 8)
+    assert load_config("paper").train.mixed_precision == "bf16"
+
+
+def test_train_overrides():
+    config = load_config("tiny", max_steps=3, augment=False, seed=None)
+    assert (config.train.max_steps, config.train.augment, config.train.seed) == (3, False, 0)
+    assert config.train.lr == 1.0e-3  # the rest of the preset stays
+    with pytest.raises(ValueError, match="max_steps"):
+        load_config("tiny", max_steps=0)
+
+
+def test_cpu_preset_is_the_documented_size():
+    unet = build_unet(load_config("cpu"), image_size=32, channels=1)
+    assert 3.5e6 < count_parameters(unet) < 3.9e6  # "3.7M parameters" (configs/diffusion/cpu.yaml)
+    assert [type(b).__name__ for b in unet.down_blocks] == ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"]
+
+
+def test_too_many_levels_for_the_image_size():
+    with pytest.raises(AssertionError, match="below 2 px"):
+        build_unet(load_config("cpu"), image_size=4, channels=1)
+
+
+def test_unknown_yaml_key_names_the_file_and_key(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("unet:\n  block_out_channels: [8, 16]\ntrain:\n  batch_size: 4\n  learning_rate: 0.1\n")
+    with pytest.raises(ValueError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "learning_rate" in message
+    assert "Extra inputs are not permitted" in message
+
+
+def test_unknown_top_level_key_and_bad_yaml(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("unets: {}\n")
+    with pytest.raises(ValueError, match=r"(?s)extra\.yaml.*unets"):
+        load_config(extra)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: cannot read diffusion config"):
+        load_config(broken)
+    with pytest.raises(ValueError, match=r"missing\.yaml: cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_file_config_takes_its_name_from_the_file(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text("unet:\n  block_out_channels: [8, 16]\n  norm_num_groups: 4\n")
+    config = load_config(path, max_steps=2)
+    assert config.preset == "small"
+    assert config.unet.block_out_channels == (8, 16)
+    assert config.train.max_steps == 2

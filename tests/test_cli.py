@@ -1,0 +1,169 @@
+"""The `plankdiff` command end to end on small real data: data prepare / info / split, diffusion
+train / sample."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+import pytest
+from PIL import Image
+from rich.console import Console
+from typer.testing import CliRunner
+
+from plankdiff.cli import app
+from plankdiff.data.prepare import PreparedDataset
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch):
+    """Invoke `plankdiff …` with a private cache and consoles wide enough not to wrap messages."""
+    monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / "cache"))
+    for module in ("plankdiff.data.cli", "plankdiff.diffusion.cli"):
+        monkeypatch.setattr(importlib.import_module(module), "console", Console(width=400, color_system=None))
+    runner = CliRunner()
+
+    def run(*args: str | Path):
+        result = runner.invoke(app, [str(a) for a in args])
+        result.text = " ".join(result.output.split())  # whitespace-normalised
+        return result
+
+    return run
+
+
+def test_help_lists_the_stages(run_cli):
+    result = run_cli("--help")
+    assert result.exit_code == 0
+    assert "data" in result.output and "diffusion" in result.output
+
+
+def test_data_prepare_then_info_by_name(run_cli, small_ndsb_zip, tmp_path):
+    result = run_cli(
+        "data", "prepare", small_ndsb_zip, "--name", "cli-ndsb", "--size", "16", "--workers", "2"
+    )
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "cache" / "prepared" / "cli-ndsb"
+    assert f"prepared cli-ndsb: 48 images, 4 classes → {root}" in result.text
+    assert "skipped" not in result.text
+    assert PreparedDataset(root).images.shape == (48, 1, 16, 16)
+
+    info = run_cli("data", "info", "cli-ndsb", "--per-class", "3")
+    assert info.exit_code == 0, info.output
+    assert "cli-ndsb: 48 images, 4 classes" in info.text
+    assert "(48, 1, 16, 16) uint8" in info.text
+    assert (root / "contact_sheet.png").exists()
+
+
+def test_data_prepare_reports_skipped_files_and_empty_classes(run_cli, small_ndsb_zip, tmp_path):
+    folder = tmp_path / "messy"
+    with zipfile.ZipFile(small_ndsb_zip) as archive:
+        for member in [n for n in archive.namelist() if n.endswith(".jpg")][:3]:
+            (folder / "copepod").mkdir(parents=True, exist_ok=True)
+            (folder / "copepod" / PurePosixPath(member).name).write_bytes(archive.read(member))
+    (folder / "copepod" / "zero.png").write_bytes(b"")
+    (folder / "ostracod").mkdir()
+    result = run_cli("data", "prepare", folder, "--name", "messy", "--size", "16", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "prepared messy: 3 images, 1 classes" in result.text
+    assert "skipped 1 file(s)" in result.text
+    assert f"{folder}::copepod/zero.png: zero-byte file" in result.text
+    assert "empty class folders: ostracod" in result.text
+
+
+def test_data_prepare_of_only_bad_files_fails_with_the_reason(run_cli, tmp_path):
+    folder = tmp_path / "bad"
+    (folder / "copepod").mkdir(parents=True)
+    (folder / "copepod" / "a.jpg").write_text("not a picture")
+    Image.new("L", (1, 1)).save(folder / "copepod" / "b.png")
+    result = run_cli("data", "prepare", folder, "--name", "bad", "--workers", "1")
+    assert result.exit_code == 1
+    assert "error:" in result.text
+    assert "none of 2 images could be used (first problem: copepod/a.jpg: not an image" in result.text
+    assert not (tmp_path / "cache" / "prepared" / "bad" / "prepare.json").exists()
+
+
+def test_data_prepare_of_a_missing_source_fails(run_cli, tmp_path):
+    result = run_cli("data", "prepare", tmp_path / "nowhere.zip", "--name", "x")
+    assert result.exit_code == 1
+    assert "nowhere.zip: no such file or folder" in result.text
+
+
+def test_data_info_json_and_contact_sheet(run_cli, ndsb_copy, tmp_path):
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("data", "info", ndsb_copy.root, "--json", "--sheet", sheet, "--per-class", "4")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 48 and summary["classes"] == 4 and summary["skipped"] == 0
+    assert summary["per_class"] == dict.fromkeys(ndsb_copy.classes, 12)
+    assert summary["class_size"] == {"min": 12, "median": 12.0, "max": 12}
+    assert summary["array"] == "(48, 1, 16, 16) uint8"
+    assert summary["inverted_fraction"] == 1.0
+    assert summary["capture_time"]["known"] == 0 and summary["capture_time"]["unknown"] == 48
+    assert summary["contact_sheet"] == str(sheet)
+    with Image.open(sheet) as picture:
+        # 260 px of class names, then 4 cells of 48 + 2 px; one 50 px row per class.
+        assert picture.size == (260 + 4 * 50, 4 * 50)
+        assert picture.mode == "RGB"
+
+
+def test_data_info_of_a_folder_that_is_not_prepared(run_cli, tmp_path):
+    result = run_cli("data", "info", tmp_path)
+    assert result.exit_code == 1
+    assert "not a prepared dataset" in result.text
+
+
+def test_data_split_long_tailed_writes_the_csv(run_cli, ndsb_copy):
+    result = run_cli("data", "split", ndsb_copy.root, "--kind", "long-tailed", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    path = ndsb_copy.root / "splits" / "long-tailed-s1.csv"
+    assert "long-tailed-s1" in result.text and str(path) in result.text
+    frame = pd.read_csv(path)
+    assert len(frame) == 48
+    assert frame["split"].value_counts().to_dict() == {"train": 36, "test": 8, "val": 4}
+    assert sorted(frame["target"].unique()) == ndsb_copy.classes
+
+
+def test_data_split_unknown_kind(run_cli, ndsb_copy):
+    result = run_cli("data", "split", ndsb_copy.root, "--kind", "random")
+    assert result.exit_code == 2
+    assert "unknown split kind 'random'" in result.text
+
+
+def test_diffusion_train_and_sample(run_cli, ndsb_copy, tmp_path):
+    assert run_cli("data", "split", ndsb_copy.root).exit_code == 0
+    run = tmp_path / "run"
+    args = ("diffusion", "train", ndsb_copy.root, "--preset", "tiny", "--out", run, "--max-steps", "2")
+    result = run_cli(*args, "--split", "long-tailed-s0")
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"tiny: \d+\.\d\dM parameters, 36 images → {re.escape(str(run))}", result.text)
+    assert "done (steps): step 2" in result.text
+    assert (run / "checkpoints" / "latest").read_text() == "step_0000002"
+    assert json.loads((run / "config.json").read_text())["training_rows"] == 36  # train rows only
+
+    again = run_cli(*args)
+    assert again.exit_code == 1
+    assert "holds a run already; pass --resume" in again.text
+
+    resumed = run_cli(*args[:-1], "4", "--split", "long-tailed-s0", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "done (steps): step 4" in resumed.text
+
+    sample = run_cli("diffusion", "sample", run, "--n", "4", "--steps", "2")
+    assert sample.exit_code == 0, sample.output
+    assert "4 samples (2 DDIM steps)" in sample.text
+    with Image.open(run / "samples" / "final.png") as grid:
+        assert grid.size == (2 * 2 * 17, 2 * 2 * 17)  # 2×2 grid of 16 px + 1 px gaps, doubled
+
+
+def test_diffusion_sample_to_a_chosen_file(run_cli, tiny_run, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_cli("diffusion", "sample", tiny_run, "--n", "4", "--steps", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as grid:
+        assert grid.size == (68, 68)
+        assert grid.mode == "L"
+    assert not (tiny_run / "samples").exists()
