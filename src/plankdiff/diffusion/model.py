@@ -50,10 +50,12 @@ def count_parameters(model: torch.nn.Module) -> int:
 def load_backbone(path: Path | str) -> tuple[UNet2DModel, DDPMScheduler]:
     """The frozen EMA denoiser of a plankdiff run, or any diffusers `save_pretrained` folder."""
     path = Path(path)
-    folder = path / "ema" if (path / "ema" / "config.json").exists() else path
-    if not (folder / "config.json").exists():
+    weights = "diffusion_pytorch_model.safetensors"
+    folder = path / "ema" if (path / "ema" / weights).exists() else path
+    if not (folder / "config.json").exists() or not (folder / weights).exists():
         raise FileNotFoundError(
-            f"{path}: neither a plankdiff diffusion run (no ema/config.json) nor a diffusers UNet2DModel folder"
+            f"{path}: neither a plankdiff diffusion run with a checkpoint (ema/{weights}) "
+            f"nor a diffusers UNet2DModel folder ({weights} + config.json)"
         )
     unet = UNet2DModel.from_pretrained(folder, use_safetensors=True)
     scheduler_dir = path / "scheduler" if (path / "scheduler").exists() else folder.parent / "scheduler"

@@ -65,6 +65,11 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return out
 
 
+def dihedral_augment_all(x: torch.Tensor) -> list[torch.Tensor]:
+    """All 8 flips and 90° rotations of a batch, for orientation-averaged features."""
+    return [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+
+
 class DiffusionTrainer:
     def __init__(
         self,
@@ -86,6 +91,7 @@ class DiffusionTrainer:
         self.accelerator = Accelerator(mixed_precision=precision, cpu=not use_gpu)
         self.device = self.accelerator.device
         channels, size = dataset.images.shape[1], dataset.images.shape[2]
+        torch.manual_seed(train.seed)  # the initial weights are part of what the seed fixes
         self.model = build_unet(config, image_size=size, channels=channels)
         self.ema_model = build_unet(config, image_size=size, channels=channels).eval().requires_grad_(False)
         self.noise = build_scheduler(config)

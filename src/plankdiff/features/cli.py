@@ -1,0 +1,84 @@
+"""`plankdiff features …`: blocks, extract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.splits import Split
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.features.blocks import list_blocks
+from plankdiff.features.extract import DEFAULT_TIMESTEPS, ExtractionRequest, extract_features, model_hash
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+@app.command("blocks")
+def blocks_command(
+    run: Path = typer.Argument(..., help="diffusion run folder or diffusers UNet2DModel folder"),
+    sub_blocks: bool = typer.Option(False, "--sub-blocks", help="also each ResNet and attention layer"),
+) -> None:
+    """List the hookable blocks with their channel counts and resolutions."""
+    unet, _ = load_backbone(run)
+    table = Table(title=str(run))
+    for column in ("block", "module", "channels", "resolution"):
+        table.add_column(column)
+    for block in list_blocks(unet, sub_blocks=sub_blocks):
+        table.add_row(block.name, block.module, str(block.channels), f"{block.resolution}×{block.resolution}")
+    console.print(table)
+
+
+@app.command("extract")
+def extract_command(
+    run: Path = typer.Argument(..., help="diffusion run folder or diffusers UNet2DModel folder"),
+    data: str = typer.Argument(..., help="prepared dataset name or folder"),
+    out: Path = typer.Option(..., "--out", help="feature store folder"),
+    timesteps: str = typer.Option(",".join(map(str, DEFAULT_TIMESTEPS)), "--timesteps"),
+    blocks: str = typer.Option("", "--blocks", help="comma-separated block names (default: all)"),
+    pooling: str = typer.Option("avg", "--pooling", help="avg | avg2x2"),
+    noise_draws: int = typer.Option(1, "--noise-draws"),
+    orientations: int = typer.Option(1, "--orientations", help="1, or 8 to average over flips and rotations"),
+    sub_blocks: bool = typer.Option(False, "--sub-blocks"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    split: str = typer.Option("", "--split", help="only the rows of this split (default: every row)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Extract pooled features of every (block, t) pair; resumes an interrupted run."""
+    unet, scheduler = load_backbone(run)
+    target = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
+    unet = unet.to(target)
+    dataset = PreparedDataset.open(data)
+    rows = None
+    if split:
+        chosen = Split.load(dataset, split)
+        rows = sorted(set().union(*(set(chosen.indices(s).tolist()) for s in ("train", "val", "test"))))
+    request = ExtractionRequest(
+        timesteps=_ints(timesteps),
+        blocks=tuple(b for b in blocks.split(",") if b) or None,
+        pooling=pooling,
+        noise_draws=noise_draws,
+        orientations=orientations,
+        sub_blocks=sub_blocks,
+        batch_size=batch_size,
+    )
+    try:
+        store = extract_features(unet, scheduler, dataset, out=out, request=request, rows=rows, model_id=model_hash(run))
+    except FileExistsError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]{len(store.pairs)} pairs[/green] × {len(store.rows)} images → {out}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

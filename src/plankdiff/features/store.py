@@ -1,0 +1,95 @@
+"""The feature store: one float16 array `[N, D]` per (block, t) pair, written as extraction streams.
+
+    store.json            what was extracted (blocks, timesteps with ᾱ_t and SNR, pooling, noise
+                          draws, model hash, dataset key, rows) and the pair table
+    progress.json         rows finished so far (extraction resumes from here)
+    pairs/<pair>.npy      float16 [N, D], row i = dataset row `rows[i]`
+
+A pair is named `<block>/t=<t>` (e.g. `dec2@16/t=5`); its file name replaces '/' and '=' so
+that it is a plain file name. Baselines write the same layout with t = None (`layer3@8`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plankdiff.provenance import read_json, write_json
+
+
+def pair_name(block: str, t: int | None) -> str:
+    return block if t is None else f"{block}/t={t}"
+
+
+def pair_file(name: str) -> str:
+    return name.replace("/", "__").replace("=", "") + ".npy"
+
+
+@dataclass
+class FeatureStore:
+    root: Path
+
+    @property
+    def info(self) -> dict:
+        return read_json(self.root / "store.json")
+
+    @property
+    def complete(self) -> bool:
+        progress = self.root / "progress.json"
+        return (
+            (self.root / "store.json").exists()
+            and progress.exists()
+            and read_json(progress)["rows_done"] >= len(self.info["rows"])
+        )
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.asarray(self.info["rows"], dtype=np.int64)
+
+    @property
+    def pairs(self) -> list[str]:
+        return [p["name"] for p in self.info["pairs"]]
+
+    def pair_table(self) -> list[dict]:
+        return self.info["pairs"]
+
+    def load(self, pair: str, *, mmap: bool = True) -> np.ndarray:
+        path = self.root / "pairs" / pair_file(pair)
+        if not path.exists():
+            raise KeyError(f"{self.root}: no feature pair {pair!r}; have {', '.join(self.pairs)}")
+        return np.load(path, mmap_mode="r" if mmap else None)
+
+    def load_many(self, pairs: list[str] | None = None) -> dict[str, np.ndarray]:
+        return {p: self.load(p) for p in (pairs or self.pairs)}
+
+    def positions(self, dataset_rows: np.ndarray) -> np.ndarray:
+        """Positions in the store's arrays of the given dataset rows (all must be present)."""
+        lookup = {int(r): i for i, r in enumerate(self.rows)}
+        missing = [int(r) for r in dataset_rows if int(r) not in lookup]
+        assert not missing, f"{self.root}: {len(missing)} requested rows were not extracted (e.g. {missing[:3]})"
+        return np.array([lookup[int(r)] for r in dataset_rows], dtype=np.int64)
+
+    @classmethod
+    def create(cls, root: Path, info: dict, dims: dict[str, int]) -> FeatureStore:
+        """Allocate every pair's array (or reopen them when resuming the same request)."""
+        (root / "pairs").mkdir(parents=True, exist_ok=True)
+        write_json(root / "store.json", info)
+        if not (root / "progress.json").exists():
+            write_json(root / "progress.json", {"rows_done": 0})
+        n = len(info["rows"])
+        for pair, dim in dims.items():
+            path = root / "pairs" / pair_file(pair)
+            if not path.exists():
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+        return cls(root)
+
+    def open_arrays(self) -> dict[str, np.ndarray]:
+        return {p: np.load(self.root / "pairs" / pair_file(p), mmap_mode="r+") for p in self.pairs}
+
+    def rows_done(self) -> int:
+        return int(read_json(self.root / "progress.json")["rows_done"])
+
+    def mark_done(self, rows_done: int) -> None:
+        write_json(self.root / "progress.json", {"rows_done": rows_done})
