@@ -27,10 +27,20 @@ def train_command(
     max_steps: int = typer.Option(None, "--max-steps"),
     batch_size: int = typer.Option(None, "--batch-size"),
     seed: int = typer.Option(None, "--seed"),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps between checkpoints"),
+    sample_every: int = typer.Option(None, "--sample-every", help="steps between sample grids (0: none)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
 ) -> None:
     """Train a DDPM denoiser on unlabelled images (labels are never read)."""
-    config = load_config(preset, max_minutes=max_minutes, max_steps=max_steps, batch_size=batch_size, seed=seed)
+    config = load_config(
+        preset,
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        sample_every=sample_every,
+    )
     dataset = PreparedDataset.open(data)
     rows = Split.load(dataset, split).indices("train") if split else None
     trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
