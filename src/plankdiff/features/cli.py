@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from plankdiff.baselines.extract import extract_baseline_features, is_baseline_run
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
@@ -53,6 +54,18 @@ def extract_command(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Extract pooled features of every (block, t) pair; resumes an interrupted run."""
+    if is_baseline_run(run):  # `plankdiff baseline train`: its own blocks, t = None; --split, --batch-size
+        # and --device apply, the other options are the diffusion model's
+        try:
+            baseline = PreparedDataset.open(data)
+            store = extract_baseline_features(
+                run, baseline, out=out, split=split or None, batch_size=batch_size, device=device
+            )
+        except (FileExistsError, FileNotFoundError, ValueError) as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from None
+        console.print(f"[green]{len(store.pairs)} pairs[/green] × {len(store.rows)} images → {out}")
+        return
     unet, scheduler = load_backbone(run)
     target = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
     unet = unet.to(target)

@@ -1,0 +1,114 @@
+"""`plankdiff baseline …`: train, list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from plankdiff.baselines.registry import get_method, load_methods
+from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.diffusion.train import TrainingDiverged
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+
+LIST_SIZE, LIST_CHANNELS, LIST_CLASSES = 32, 1, 121  # NDSB at 32 px, grayscale
+
+
+@app.command("train")
+def train_command(
+    method: str = typer.Argument(..., help="baseline method (see `plankdiff baseline list`)"),
+    data: str = typer.Argument(..., help="prepared dataset name or folder"),
+    out: Path = typer.Option(..., "--out", help="run folder"),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", help="training-time budget, summed over resumes"
+    ),
+    split: str = typer.Option(
+        "", "--split", help="train on this split's train rows (required for supervised)"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
+    max_steps: int = typer.Option(None, "--max-steps"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    width: int = typer.Option(None, "--width", help="ResNet base width or ViT width (default: the method's)"),
+    lr: float = typer.Option(None, "--lr", help="peak learning rate (default: the method's)"),
+    seed: int = typer.Option(None, "--seed"),
+) -> None:
+    """Train a baseline on the same images as the DDPM, under a time budget."""
+    try:
+        get_method(method)
+        config = BaselineConfig.for_method(
+            method,
+            max_minutes=max_minutes,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            width=width,
+            lr=lr,
+            seed=seed,
+        )
+        dataset = PreparedDataset.open(data)
+        trainer = BaselineTrainer(
+            config=config,
+            dataset=dataset,
+            data=training_rows(dataset, method=method, split=split or None),
+            out=out,
+            resume=resume,
+        )
+    except (KeyError, ValueError, FileNotFoundError) as error:  # ValueError covers invalid configs
+        console.print(f"[red]error:[/red] {error.args[0] if isinstance(error, KeyError) else error}")
+        raise typer.Exit(1) from None
+    counts = trainer.method.parameter_counts()
+    console.print(
+        f"{method}: {counts['backbone'] / 1e6:.2f}M backbone parameters ({counts['trainable'] / 1e6:.2f}M trained), "
+        f"{len(trainer.images)} images → {out}"
+    )
+    try:
+        result = trainer.train()
+    except TrainingDiverged as error:
+        console.print(f"[red]stopped:[/red] {error}")
+        raise typer.Exit(2) from None
+    except (FileExistsError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"[green]done[/green] ({result.stopped_by}): step {result.step}, {result.elapsed_minutes:.1f} min, "
+        f"{result.images_seen} images seen, loss {result.last_loss:.4f}"
+    )
+
+
+@app.command("list")
+def list_command() -> None:
+    """The methods, with their backbones and parameter counts at 32 px, 1 channel."""
+    table = Table(
+        title=f"baselines at {LIST_SIZE} px, {LIST_CHANNELS} channel ({LIST_CLASSES} classes for a head)"
+    )
+    for column in (
+        "method",
+        "labels",
+        "backbone",
+        "backbone params",
+        "trained params",
+        "lr / wd",
+        "views",
+        "features",
+    ):
+        table.add_column(column)
+    for name, recipe in sorted(load_methods().items()):
+        method = recipe.build(
+            channels=LIST_CHANNELS, size=LIST_SIZE, n_classes=LIST_CLASSES if recipe.uses_labels else None
+        )
+        counts = method.parameter_counts()
+        table.add_row(
+            name,
+            "yes" if recipe.uses_labels else "no",
+            recipe.backbone_name,
+            f"{counts['backbone'] / 1e6:.2f}M",
+            f"{counts['trainable'] / 1e6:.2f}M",
+            f"{recipe.lr:g} / {recipe.weight_decay:g}",
+            recipe.views.describe(),
+            ", ".join(f"{b.name} ({b.dim})" for b in method.feature_blocks()),
+        )
+    console.print(table)

@@ -1,0 +1,340 @@
+"""One trainer for every baseline method, under the same rules as the DDPM trainer: the same
+training rows (a split's train rows), a time budget summed over resumes, random batches drawn with
+replacement from a seeded generator, atomic safetensors checkpoints (`plankdiff.diffusion.checkpoint`)
+and exact resume, `metrics.jsonl`, and a `baseline.json` that records what was trained on what.
+
+Run folder:
+    baseline.json           method, config, dataset key, training rows, parameters, budget, progress, git SHA
+    metrics.jsonl           step, loss, lr, images/s, elapsed minutes, images seen
+    checkpoints/step_…/     model.safetensors (the method's whole state_dict: backbone, heads, momentum
+                            copies, loss buffers), ema.safetensors (empty: the methods that keep a
+                            momentum network hold it in their state_dict), state.pt
+
+Schedule: AdamW (weight decay on weights only, via lightly's `get_weight_decay_parameters`), linear
+warm-up over `warmup_steps`, then cosine to 0 over the time budget: the learning rate follows the
+fraction of the budget spent, so a run that stops on time ends at lr 0 whatever its throughput.
+Without a budget the rate stays constant after warm-up (and a run is then bitwise reproducible).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightly.models.utils import get_weight_decay_parameters
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from plankdiff.baselines.registry import Method, get_method
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.splits import Split
+from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from plankdiff.diffusion.train import TrainingDiverged, TrainResult
+from plankdiff.progress import progress_bar
+from plankdiff.provenance import git_sha, read_json, sha256_json, write_json
+
+BASELINE_FILE = "baseline.json"
+# Fields that may change when a run is resumed: how long it runs and how it reports, not what it learns.
+RUN_LENGTH_FIELDS = ("max_steps", "max_minutes", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+class BaselineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    width: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    batch_size: int = Field(128, ge=2)  # contrastive losses need at least one other image
+    warmup_steps: int = Field(25, ge=0)  # ~5 % of a 20-minute CPU run of the supervised ResNet-18
+    grad_clip: float = Field(3.0, gt=0)  # DINO's; a guard against spikes for the others
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 0
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        try:
+            get_method(name)
+        except KeyError as error:
+            raise ValueError(error.args[0]) from None
+        return name
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BaselineConfig:
+        assert self.max_steps or self.max_minutes, "give a time budget (max_minutes), max_steps, or both"
+        return self
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> BaselineConfig:
+        """The method's recipe (width, lr, weight decay) with `overrides` that are not None on top."""
+        recipe = get_method(method)
+        defaults = {"width": recipe.default_width, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
+        return cls(method=method, **defaults | {k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The dataset rows a baseline trains on; labels (and their class names) only for methods that use them."""
+
+    rows: np.ndarray
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    split: str | None = None
+
+
+def training_rows(dataset: PreparedDataset, *, method: str, split: str | None) -> TrainingRows:
+    """The train rows of `split` (every row without one), as the DDPM sees them; labels only for a
+    method that `uses_labels`, which must have a split, so that val and test rows stay unseen."""
+    uses_labels = get_method(method).uses_labels
+    if not split:
+        if uses_labels:
+            raise ValueError(
+                f"{method} trains on labels: give --split, so that its val and test rows stay unseen"
+            )
+        return TrainingRows(rows=np.arange(len(dataset)))
+    chosen = Split.load(dataset, split)
+    rows = chosen.indices("train")
+    held_out = np.concatenate([chosen.indices("val"), chosen.indices("test")])
+    assert not np.isin(rows, held_out).any(), f"split {split}: train rows overlap val/test rows"
+    if not uses_labels:
+        return TrainingRows(rows=rows, split=split)
+    return TrainingRows(rows=rows, labels=chosen.labels("train"), classes=chosen.classes, split=split)
+
+
+class BaselineTrainer:
+    """Trains `config.method` on the `data.rows` of `dataset` into the run folder `out`; `train()`
+    runs until `max_steps` or the time budget, whichever comes first, and can be resumed."""
+
+    def __init__(
+        self,
+        *,
+        config: BaselineConfig,
+        dataset: PreparedDataset,
+        data: TrainingRows,
+        out: Path | str,
+        resume: bool = False,
+        show_progress: bool = True,
+    ):
+        self.config, self.dataset, self.out = config, dataset, Path(out)
+        self.resume, self.show_progress = resume, show_progress
+        recipe = get_method(config.method)
+        order = np.argsort(data.rows, kind="stable")
+        self.rows = np.asarray(data.rows)[order]
+        assert len(self.rows) > 1, f"{dataset.root}: fewer than 2 images selected for training"
+        if recipe.uses_labels:
+            assert data.labels is not None and len(data.labels) == len(data.rows) and data.classes, (
+                f"{config.method} needs one label per training row and the class names"
+            )
+            self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)[order])
+            assert self.labels.min() >= 0, f"{config.method}: some training rows have no label (-1)"
+        else:
+            assert data.labels is None, f"{config.method} is self-supervised: it must not be given labels"
+            self.labels = None
+        self.data = data
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        channels, size = dataset.images.shape[1], dataset.images.shape[2]
+        torch.manual_seed(config.seed)  # the initial weights and MAE's masks come from the global RNG
+        self.method: Method = recipe.build(
+            channels=channels,
+            size=size,
+            width=config.width,
+            n_classes=len(data.classes) if data.classes else None,
+        ).to(self.device)
+        decay, no_decay = get_weight_decay_parameters([self.method])
+        groups = [
+            {"params": [p for p in decay if p.requires_grad], "weight_decay": config.weight_decay},
+            {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=recipe.betas, fused=True)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[self.rows]))
+        self.step, self.elapsed, self.images_seen = 0, 0.0, 0
+        self.stopped_by = ""
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _run_info(self) -> dict:
+        return {
+            "method": self.config.method,
+            "config": self.config.model_dump(mode="json"),
+            "dataset": {"name": self.dataset.name, "root": str(self.dataset.root), "key": self.dataset.key},
+            "split": self.data.split,
+            "training_rows": len(self.rows),
+            "training_rows_hash": sha256_json(self.rows.tolist()),
+            "classes": self.data.classes,
+            "image_shape": list(self.images.shape[1:]),
+            "parameters": self.method.parameter_counts(),
+            "views": self.method.views.describe(),
+            "budget_minutes": self.config.max_minutes,
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "elapsed_minutes": self.elapsed / 60,
+            "stopped_by": self.stopped_by,
+            "git_sha": git_sha(),
+        }
+
+    def _check_resumable(self, saved: dict) -> None:
+        current = self._run_info()
+        for key in ("method", "dataset", "split", "training_rows_hash", "classes", "image_shape"):
+            if saved.get(key) != current[key]:
+                raise ValueError(
+                    f"{self.out / BASELINE_FILE}: cannot resume, {key} differs (saved {saved.get(key)}, now {current[key]})"
+                )
+        mine = {k: v for k, v in current["config"].items() if k not in RUN_LENGTH_FIELDS}
+        theirs = {k: v for k, v in saved["config"].items() if k not in RUN_LENGTH_FIELDS}
+        if mine != theirs:
+            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ValueError(
+                f"{self.out / BASELINE_FILE}: cannot resume, the recipe differs ({', '.join(changed)})"
+            )
+
+    def _state(self) -> dict:
+        # Randomness comes from the trainer's generator (batches, views) and torch's global RNG
+        # (MAE's masks): saving both makes resume exact.
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "images_seen": self.images_seen,
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self) -> Path:
+        path = save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            model=self.method.state_dict(),
+            ema={},
+            state=self._state(),
+            keep=self.config.keep_checkpoints,
+        )
+        write_json(self.out / BASELINE_FILE, self._run_info())
+        return path
+
+    def _restore(self, path: Path) -> None:
+        weights, _, state = load_checkpoint(path)
+        self.method.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.images_seen = int(state["images_seen"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    @property
+    def progress(self) -> float | None:
+        """The fraction of the time budget spent, or None without a budget."""
+        return min(1.0, self.elapsed / (60 * self.config.max_minutes)) if self.config.max_minutes else None
+
+    def learning_rate(self) -> float:
+        config = self.config
+        warm = min(1.0, (self.step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        decay = 1.0 if self.progress is None else 0.5 * (1 + math.cos(math.pi * self.progress))
+        return config.lr * warm * decay
+
+    def train_step(self, positions: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on the training images at `positions` (indices into `self.rows`)."""
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        pixels = self.images[positions].to(self.device)
+        labels = self.labels[positions].to(self.device) if self.labels is not None else None
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            loss = self.method.training_step(pixels, self.generator, labels=labels, progress=self.progress)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.step + 1}; stopped. The newest checkpoint in "
+                f"{self.out / 'checkpoints'} is the last good state: lower the learning rate and --resume"
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in self.method.parameters() if p.requires_grad], self.config.grad_clip
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train(self) -> TrainResult:
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        checkpoint = latest_checkpoint(self.out / "checkpoints")
+        if checkpoint is not None and not self.resume:
+            raise FileExistsError(
+                f"{self.out}: holds a run already; pass --resume to continue it or pick another --out"
+            )
+        if self.resume and checkpoint is not None:
+            self._check_resumable(read_json(self.out / BASELINE_FILE))
+            self._restore(checkpoint)
+        self.stopped_by = "running"
+        write_json(self.out / BASELINE_FILE, self._run_info())
+        budget = config.max_minutes * 60 if config.max_minutes else math.inf
+        max_steps = config.max_steps or math.inf
+        log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
+        stopped_by, loss_value = "steps", float("nan")
+        window_start, window_images = time.perf_counter(), 0
+        window_loss, window_steps = 0.0, 0
+        self.method.train()
+        description = f"{config.method} train"
+        try:
+            with progress_bar(description, total=config.max_steps, enabled=self.show_progress) as advance:
+                advance(self.step)
+                while self.step < max_steps:
+                    if self.elapsed >= budget:
+                        stopped_by = "time"
+                        break
+                    started = time.perf_counter()
+                    positions = torch.randint(
+                        0, len(self.images), (config.batch_size,), generator=self.generator
+                    )
+                    loss_value = float(self.train_step(positions))
+                    self.step += 1
+                    self.images_seen += config.batch_size
+                    self.elapsed += time.perf_counter() - started
+                    window_images += config.batch_size
+                    window_loss += loss_value
+                    window_steps += 1
+                    if self.step % config.log_every == 0:
+                        seconds = time.perf_counter() - window_start
+                        record = {
+                            "step": self.step,
+                            "loss": window_loss / window_steps,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "images_per_s": window_images / seconds,
+                            "elapsed_min": self.elapsed / 60,
+                            "images_seen": self.images_seen,
+                        }
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                        advance(
+                            0, loss=record["loss"], img_s=record["images_per_s"], min=record["elapsed_min"]
+                        )
+                        window_start, window_images = time.perf_counter(), 0
+                        window_loss, window_steps = 0.0, 0
+                    if self.step % config.checkpoint_every == 0:
+                        self.save()
+                    advance(1)
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        finally:
+            log.close()
+        self.stopped_by = stopped_by
+        if stopped_by != "steps" or self.step % config.checkpoint_every:
+            self.save()
+        else:  # the loop saved this step's checkpoint already: only record how the run ended
+            write_json(self.out / BASELINE_FILE, self._run_info())
+        return TrainResult(self.out, self.step, self.elapsed / 60, self.images_seen, loss_value, stopped_by)
