@@ -39,7 +39,11 @@ def _hook_points(unet: UNet2DModel, sub_blocks: bool) -> list[tuple[str, str]]:
         if stage == "mid":
             points.append((name, path))
         else:
-            last = f"{path}.attentions.{len(attentions) - 1}" if attentions else f"{path}.resnets.{len(block.resnets) - 1}"
+            last = (
+                f"{path}.attentions.{len(attentions) - 1}"
+                if attentions
+                else f"{path}.resnets.{len(block.resnets) - 1}"
+            )
             points.append((name, last))
         if sub_blocks:
             for r in range(len(block.resnets)):
@@ -65,7 +69,10 @@ def list_blocks(unet: UNet2DModel, *, sub_blocks: bool = False) -> list[Block]:
     size = size[0] if isinstance(size, (tuple, list)) else size
     device = next(unet.parameters()).device
     try:
-        unet(torch.zeros(1, unet.config.in_channels, size, size, device=device), torch.tensor([1], device=device))
+        unet(
+            torch.zeros(1, unet.config.in_channels, size, size, device=device),
+            torch.tensor([1], device=device),
+        )
     finally:
         for handle in handles:
             handle.remove()

@@ -14,6 +14,7 @@ from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.features.blocks import list_blocks
 from plankdiff.features.extract import DEFAULT_TIMESTEPS, ExtractionRequest, extract_features, model_hash
+from plankdiff.features.search import coarse_to_fine
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
@@ -84,11 +85,49 @@ def extract_command(
         batch_size=batch_size,
     )
     try:
-        store = extract_features(unet, scheduler, dataset, out=out, request=request, rows=rows, model_id=model_hash(run))
+        store = extract_features(
+            unet, scheduler, dataset, out=out, request=request, rows=rows, model_id=model_hash(run)
+        )
     except FileExistsError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     console.print(f"[green]{len(store.pairs)} pairs[/green] × {len(store.rows)} images → {out}")
+
+
+@app.command("search")
+def search_command(
+    run: Path = typer.Argument(..., help="diffusion run folder or diffusers UNet2DModel folder"),
+    data: str = typer.Argument(..., help="prepared dataset name or folder"),
+    split: str = typer.Option(..., "--split"),
+    out: Path = typer.Option(..., "--out"),
+    timesteps: str = typer.Option(",".join(map(str, DEFAULT_TIMESTEPS)), "--timesteps"),
+    per_class_train: int = typer.Option(20, "--per-class-train"),
+    per_class_val: int = typer.Option(10, "--per-class-val"),
+    keep_timesteps: int = typer.Option(2, "--keep-timesteps"),
+    orientations: int = typer.Option(1, "--orientations"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+) -> None:
+    """Coarse-to-fine: full grid on a stratified subset, the best timesteps on every image."""
+    unet, scheduler = load_backbone(run)
+    dataset = PreparedDataset.open(data)
+    result = coarse_to_fine(
+        unet,
+        scheduler,
+        dataset,
+        Split.load(dataset, split),
+        out=out,
+        model_id=model_hash(run),
+        request=ExtractionRequest(
+            timesteps=_ints(timesteps), orientations=orientations, batch_size=batch_size
+        ),
+        per_class_train=per_class_train,
+        per_class_val=per_class_val,
+        keep_timesteps=keep_timesteps,
+    )
+    console.print(
+        f"kept timesteps {result.kept_timesteps}; best on the subset: {result.ranking.iloc[0]['pair']}"
+    )
+    console.print(f"seconds: {result.seconds} → {out}")
 
 
 def _cuda() -> bool:

@@ -9,6 +9,7 @@ The forward pass stops at the deepest block still needed (encoder-only requests 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,14 +48,21 @@ class ExtractionRequest:
 
     def __post_init__(self) -> None:
         assert self.timesteps, "at least one timestep is needed"
-        assert all(0 <= t < 1000 for t in self.timesteps), f"timesteps must lie in [0, 1000): {self.timesteps}"
+        assert all(0 <= t < 1000 for t in self.timesteps), (
+            f"timesteps must lie in [0, 1000): {self.timesteps}"
+        )
         assert self.noise_draws >= 1, "noise_draws must be at least 1"
         assert self.orientations in (1, 8), "orientations is 1 (as is) or 8 (dihedral average)"
 
 
 def timestep_info(scheduler: DDPMScheduler, t: int) -> dict:
     alpha_bar = float(scheduler.alphas_cumprod[t])
-    return {"t": t, "alpha_bar": alpha_bar, "snr": alpha_bar / (1 - alpha_bar), "log_snr": math.log(alpha_bar / (1 - alpha_bar))}
+    return {
+        "t": t,
+        "alpha_bar": alpha_bar,
+        "snr": alpha_bar / (1 - alpha_bar),
+        "log_snr": math.log(alpha_bar / (1 - alpha_bar)),
+    }
 
 
 def _pool(x: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -85,7 +93,9 @@ class Extractor:
         self._captured: dict[str, torch.Tensor] = {}
         modules = dict(unet.named_modules())
         last = self.blocks[-1].name  # blocks are in forward order
-        self._handles = [modules[b.module].register_forward_hook(self._hook(b.name, b.name == last)) for b in self.blocks]
+        self._handles = [
+            modules[b.module].register_forward_hook(self._hook(b.name, b.name == last)) for b in self.blocks
+        ]
 
     def _hook(self, name: str, stop_after: bool):
         def hook(_module, _inputs, output):
@@ -112,11 +122,8 @@ class Extractor:
                 timesteps = torch.full((len(rows),), t, device=self.device)
                 self._captured.clear()
                 autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-                with autocast:
-                    try:
-                        self.unet(noisy.to(self.device), timesteps)
-                    except _StopForward:
-                        pass
+                with autocast, contextlib.suppress(_StopForward):
+                    self.unet(noisy.to(self.device), timesteps)
                 for name, value in self._captured.items():
                     total[name] = total[name] + value if name in total else value.clone()
         count = self.request.noise_draws * len(views)
@@ -157,8 +164,14 @@ def extract_features(
     extractor = Extractor(unet, scheduler, request=request)
     dims = extractor.dims()
     pairs = [
-        {"name": pair_name(b.name, t), "block": b.name, "resolution": b.resolution, "channels": b.channels,
-         "dim": dims[b.name], **timestep_info(scheduler, t)}
+        {
+            "name": pair_name(b.name, t),
+            "block": b.name,
+            "resolution": b.resolution,
+            "channels": b.channels,
+            "dim": dims[b.name],
+            **timestep_info(scheduler, t),
+        }
         for t in request.timesteps
         for b in extractor.blocks
     ]
@@ -201,7 +214,9 @@ def extract_features(
                 x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(images[batch_rows])))
                 for t in request.timesteps:
                     for block, value in extractor(x0, batch_rows, t).items():
-                        arrays[pair_name(block, t)][begin : begin + len(batch_rows)] = value.numpy().astype(np.float16)
+                        arrays[pair_name(block, t)][begin : begin + len(batch_rows)] = value.numpy().astype(
+                            np.float16
+                        )
                 since_checkpoint += len(batch_rows)
                 if since_checkpoint >= checkpoint_rows or begin + size >= len(rows):
                     for array in arrays.values():

@@ -68,7 +68,9 @@ class FeatureStore:
         """Positions in the store's arrays of the given dataset rows (all must be present)."""
         lookup = {int(r): i for i, r in enumerate(self.rows)}
         missing = [int(r) for r in dataset_rows if int(r) not in lookup]
-        assert not missing, f"{self.root}: {len(missing)} requested rows were not extracted (e.g. {missing[:3]})"
+        assert not missing, (
+            f"{self.root}: {len(missing)} requested rows were not extracted (e.g. {missing[:3]})"
+        )
         return np.array([lookup[int(r)] for r in dataset_rows], dtype=np.int64)
 
     @classmethod

@@ -1,0 +1,142 @@
+"""Coarse-to-fine search: rank every (block, t) pair on a small stratified subset, then extract
+only the best timesteps for every image.
+
+Extraction cost is (images × timesteps) forward passes; the full default grid of 9 timesteps on
+30k NDSB images is ~270k passes, over an hour on 2 CPU cores. Ranking pairs needs far fewer
+images than the final probe does, so the full grid is extracted for `per_class_train` training
+and `per_class_val` validation images per class, and only the `keep_timesteps` best timesteps
+(by validation macro-F1 of their best block) are extracted for all images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from diffusers import DDPMScheduler, UNet2DModel
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.splits import Split
+from plankdiff.features.extract import ExtractionRequest, extract_features
+from plankdiff.features.store import FeatureStore
+from plankdiff.probe.linear import fit_probe_grid
+from plankdiff.provenance import write_json
+
+
+@dataclass
+class SearchResult:
+    coarse: FeatureStore
+    fine: FeatureStore
+    ranking: pd.DataFrame  # per pair: block, t, val_macro_f1, val_accuracy on the subset
+    kept_timesteps: tuple[int, ...]
+    seconds: dict[str, float]
+
+
+def stratified_subset(
+    split: Split, *, per_class_train: int, per_class_val: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Up to `per_class_*` rows of each class from the train and val splits (dataset row indices)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, cap in (("train", per_class_train), ("val", per_class_val)):
+        rows = split.indices(name)
+        labels = split.targets[rows]
+        chosen = [
+            rng.choice(rows[labels == c], min(cap, int((labels == c).sum())), replace=False)
+            for c in np.unique(labels)
+        ]
+        out[name] = np.sort(np.concatenate(chosen))
+    return out
+
+
+def rank_pairs(
+    store: FeatureStore, split: Split, subset: dict[str, np.ndarray], **probe_options
+) -> pd.DataFrame:
+    rows = np.concatenate([subset["train"], subset["val"]])
+    positions = store.positions(rows)
+    features = {p: np.asarray(store.load(p)[positions], dtype=np.float32) for p in store.pairs}
+    labels = split.targets[rows]
+    n_train = len(subset["train"])
+    grid = fit_probe_grid(
+        features,
+        labels,
+        train=np.arange(n_train),
+        val=np.arange(n_train, len(rows)),
+        n_classes=len(split.classes),
+        **probe_options,
+    )
+    axes = {p["name"]: p for p in store.pair_table()}
+    best = grid.best_per_pair()
+    best["block"] = [axes[p]["block"] for p in best["pair"]]
+    best["t"] = [axes[p]["t"] for p in best["pair"]]
+    return best.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable").reset_index(
+        drop=True
+    )
+
+
+def coarse_to_fine(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    dataset: PreparedDataset,
+    split: Split,
+    *,
+    out: Path | str,
+    model_id: str,
+    request: ExtractionRequest = ExtractionRequest(),
+    per_class_train: int = 20,
+    per_class_val: int = 10,
+    keep_timesteps: int = 2,
+    seed: int = 0,
+    show_progress: bool = True,
+    probe_options: dict | None = None,
+) -> SearchResult:
+    out = Path(out)
+    subset = stratified_subset(split, per_class_train=per_class_train, per_class_val=per_class_val, seed=seed)
+    started = time.perf_counter()
+    coarse = extract_features(
+        unet,
+        scheduler,
+        dataset,
+        out=out / "coarse",
+        request=request,
+        rows=np.concatenate([subset["train"], subset["val"]]),
+        model_id=model_id,
+        show_progress=show_progress,
+    )
+    coarse_seconds = time.perf_counter() - started
+    ranking = rank_pairs(coarse, split, subset, seed=seed, **(probe_options or {}))
+    by_t = ranking.groupby("t")["val_macro_f1"].max().sort_values(ascending=False)
+    kept = tuple(sorted(int(t) for t in by_t.index[:keep_timesteps]))
+    every_row = np.sort(np.concatenate([split.indices(s) for s in ("train", "val", "test")]))
+    started = time.perf_counter()
+    fine = extract_features(
+        unet,
+        scheduler,
+        dataset,
+        out=out / "fine",
+        request=replace(request, timesteps=kept),
+        rows=every_row,
+        model_id=model_id,
+        show_progress=show_progress,
+    )
+    seconds = {"coarse": coarse_seconds, "fine": time.perf_counter() - started}
+    ranking.to_csv(out / "coarse_ranking.csv", index=False)
+    write_json(
+        out / "search.json",
+        {
+            "kept_timesteps": kept,
+            "subset": {k: len(v) for k, v in subset.items()},
+            "per_class_train": per_class_train,
+            "per_class_val": per_class_val,
+            "seconds": seconds,
+            "coarse_forward_passes": len(coarse.rows)
+            * len(request.timesteps)
+            * request.noise_draws
+            * request.orientations,
+            "fine_forward_passes": len(fine.rows) * len(kept) * request.noise_draws * request.orientations,
+        },
+    )
+    return SearchResult(coarse, fine, ranking, kept, seconds)

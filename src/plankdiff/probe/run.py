@@ -1,0 +1,334 @@
+"""One evaluation entry point: a feature store + a split in, selected pair and test metrics out.
+
+Selection (pair and probe hyper-parameters) uses validation rows only; the selected probe meets
+the test rows once. Shifted test sets (another store and split with the same class list) are
+scored with the same probe, and per pair for a heatmap of the drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.preprocess import log_size_features
+from plankdiff.data.splits import Split
+from plankdiff.features.store import FeatureStore
+from plankdiff.probe.knn import knn_predict
+from plankdiff.probe.linear import fit_probe_grid, fit_single, train_statistics
+from plankdiff.probe.metrics import (
+    classification_metrics,
+    macro_f1_rows,
+    plot_confusion,
+    plot_heatmap,
+    save_metrics,
+)
+from plankdiff.provenance import git_sha, write_json
+
+Protocol = Literal["linear", "knn"]
+
+
+@dataclass
+class Shifted:
+    """A test set under distribution shift: its own features and split, the same class list."""
+
+    name: str
+    store: FeatureStore
+    split: Split
+
+
+@dataclass
+class ProbeResult:
+    protocol: str
+    selected_pair: str
+    hyperparameters: dict[str, Any]
+    val: dict[str, float]
+    test: dict[str, Any]
+    table: pd.DataFrame  # validation scores per pair (and hp for the linear protocol)
+    shifted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_pair: pd.DataFrame | None = None  # per-pair test and shifted accuracy (analysis only)
+
+
+def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
+    return {name: store.positions(split.indices(name)) for name in ("train", "val", "test")}
+
+
+def _size_columns(store: FeatureStore) -> np.ndarray:
+    meta = PreparedDataset.open(store.info["dataset"]).meta.iloc[store.rows]
+    return log_size_features(
+        meta["orig_width"].to_numpy(float),
+        meta["orig_height"].to_numpy(float),
+        meta["object_area"].to_numpy(float),
+    )
+
+
+def load_pairs(
+    store: FeatureStore, pairs: list[str], positions: np.ndarray, *, with_size: bool
+) -> dict[str, np.ndarray]:
+    extra = _size_columns(store)[positions] if with_size else None
+    out = {}
+    for pair in pairs:
+        x = np.asarray(store.load(pair)[positions], dtype=np.float32)
+        out[pair] = np.concatenate([x, extra], axis=1) if extra is not None else x
+    return out
+
+
+def _pair_axes(store: FeatureStore) -> dict[str, tuple[str, int | None]]:
+    return {p["name"]: (p["block"], p.get("t")) for p in store.pair_table()}
+
+
+def probe_features(
+    store: FeatureStore,
+    split: Split,
+    *,
+    protocol: Protocol = "linear",
+    loss: str = "ce",
+    pairs: list[str] | None = None,
+    with_size: bool = False,
+    fuse_top: int = 0,
+    shifted: list[Shifted] = (),
+    seed: int = 0,
+    bootstrap: int = 1000,
+    out: Path | None = None,
+    config: dict | None = None,
+    probe_options: dict | None = None,
+) -> ProbeResult:
+    pairs = pairs or store.pairs
+    positions = split_positions(store, split)
+    order = np.concatenate([positions["train"], positions["val"], positions["test"]])
+    n_train, n_val = len(positions["train"]), len(positions["val"])
+    index = {
+        "train": np.arange(n_train),
+        "val": np.arange(n_train, n_train + n_val),
+        "test": np.arange(n_train + n_val, len(order)),
+    }
+    labels = split.targets[store.rows[order]]
+    assert (labels >= 0).all(), "split rows without a target; was the split made on this dataset?"
+    n_classes = len(split.classes)
+    features = load_pairs(store, pairs, order, with_size=with_size)
+
+    if protocol == "linear":
+        grid = fit_probe_grid(
+            features,
+            labels,
+            train=index["train"],
+            val=index["val"],
+            n_classes=n_classes,
+            loss=loss,
+            seed=seed,
+            **(probe_options or {}),
+        )
+        table, selected, hyper = grid.table, grid.best_pair, grid.hyperparameters()
+        classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
+        if fuse_top > 1:
+            ranked = grid.best_per_pair().sort_values(["val_macro_f1", "val_accuracy"], ascending=False)
+            top = list(ranked["pair"].head(fuse_top))
+            fused_name = "+".join(top)
+            features[fused_name] = np.concatenate([features[p] for p in top], axis=1)
+            fused = fit_single(
+                features[fused_name],
+                labels,
+                train=index["train"],
+                val=index["val"],
+                n_classes=n_classes,
+                name=fused_name,
+                loss=loss,
+                seed=seed,
+                **(probe_options or {}),
+            )
+            table = pd.concat([table, fused.table], ignore_index=True)
+            classifiers[fused_name] = fused.classifier().predict_proba
+            best_single = ranked.iloc[0]
+            fused_best = fused.best_per_pair().iloc[0]
+            if (fused_best["val_macro_f1"], fused_best["val_accuracy"]) > (
+                best_single["val_macro_f1"],
+                best_single["val_accuracy"],
+            ):
+                selected, hyper = fused_name, fused.hyperparameters()
+    else:
+        rows = []
+        classifiers = {}
+        for pair in pairs:
+            x = features[pair]
+            predict = _knn_predictor(x[index["train"]], labels[index["train"]], n_classes)
+            val_pred = predict(x[index["val"]]).argmax(1)
+            rows.append(
+                {
+                    "pair": pair,
+                    "val_macro_f1": float(macro_f1_rows(labels[index["val"]], val_pred[None], n_classes)[0]),
+                    "val_accuracy": float((val_pred == labels[index["val"]]).mean()),
+                }
+            )
+            classifiers[pair] = predict
+        table = pd.DataFrame(rows)
+        best = table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable").iloc[0]
+        selected, hyper = best["pair"], {"pair": best["pair"], "k": 20, "temperature": 0.07}
+
+    scores = table[table["pair"] == selected].sort_values("val_macro_f1", ascending=False).iloc[0]
+    val = {"macro_f1": float(scores["val_macro_f1"]), "accuracy": float(scores["val_accuracy"])}
+    x_selected = features[selected]
+    test_pred = classifiers[selected](x_selected[index["test"]]).argmax(1)
+    test = classification_metrics(
+        labels[index["test"]], test_pred, n_classes, split.classes, bootstrap=bootstrap, seed=seed
+    )
+
+    result = ProbeResult(protocol, selected, hyper, val, test, table)
+    if shifted:
+        result.shifted, result.per_pair = _score_shifted(
+            store,
+            shifted,
+            pairs,
+            selected,
+            classifiers,
+            features,
+            labels,
+            index,
+            n_classes,
+            with_size,
+            bootstrap,
+            seed,
+        )
+    if out is not None:
+        write_result(result, store, split, out, config=config or {}, with_size=with_size, loss=loss)
+    return result
+
+
+def _knn_predictor(train_x: np.ndarray, train_y: np.ndarray, n_classes: int):
+    return lambda query: knn_predict(train_x, train_y, query, n_classes)
+
+
+def _score_shifted(
+    store,
+    shifted,
+    pairs,
+    selected,
+    classifiers,
+    features,
+    labels,
+    index,
+    n_classes,
+    with_size,
+    bootstrap,
+    seed,
+):
+    results, per_pair = {}, []
+    in_test = {
+        p: float((classifiers[p](features[p][index["test"]]).argmax(1) == labels[index["test"]]).mean())
+        for p in pairs
+    }
+    for shift in shifted:
+        assert shift.split.classes == list(shift.split.classes) and len(shift.split.classes) == n_classes, (
+            f"shifted set {shift.name} has {len(shift.split.classes)} classes, the probe {n_classes}"
+        )
+        test_positions = shift.store.positions(shift.split.indices("test"))
+        shift_labels = shift.split.targets[shift.store.rows[test_positions]]
+        shift_features = load_pairs(
+            shift.store, [p for p in pairs if p in shift.store.pairs], test_positions, with_size=with_size
+        )
+        components = selected.split("+")
+        x_sel = np.concatenate([shift_features[p] for p in components], axis=1)
+        predicted = classifiers[selected](x_sel).argmax(1)
+        results[shift.name] = classification_metrics(
+            shift_labels, predicted, n_classes, shift.split.classes, bootstrap=bootstrap, seed=seed
+        )
+        for pair, x in shift_features.items():
+            accuracy = float((classifiers[pair](x).argmax(1) == shift_labels).mean())
+            per_pair.append(
+                {
+                    "pair": pair,
+                    "shift": shift.name,
+                    "test_accuracy": in_test[pair],
+                    "shifted_accuracy": accuracy,
+                    "drop": in_test[pair] - accuracy,
+                }
+            )
+    return results, pd.DataFrame(per_pair)
+
+
+def _scalars(metrics: dict) -> dict:
+    keep = ("accuracy", "macro_f1", "balanced_accuracy", "n", "n_classes_present", "ci")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def write_result(
+    result: ProbeResult,
+    store: FeatureStore,
+    split: Split,
+    out: Path,
+    *,
+    config: dict,
+    with_size: bool,
+    loss: str,
+) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "protocol": result.protocol,
+        "selected_pair": result.selected_pair,
+        "hyperparameters": result.hyperparameters,
+        "loss": loss,
+        "with_size": with_size,
+        "val": result.val,
+        "features": str(store.root),
+        "feature_key": store.info.get("key"),
+        "split": split.name,
+        "git_sha": git_sha(),
+        "config": config,
+        "shifted": {name: _scalars(m) for name, m in result.shifted.items()},
+    }
+    save_metrics(result.test, out, extra=extra)
+    result.table.to_csv(out / "val_grid.csv", index=False)
+    if result.per_pair is not None and len(result.per_pair):
+        result.per_pair.to_csv(out / "shift_per_pair.csv", index=False)
+    axes = _pair_axes(store)
+    best = (
+        result.table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable")
+        .groupby("pair", sort=False)
+        .head(1)
+        .set_index("pair")["val_macro_f1"]
+    )
+    grid_pairs = [p for p in store.pair_table() if p["name"] in best.index and p.get("t") is not None]
+    if len(grid_pairs) > 1:
+        heat = pd.DataFrame(
+            {
+                "block": [p["block"] for p in grid_pairs],
+                "t": [p["t"] for p in grid_pairs],
+                "value": [best[p["name"]] for p in grid_pairs],
+            }
+        )
+        marked = axes.get(result.selected_pair)
+        plot_heatmap(
+            heat,
+            selected=marked,
+            out=out / "heatmap_val_macro_f1.png",
+            title=f"validation macro-F1, {split.name} ({result.protocol})",
+        )
+        if result.per_pair is not None and len(result.per_pair):
+            for shift, frame in result.per_pair.groupby("shift"):
+                drop = pd.DataFrame(
+                    {
+                        "block": [axes[p][0] for p in frame["pair"]],
+                        "t": [axes[p][1] for p in frame["pair"]],
+                        "value": frame["drop"].to_numpy(),
+                    }
+                )
+                plot_heatmap(
+                    drop,
+                    selected=marked,
+                    out=out / f"heatmap_drop_{shift}.png",
+                    title=f"accuracy drop under shift: {shift}",
+                )
+    plot_confusion(
+        result.test["confusion"],
+        split.classes,
+        out / "confusion.png",
+        title=f"{result.selected_pair} on test",
+    )
+    write_json(out / "selected.json", {"pair": result.selected_pair, **extra})
+
+
+__all__ = ["ProbeResult", "Shifted", "probe_features", "split_positions", "load_pairs", "train_statistics"]
