@@ -11,18 +11,22 @@ it would be alone.
 The optimiser is AdamW written out over the whole weight tensor, because every probe needs its own
 learning rate and weight decay: Adam divides out gradient scale, so scaling gradients per probe
 cannot set a per-probe learning rate, and one torch parameter group per hp would split the batched
-product apart. The schedule is cosine over all steps, no warm-up (a convex problem from zero init).
+product apart. The schedule is cosine over all steps, no warm-up: the problem is convex, weights
+start at zero and biases at the log class prior (`initial_bias`).
 
-Matrix products run in bfloat16 by default with float32 weights, optimiser state, softmax and loss:
-on CPUs with AMX (Sapphire Rapids and later) and on GPUs that is ~20× the float32 throughput, and
-linear probes on standardised features do not notice the rounding (the sklearn cross-check test and
-the benchmark compare against float64 lbfgs). Pass `matmul_dtype="float32"` on CPUs without bf16 units.
+Matrix products run in bfloat16 by default (their outputs, logits and weight gradients, rounded to
+bf16) with float32 weights, optimiser state, softmax and loss: on CPUs with AMX (Sapphire Rapids and
+later) and on GPUs that is ~20× the float32 throughput, and linear probes on standardised features
+do not notice the rounding (on the 63-pair benchmark on an H200, bf16 and float32 selected the same
+probe with identical validation scores; the tests and the benchmark compare against float64 lbfgs).
+Pass `matmul_dtype="float32"` on CPUs without bf16 units.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any, Literal
@@ -37,14 +41,26 @@ from plankdiff.progress import progress_bar
 
 Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 LOSSES: tuple[str, ...] = ("ce", "class-balanced", "logit-adjusted")
-# Defaults sized for 2 CPU cores: 2 × 2 hps is the smallest grid that still brackets the usual
-# linear-probe optimum (Adam lr 1e-3..3e-3 on standardised inputs; wd from "almost none" to "some"
-# for the rare classes with < 60 images), and 30 epochs of batch 512 (~1,200 steps at N_train=21k)
-# bring the probes within ~1 point of converged float64 lbfgs (see bench/results/probe.md).
-DEFAULT_LRS: tuple[float, ...] = (1e-3, 3e-3)
-DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-4, 1e-2)
-DEFAULT_EPOCHS = 30
+# Defaults sized for 2 CPU cores: 4 probes per pair, 10 epochs of batch 512 (~420 steps at
+# N_train = 21k), which on 121-class synthetic data shaped like NDSB reach sklearn's converged lbfgs
+# accuracy (bench/results/probe.md). The step budget is spent mostly in elementwise softmax passes,
+# so it is the cost that matters: 30 epochs bought +0.3 points there for 3x the time.
+# With a fixed step budget the learning rate acts as the amount of training: lr × steps decides how
+# far weights get from zero, so 3e-3 (about "converged") and 1e-2 (more, for weakly separable pairs)
+# bracket it; 1e-3 under-fits within 10 epochs. Decoupled weight decay shrinks weights by about
+# exp(-lr · wd · steps / 2) over a cosine run, so wd = 1e-2 would be a no-op (~1%); the grid
+# contrasts "none" (1e-4) with a real pull to zero (0.5: ~25% at lr 3e-3, ~65% at 1e-2), which
+# matters for 512-wide blocks and for classes with a handful of training images. Adam moves each
+# weight by about lr per step, so a probe needs some hundreds of steps however small its training
+# set: smaller sets get more epochs (`min_steps`).
+DEFAULT_LRS: tuple[float, ...] = (3e-3, 1e-2)
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-4, 0.5)
+DEFAULT_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 512
+DEFAULT_MIN_STEPS = 400
+# One torch thread by default: on this project's 2-core machines another process is usually
+# training, and two OpenMP threads then wait on each other at every op (measured 5x slower).
+DEFAULT_THREADS = 1
 CLASS_BALANCED_BETA = 0.999  # Cui et al. 2019, "effective number of samples"
 LOGIT_ADJUST_TAU = 1.0  # Menon et al. 2021, the Bayes-consistent value for balanced error
 STD_FLOOR = 1e-6
@@ -70,7 +86,7 @@ def train_statistics(x: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.n
     """Per-feature mean and std over the training rows only (float64 sums; std floored at 1e-6).
 
     Validation and test rows never enter, so a shift in them cannot leak into the standardisation;
-    float16 features are summed in float64 because 21k float16 values overflow and lose precision.
+    sums run in float64 rather than in the features' float16, whose 11-bit mantissa would lose them.
     """
     rows = x[as_rows(train, len(x))]
     mean = rows.mean(axis=0, dtype=np.float64)
@@ -200,6 +216,21 @@ def logit_adjustment(counts: np.ndarray, *, tau: float = LOGIT_ADJUST_TAU) -> np
     return tau * np.log(counts / counts.sum())
 
 
+def initial_bias(counts: np.ndarray, loss: Loss) -> np.ndarray:
+    """The bias that minimises the training loss while all weights are zero: the (weighted) log prior.
+
+    Starting there, the optimiser spends its steps on the weights instead of walking each bias
+    several nats to its class frequency (NDSB's classes span a ~200× range, ~5 nats, which Adam at
+    lr 1e-3 would need thousands of steps for). Logit adjustment already adds τ·log prior, so its
+    probes start at (1 - τ)·log prior. Counts are floored at 1, as in `logit_adjustment`.
+    """
+    counts = np.maximum(counts, 1).astype(np.float64)
+    if loss == "class-balanced":
+        counts = counts * class_weights(counts)
+    log_prior = np.log(counts / counts.sum())
+    return log_prior - logit_adjustment(counts) if loss == "logit-adjusted" else log_prior
+
+
 def _loss_and_grads(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -209,33 +240,46 @@ def _loss_and_grads(
     n_classes: int,
     sample_weight: torch.Tensor | None,
     logit_offset: torch.Tensor | None,
+    workspace: dict[int, tuple[torch.Tensor, ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weighted softmax cross-entropy of every probe on one batch, with its gradients, by hand.
+    """Weighted softmax cross-entropy of every probe on one batch, and its gradients, by hand.
 
     x [G, B, W] (matmul dtype), weight [G, W, H·C] and bias [G, H·C] (float32), y [B].
-    Returns (per-probe loss [G, H], grad weight, grad bias). The gradient of mean-over-batch CE is
-    (softmax - onehot) · sample_weight / B; writing it out avoids keeping an autograd graph of the
-    biggest tensor in the step, and keeps the bf16 products explicit.
+    Returns (per-probe loss [G, H], grad weight, grad bias). The gradient of the batch-mean CE is
+    (softmax - onehot) · sample_weight / B; writing it out avoids an autograd graph over the largest
+    tensor of the step, keeps the bf16 products explicit, and lets the [G, B, H·C] buffers be reused
+    across steps (`workspace`, keyed by batch size): on a 2-core CPU the step is bound by these
+    elementwise passes and by fresh allocations, not by the matrix products, so each pass counts.
+    The loss (reported, not differentiated) is -log of the target probability, floored at the
+    smallest float32 so a margin beyond ~87 nats reads as 87 rather than inf.
     """
     groups, batch, _ = x.shape
-    hps = weight.shape[2] // n_classes
-    logits = torch.bmm(x, weight.to(x.dtype)).float().add_(bias[:, None, :])
-    logits = logits.view(groups, batch, hps, n_classes)
+    n_out = weight.shape[2]
+    hps = n_out // n_classes
+    workspace = {} if workspace is None else workspace
+    if batch not in workspace:
+        shape = (groups, batch, n_out)
+        workspace[batch] = (
+            torch.empty(shape, device=x.device),
+            torch.empty(shape, device=x.device),
+            torch.empty(shape, device=x.device, dtype=x.dtype),
+        )
+    logits, probs, grad = workspace[batch]
+    logits.copy_(torch.bmm(x, weight.to(x.dtype))).add_(bias[:, None, :])
+    logits4 = logits.view(groups, batch, hps, n_classes)
     if logit_offset is not None:
-        logits.add_(logit_offset)
-    log_probs = torch.log_softmax(logits, dim=-1)
+        logits4.add_(logit_offset)
+    probs4 = torch.softmax(logits4, dim=-1, out=probs.view(groups, batch, hps, n_classes))
     target = y.view(1, batch, 1, 1).expand(groups, batch, hps, 1)
-    nll = -log_probs.gather(-1, target).squeeze(-1)  # [G, B, H]
-    scale = (
-        sample_weight[y] / batch if sample_weight is not None else x.new_full((batch,), 1.0 / batch).float()
-    )
-    grad = log_probs.exp_()
-    grad.scatter_add_(-1, target, grad.new_full(target.shape, -1.0))
-    grad.mul_(scale.view(1, batch, 1, 1))
+    scale = sample_weight[y] / batch if sample_weight is not None else torch.full((batch,), 1.0 / batch)
+    scale = scale.to(x.device)
+    nll = -probs4.gather(-1, target).squeeze(-1).clamp_min_(torch.finfo(torch.float32).tiny).log_()
     loss = (nll * scale.view(1, batch, 1)).sum(dim=1)
-    grad = grad.view(groups, batch, hps * n_classes)
-    grad_weight = torch.bmm(x.transpose(1, 2), grad.to(x.dtype)).float()
-    return loss, grad_weight, grad.sum(dim=1)
+    probs4.scatter_add_(-1, target, probs4.new_full(target.shape, -1.0))
+    probs.mul_(scale.view(1, batch, 1))
+    grad_bias = probs.sum(dim=1)
+    grad_weight = torch.bmm(x.transpose(1, 2), grad.copy_(probs)).float()
+    return loss, grad_weight, grad_bias
 
 
 def _adamw_(
@@ -251,15 +295,27 @@ def _adamw_(
     """One AdamW step (torch.optim.AdamW's arithmetic) with a learning rate and decay per last-axis slice.
 
     `lr` and `weight_decay` broadcast against `param`'s last axis (hps × classes), which is how each
-    probe gets its own; decay is decoupled and scaled by lr, as in torch.
+    probe gets its own; decay is decoupled and scaled by lr, as in torch. `step` counts from 1.
     """
     beta1, beta2 = ADAM_BETAS
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     if weight_decay is not None:
         param.mul_(1 - lr * weight_decay)
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(ADAM_EPS)
-    param.sub_(exp_avg / denom * (lr / (1 - beta1**step)))
+    denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(ADAM_EPS).div_(lr / (1 - beta1**step))
+    param.addcdiv_(exp_avg, denom, value=-1)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op threads, then restore the caller's setting (None: leave it alone)."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _padded_width(dim: int) -> int:
@@ -272,24 +328,28 @@ def _standardised(
     rows: np.ndarray,
     stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
     width: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """[len(pairs), len(rows), width] float32: each pair standardised with its train stats, zero-padded."""
-    out = torch.zeros(len(pairs), len(rows), width)
+    """[len(pairs), len(rows), width]: each pair standardised with its train stats, zero-padded."""
+    out = torch.zeros(len(pairs), len(rows), width, dtype=dtype)
     for i, pair in enumerate(pairs):
         mean, std = stats[pair]
-        out[i, :, : len(mean)] = torch.from_numpy((features[pair][rows].astype(np.float32) - mean) / std)
+        z = torch.from_numpy((features[pair][rows].astype(np.float32) - mean) / std)
+        out[i, :, : len(mean)] = z
     return out
 
 
 class _Group:
-    """Pairs that share a padded width: their train inputs, probe weights and AdamW state."""
+    """Pairs that share a padded width: their train inputs, probe weights, AdamW state and buffers."""
 
-    def __init__(self, pairs: list[str], width: int, n_out: int, x_train: torch.Tensor) -> None:
-        self.pairs, self.width, self.x_train = pairs, width, x_train
-        device = x_train.device
-        self.weight = torch.zeros(len(pairs), width, n_out, device=device)
-        self.bias = torch.zeros(len(pairs), n_out, device=device)
-        self.state = [torch.zeros_like(t) for t in (self.weight, self.weight, self.bias, self.bias)]
+    def __init__(self, pairs: list[str], x_train: torch.Tensor, bias_init: torch.Tensor, n_hps: int) -> None:
+        self.pairs, self.x_train, self.width = pairs, x_train, x_train.shape[2]
+        self.weight = torch.zeros(len(pairs), self.width, len(bias_init), device=x_train.device)
+        self.bias = bias_init.to(x_train.device).repeat(len(pairs), 1)
+        self.adam_weight = (torch.zeros_like(self.weight), torch.zeros_like(self.weight))
+        self.adam_bias = (torch.zeros_like(self.bias), torch.zeros_like(self.bias))
+        self.workspace: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.last_epoch_loss = torch.zeros(len(pairs), n_hps, device=x_train.device)
 
 
 def fit_probe_grid(
@@ -304,9 +364,11 @@ def fit_probe_grid(
     loss: Loss = "ce",
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    min_steps: int = DEFAULT_MIN_STEPS,
     seed: int = 0,
     device: str = "cpu",
     matmul_dtype: Literal["bfloat16", "float32"] = "bfloat16",
+    num_threads: int | None = DEFAULT_THREADS,
     progress: bool = False,
 ) -> ProbeGrid:
     """Fit a linear probe for every pair × (lr, weight decay) as one batched model; select on validation.
@@ -315,13 +377,17 @@ def fit_probe_grid(
     train, val: row indices or boolean masks; disjoint. Standardisation uses train rows only.
     loss: "ce"; "class-balanced" (per-class weights, `class_weights`); "logit-adjusted" (τ·log prior
     added to the logits in training only, `logit_adjustment`). Defaults are sized for 2 CPU cores
-    (module constants: lrs (1e-3, 3e-3), weight decays (1e-4, 1e-2), 30 epochs, batch 512).
-    All probes share one seeded shuffle, so a seed fixes every result bit for bit on a given machine.
+    (module constants, reasons there: lrs (3e-3, 1e-2) × weight decays (1e-4, 0.5), 10 epochs, batch
+    512); `epochs` is raised until there are `min_steps` optimiser steps (400), so small training sets
+    converge too. All probes share one seeded shuffle, so a seed fixes every result bit for bit on a
+    given machine. num_threads: torch intra-op threads for this call only (default 1, see
+    DEFAULT_THREADS); None keeps torch's setting, the right choice on an idle many-core machine.
     """
     assert loss in LOSSES, f"loss {loss!r} is not one of {LOSSES}"
     assert features, "no feature pairs to probe"
     assert epochs > 0 and batch_size > 0, "epochs and batch_size must be positive"
     assert lrs and weight_decays, "the hyper-parameter grid is empty"
+    assert min(lrs) > 0 and min(weight_decays) >= 0, "learning rates must be positive, weight decays >= 0"
     labels = np.asarray(labels)
     n = len(labels)
     for pair, x in features.items():
@@ -332,106 +398,44 @@ def fit_probe_grid(
     assert labels.min() >= 0 and labels.max() < n_classes, f"labels outside range({n_classes})"
 
     hps = list(product(lrs, weight_decays))
-    n_out = len(hps) * n_classes
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[matmul_dtype]
-    y_train = torch.from_numpy(labels[train_rows].astype(np.int64)).to(device)
     counts = np.bincount(labels[train_rows], minlength=n_classes)
-    sample_weight = (
-        torch.tensor(class_weights(counts), dtype=torch.float32, device=device)
-        if loss == "class-balanced"
-        else None
-    )
-    logit_offset = (
-        torch.tensor(logit_adjustment(counts), dtype=torch.float32, device=device)
-        if loss == "logit-adjusted"
-        else None
-    )
-    lr_cols = torch.tensor([lr for lr, _ in hps], device=device).repeat_interleave(n_classes)
-    wd_cols = torch.tensor([wd for _, wd in hps], device=device).repeat_interleave(n_classes)
-
     stats = {pair: train_statistics(x, train_rows) for pair, x in features.items()}
-    by_width: dict[int, list[str]] = {}
-    for pair, x in features.items():
-        by_width.setdefault(_padded_width(x.shape[1]), []).append(pair)
-    groups = [
-        _Group(
-            pairs, width, n_out, _standardised(features, pairs, train_rows, stats, width).to(device, dtype)
-        )
-        for width, pairs in sorted(by_width.items())
-    ]
-
-    generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    step = 0
-    with progress_bar("linear probes", total_steps, enabled=progress) as advance:
-        for _ in range(epochs):
-            order = torch.randperm(len(train_rows), generator=generator).to(device)
-            epoch_loss = [torch.zeros(len(g.pairs), len(hps), device=device) for g in groups]
-            for start in range(0, len(train_rows), batch_size):
-                idx = order[start : start + batch_size]
-                y = y_train[idx]
-                lr = lr_cols * (0.5 * (1 + math.cos(math.pi * step / total_steps)))
-                step += 1
-                for group, running in zip(groups, epoch_loss, strict=True):
-                    batch_loss, grad_w, grad_b = _loss_and_grads(
-                        group.x_train.index_select(1, idx),
-                        group.weight,
-                        group.bias,
-                        y,
-                        n_classes=n_classes,
-                        sample_weight=sample_weight,
-                        logit_offset=logit_offset,
-                    )
-                    running += batch_loss
-                    m_w, v_w, m_b, v_b = group.state
-                    _adamw_(group.weight, grad_w, m_w, v_w, step=step, lr=lr, weight_decay=wd_cols)
-                    _adamw_(group.bias, grad_b, m_b, v_b, step=step, lr=lr, weight_decay=None)
-                advance()
-
-    rows, classifiers = [], {}
-    y_val = labels[val_rows].astype(np.int64)
-    for group, running in zip(groups, epoch_loss, strict=True):
-        preds = np.empty((len(group.pairs), len(hps), len(val_rows)), dtype=np.int64)
-        for start in range(0, len(val_rows), EVAL_CHUNK):
-            chunk = val_rows[start : start + EVAL_CHUNK]
-            x = _standardised(features, group.pairs, chunk, stats, group.width).to(device)
-            logits = torch.baddbmm(group.bias[:, None, :], x, group.weight)
-            logits = logits.view(len(group.pairs), len(chunk), len(hps), n_classes)
-            preds[:, :, start : start + len(chunk)] = logits.argmax(-1).permute(0, 2, 1).cpu().numpy()
-        flat = preds.reshape(-1, len(val_rows))
-        macro_f1 = macro_f1_rows(y_val, flat, n_classes).reshape(len(group.pairs), len(hps))
-        accuracy = (flat == y_val).mean(axis=1).reshape(len(group.pairs), len(hps))
-        train_loss = (running / steps_per_epoch).cpu().numpy()
-        assert np.isfinite(train_loss).all(), "a probe's training loss is not finite; lower the learning rate"
-        for i, pair in enumerate(group.pairs):
-            for h, (lr, wd) in enumerate(hps):
-                rows.append(
-                    {"pair": pair, "dim": features[pair].shape[1], "lr": lr, "weight_decay": wd}
-                    | {"val_macro_f1": macro_f1[i, h], "val_accuracy": accuracy[i, h]}
-                    | {"train_loss": float(train_loss[i, h])}
-                )
-    order_of = {pair: i for i, pair in enumerate(features)}
-    table = pd.DataFrame(rows).sort_values("pair", key=lambda s: s.map(order_of), kind="stable")
-    table = table.reset_index(drop=True)
-
-    for group in groups:
-        for i, pair in enumerate(group.pairs):
-            best = _ranked(table[table["pair"] == pair]).iloc[0]
-            h = hps.index((best["lr"], best["weight_decay"]))
-            cols = slice(h * n_classes, (h + 1) * n_classes)
-            dim = features[pair].shape[1]
-            classifiers[pair] = LinearClassifier(
-                mean=stats[pair][0],
-                std=stats[pair][1],
-                weight=group.weight[i, :dim, cols].T.cpu().numpy(),
-                bias=group.bias[i, cols].cpu().numpy(),
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[matmul_dtype]
+    with _torch_threads(num_threads):
+        bias_init = torch.tensor(initial_bias(counts, loss), dtype=torch.float32).repeat(len(hps))
+        by_width: dict[int, list[str]] = {}
+        for pair, x in features.items():
+            by_width.setdefault(_padded_width(x.shape[1]), []).append(pair)
+        groups = [
+            _Group(
+                pairs,
+                _standardised(features, pairs, train_rows, stats, width, dtype).to(device),
+                bias_init,
+                len(hps),
             )
+            for width, pairs in sorted(by_width.items())
+        ]
+        _train(
+            groups,
+            torch.from_numpy(labels[train_rows].astype(np.int64)).to(device),
+            hps=hps,
+            n_classes=n_classes,
+            counts=counts,
+            loss=loss,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        table = _score(groups, features, stats, labels, val_rows, hps=hps, n_classes=n_classes)
     best = _ranked(table).iloc[0]
     settings = {
         "loss": loss,
         "epochs": epochs,
         "batch_size": batch_size,
+        "min_steps": min_steps,
         "seed": seed,
         "lrs": list(lrs),
         "weight_decays": list(weight_decays),
@@ -449,8 +453,136 @@ def fit_probe_grid(
         best_pair=str(best["pair"]),
         best_hp={"lr": float(best["lr"]), "weight_decay": float(best["weight_decay"])},
         settings=settings,
-        classifiers={pair: classifiers[pair] for pair in features},
+        classifiers=_export(groups, table, stats, hps=hps, n_classes=n_classes, order=list(features)),
     )
+
+
+def _train(
+    groups: list[_Group],
+    y_train: torch.Tensor,
+    *,
+    hps: list[tuple[float, float]],
+    n_classes: int,
+    counts: np.ndarray,
+    loss: Loss,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Mini-batch AdamW with a cosine schedule over every group at once; one shared seeded shuffle.
+
+    Leaves the weights in the groups, and each probe's mean training loss over the last epoch in
+    `group.last_epoch_loss` [pairs, hps].
+    """
+    device = y_train.device
+    sample_weight = (
+        torch.tensor(class_weights(counts), dtype=torch.float32, device=device)
+        if loss == "class-balanced"
+        else None
+    )
+    logit_offset = (
+        torch.tensor(logit_adjustment(counts), dtype=torch.float32, device=device)
+        if loss == "logit-adjusted"
+        else None
+    )
+    lr_cols = torch.tensor([lr for lr, _ in hps], device=device).repeat_interleave(n_classes)
+    wd_cols = torch.tensor([wd for _, wd in hps], device=device).repeat_interleave(n_classes)
+    n_train = len(y_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = epochs * steps_per_epoch
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    with progress_bar("linear probes", total_steps, enabled=progress) as advance:
+        for epoch in range(epochs):
+            order = torch.randperm(n_train, generator=generator).to(device)
+            for start in range(0, n_train, batch_size):
+                idx = order[start : start + batch_size]
+                lr = lr_cols * (0.5 * (1 + math.cos(math.pi * step / total_steps)))
+                step += 1
+                for group in groups:
+                    batch_loss, grad_w, grad_b = _loss_and_grads(
+                        group.x_train.index_select(1, idx),
+                        group.weight,
+                        group.bias,
+                        y_train[idx],
+                        n_classes=n_classes,
+                        sample_weight=sample_weight,
+                        logit_offset=logit_offset,
+                        workspace=group.workspace,
+                    )
+                    if epoch == epochs - 1:
+                        group.last_epoch_loss += batch_loss / steps_per_epoch
+                    _adamw_(group.weight, grad_w, *group.adam_weight, step=step, lr=lr, weight_decay=wd_cols)
+                    _adamw_(group.bias, grad_b, *group.adam_bias, step=step, lr=lr, weight_decay=None)
+                advance()
+    for group in groups:
+        group.workspace.clear()
+
+
+def _score(
+    groups: list[_Group],
+    features: Mapping[str, np.ndarray],
+    stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    val_rows: np.ndarray,
+    *,
+    hps: list[tuple[float, float]],
+    n_classes: int,
+) -> pd.DataFrame:
+    """The validation table: every probe's macro-F1 and accuracy (float32 products), pairs in given order."""
+    y_val = labels[val_rows].astype(np.int64)
+    rows = []
+    for group in groups:
+        device = group.weight.device
+        preds = np.empty((len(group.pairs), len(hps), len(val_rows)), dtype=np.int64)
+        for start in range(0, len(val_rows), EVAL_CHUNK):
+            chunk = val_rows[start : start + EVAL_CHUNK]
+            x = _standardised(features, group.pairs, chunk, stats, group.width).to(device)
+            logits = torch.baddbmm(group.bias[:, None, :], x, group.weight)
+            logits = logits.view(len(group.pairs), len(chunk), len(hps), n_classes)
+            preds[:, :, start : start + len(chunk)] = logits.argmax(-1).permute(0, 2, 1).cpu().numpy()
+        flat = preds.reshape(-1, len(val_rows))
+        macro_f1 = macro_f1_rows(y_val, flat, n_classes).reshape(len(group.pairs), len(hps))
+        accuracy = (flat == y_val).mean(axis=1).reshape(len(group.pairs), len(hps))
+        train_loss = group.last_epoch_loss.cpu().numpy()
+        assert np.isfinite(train_loss).all(), "a probe's training loss is not finite; lower the learning rate"
+        for i, pair in enumerate(group.pairs):
+            for h, (lr, wd) in enumerate(hps):
+                rows.append(
+                    {"pair": pair, "dim": features[pair].shape[1], "lr": lr, "weight_decay": wd}
+                    | {"val_macro_f1": macro_f1[i, h], "val_accuracy": accuracy[i, h]}
+                    | {"train_loss": float(train_loss[i, h])}
+                )
+    order_of = {pair: i for i, pair in enumerate(features)}
+    table = pd.DataFrame(rows).sort_values("pair", key=lambda s: s.map(order_of), kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _export(
+    groups: list[_Group],
+    table: pd.DataFrame,
+    stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    hps: list[tuple[float, float]],
+    n_classes: int,
+    order: list[str],
+) -> dict[str, LinearClassifier]:
+    """Each pair's probe at that pair's best hp, cut out of the batched weights (without the padding)."""
+    classifiers = {}
+    for group in groups:
+        for i, pair in enumerate(group.pairs):
+            best = _ranked(table[table["pair"] == pair]).iloc[0]
+            h = hps.index((best["lr"], best["weight_decay"]))
+            cols = slice(h * n_classes, (h + 1) * n_classes)
+            mean, std = stats[pair]
+            classifiers[pair] = LinearClassifier(
+                mean=mean,
+                std=std,
+                weight=group.weight[i, : len(mean), cols].T.cpu().numpy(),
+                bias=group.bias[i, cols].cpu().numpy(),
+            )
+    return {pair: classifiers[pair] for pair in order}
 
 
 def fit_single(
