@@ -10,6 +10,8 @@ from plankdiff.deploy.cli import export_command, predict_command
 from plankdiff.diffusion.cli import app as diffusion_app
 from plankdiff.features.cli import app as features_app
 from plankdiff.probe.cli import probe_command
+from plankdiff.report import app as report_app
+from plankdiff.study.cli import run_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Read, prepare, split and inspect plankton image collections.")
@@ -18,7 +20,9 @@ app.add_typer(features_app, name="features", help="List blocks; extract frozen f
 app.add_typer(baseline_app, name="baseline", help="Supervised and self-supervised baselines, same budget.")
 app.command("export")(export_command)
 app.command("predict")(predict_command)
+app.add_typer(report_app, name="report", help="Render a results folder into one self-contained report.html.")
 app.command("probe")(probe_command)
+app.command("run")(run_command)
 
 
 def main() -> None:

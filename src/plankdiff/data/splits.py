@@ -58,7 +58,9 @@ class Split:
         path = dataset.root / "splits" / f"{self.name}.csv"
         path.parent.mkdir(exist_ok=True)
         self.to_frame().to_csv(path, index=False)
-        write_json(path.with_suffix(".json"), {"name": self.name, "counts": self.summary(), "classes": self.classes})
+        write_json(
+            path.with_suffix(".json"), {"name": self.name, "counts": self.summary(), "classes": self.classes}
+        )
         return path
 
     @classmethod
@@ -151,6 +153,46 @@ def balanced_split(
     return _relabel(f"balanced-s{seed}", rows, labels, dataset.classes)
 
 
+def reseed(split: Split, seed: int) -> Split:
+    """The same test rows, train and val re-drawn (stratified) from their union with `seed`.
+
+    Seeds of a study vary the probe and the train/val partition but never the test set, so a
+    backbone trained once on the seed-0 training rows never saw any seed's test images.
+    """
+    if seed == 0:
+        return split
+    pool = np.concatenate([split.indices("train"), split.indices("val")])
+    n = len(pool)
+    val_fraction = len(split.indices("val")) / n if n else 0.0
+    inner = _stratify(split.targets, pool, (1 - val_fraction, val_fraction, 0.0), seed)
+    rows = {"train": inner["train"], "val": inner["val"], "test": split.indices("test")}
+    base = split.name.rsplit("-s", 1)[0]
+    return Split(name=f"{base}-s{seed}", rows=rows, targets=split.targets, classes=split.classes)
+
+
+def cap_per_class(split: Split, caps: dict[str, int], seed: int = 0) -> Split:
+    """At most `caps[part]` rows per class in each part: reduced budgets for quick studies."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for part in SPLITS:
+        members = split.indices(part)
+        if part not in caps or len(members) == 0:
+            rows[part] = members
+            continue
+        labels = split.targets[members]
+        chosen = [
+            rng.choice(members[labels == c], min(caps[part], int((labels == c).sum())), replace=False)
+            for c in np.unique(labels)
+        ]
+        rows[part] = np.sort(np.concatenate(chosen))
+    return Split(
+        name=f"{split.name}-cap{caps.get('train', 0)}",
+        rows=rows,
+        targets=split.targets,
+        classes=split.classes,
+    )
+
+
 def temporal_split(
     dataset: PreparedDataset,
     *,
@@ -181,3 +223,15 @@ def temporal_split(
     rows = {"train": inner["train"], "val": inner["val"], "test": test_side}
     name = f"temporal-{'+'.join(map(str, train_years))}-to-{'+'.join(map(str, test_years))}-s{seed}"
     return _relabel(name, rows, labels, dataset.classes)
+
+
+def in_and_out_of_period(split: Split, *, fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
+    """From a temporal split, two splits sharing train and val: one tested on held-out images of the
+    training period (in distribution), one on the later period (under shift), to measure the drop."""
+    inner = _stratify(split.targets, split.indices("train"), (1 - fraction, 0.0, fraction), seed)
+    shared = {"train": inner["train"], "val": split.indices("val")}
+    within = Split(f"{split.name}-within", shared | {"test": inner["test"]}, split.targets, split.classes)
+    across = Split(
+        f"{split.name}-across", shared | {"test": split.indices("test")}, split.targets, split.classes
+    )
+    return within, across

@@ -1,0 +1,109 @@
+"""Experiment files (`plankdiff run EXPERIMENT.yaml`), validated so a misspelt key or a wrong type
+is reported with the file and the key, before anything runs."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(Strict):
+    source: str  # zip or folder; relative paths are resolved against the project root
+    size: int = 32
+    mode: Literal["fit", "keep-scale"] = "fit"
+    channels: int = 1
+    polarity: bool = True
+
+
+class PretrainSpec(Strict):
+    """The unlabelled (for SSL and diffusion) or labelled (supervised) images a backbone learns from."""
+
+    dataset: str
+    split: str  # a split kind name resolved by the runner: long-tailed | temporal:<train>-<test>
+
+
+class DiffusionSpec(Strict):
+    preset: str = "cpu"
+    max_minutes: float = Field(gt=0)
+    batch_size: int | None = None
+
+
+class BaselineSpec(Strict):
+    methods: tuple[str, ...] = ("supervised", "simclr", "byol", "dino", "mae")
+    max_minutes: float = Field(gt=0)
+    include_raw_pixels: bool = True
+
+
+class FeatureSpec(Strict):
+    timesteps: tuple[int, ...] = (1, 5, 10, 25, 50, 100, 200, 400, 700)
+    per_class_train: int = 20
+    per_class_val: int = 10
+    keep_timesteps: int = 2
+    batch_size: int = 128
+
+
+class ProbeSpec(Strict):
+    epochs: int = 30
+    min_steps: int = 1000  # optimiser steps at least, whatever the training-set size
+    balanced_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "ce"
+    long_tailed_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "logit-adjusted"
+    bootstrap: int = 1000
+
+
+class Caps(Strict):
+    """Reduced budgets: at most this many images per class in each part of every split."""
+
+    train: int = Field(gt=0)
+    val: int = Field(gt=0)
+    test: int = Field(gt=0)
+
+
+class ExperimentConfig(Strict):
+    name: str
+    description: str = ""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    datasets: dict[str, DatasetSpec]
+    pretrain: dict[str, PretrainSpec]
+    diffusion: DiffusionSpec
+    baselines: BaselineSpec
+    features: FeatureSpec = FeatureSpec()
+    probe: ProbeSpec = ProbeSpec()
+    caps: Caps | None = None
+    label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
+    kmeans: bool = True
+
+
+SHIPPED = ("quick", "cpu", "gpu")
+
+
+def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
+    if str(path_or_name) in SHIPPED:
+        source = resources.files("plankdiff") / "configs" / "experiments" / f"{path_or_name}.yaml"
+    else:
+        source = Path(path_or_name)
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{source}: cannot read experiment file: {error}") from None
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ValueError(f"{source}: invalid experiment: {problems}") from None
+    for name, spec in config.pretrain.items():
+        if spec.dataset not in config.datasets:
+            raise ValueError(f"{source}: pretrain.{name}.dataset names unknown dataset {spec.dataset!r}")
+    for needed in ("ndsb", "zoolake", "pwssc"):
+        if needed not in config.datasets:
+            raise ValueError(f"{source}: datasets.{needed} is required by the study")
+    return config
