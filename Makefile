@@ -26,8 +26,7 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 
 run: install
-	$(BIN)/plankdiff data prepare ../shared/datasets/ndsb.zip --name ndsb-32
-	$(BIN)/plankdiff data info ndsb-32
+	$(BIN)/plankdiff run quick
 
 clean:
 	rm -rf $(VENV) cache runs results
