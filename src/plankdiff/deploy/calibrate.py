@@ -1,0 +1,169 @@
+"""Abstention: a per-class probability threshold below which a prediction becomes `unclassified`.
+
+A plankton survey counts organisms per class, so a wrong label inflates some other class's count,
+while an abstention only lowers coverage (and the unclassified images can go to a taxonomist). The
+thresholds are calibrated on validation data for a target precision: for class c, τ_c is the
+smallest probability such that, among validation images predicted c with p ≥ τ_c, at least the
+target fraction truly are c. The smallest such τ keeps as many images classified as the target
+allows. When no τ reaches the target, τ_c = `ALWAYS_ABSTAIN` (above any probability), so the
+class is never decided. A class predicted fewer than `MIN_PREDICTIONS` times on validation has no
+usable estimate of its own; it falls back to one global threshold computed the same way over the
+predictions of every class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+DEFAULT_TARGET_PRECISION = 0.9
+MIN_PREDICTIONS = 5
+ALWAYS_ABSTAIN = 1.01  # above any softmax probability: predictions of this class always abstain
+Status = Literal["calibrated", "unreachable", "global", "given"]
+STATUS_MEANING = {
+    "calibrated": "own threshold reaches the target precision on validation",
+    "unreachable": "no threshold reaches the target precision on validation: always abstains",
+    "global": f"fewer than {MIN_PREDICTIONS} validation predictions: uses the global threshold",
+    "given": "threshold set by hand at export",
+}
+
+
+def smallest_threshold(confidence: np.ndarray, correct: np.ndarray, *, target: float) -> float | None:
+    """The smallest τ among the observed confidences with precision(p ≥ τ) ≥ target; None if none.
+
+    Only observed values are candidates: between two of them the kept set, and so the precision,
+    does not change. Ties are kept together, since a threshold cannot split equal probabilities.
+    """
+    assert confidence.shape == correct.shape, "one correctness flag per confidence"
+    if len(confidence) == 0:
+        return None
+    order = np.argsort(-confidence, kind="stable")
+    p, hits = confidence[order], np.cumsum(correct[order])
+    # Precision of "keep p >= p[i]" is read at the last index of each tie group.
+    last_of_tie = np.r_[p[1:] != p[:-1], True]
+    kept = np.arange(1, len(p) + 1)
+    reached = last_of_tie & (hits >= target * kept)
+    return float(p[np.flatnonzero(reached)[-1]]) if reached.any() else None
+
+
+@dataclass
+class Abstention:
+    """Per-class thresholds, how each was obtained, and the target they were calibrated for."""
+
+    thresholds: dict[str, float]
+    status: dict[str, Status]
+    target_precision: float | None = None
+    global_threshold: float | None = None
+    val_predictions: dict[str, int] | None = None
+
+    def array(self, classes: Sequence[str]) -> np.ndarray:
+        """Thresholds in class order, for `decide`."""
+        missing = set(classes) - set(self.thresholds)
+        assert not missing, f"no abstention threshold for class(es) {sorted(missing)}"
+        return np.array([self.thresholds[c] for c in classes], dtype=np.float64)
+
+    @property
+    def always_abstain(self) -> list[str]:
+        return [c for c, t in self.thresholds.items() if t > 1.0]
+
+    def to_card(self) -> dict[str, Any]:
+        return {
+            "target_precision": self.target_precision,
+            "min_predictions": MIN_PREDICTIONS,
+            "global_threshold": self.global_threshold,
+            "thresholds": self.thresholds,
+            "status": self.status,
+            "status_meaning": {s: STATUS_MEANING[s] for s in sorted(set(self.status.values()))},
+            "always_abstain": self.always_abstain,
+            "val_predictions": self.val_predictions,
+        }
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> Abstention:
+        return cls(
+            thresholds={c: float(t) for c, t in card["thresholds"].items()},
+            status=dict(card["status"]),
+            target_precision=card.get("target_precision"),
+            global_threshold=card.get("global_threshold"),
+            val_predictions=card.get("val_predictions"),
+        )
+
+    @classmethod
+    def given(cls, thresholds: Mapping[str, float]) -> Abstention:
+        """Thresholds chosen by hand (no calibration record): a value above 1 always abstains."""
+        return cls(
+            thresholds={c: float(t) for c, t in thresholds.items()},
+            status={c: "given" for c in thresholds},
+        )
+
+
+def calibrate_thresholds(
+    proba: np.ndarray,
+    labels: np.ndarray,
+    *,
+    classes: Sequence[str],
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+) -> Abstention:
+    """Per-class thresholds from validation probabilities [N, C] and true class indices [N]."""
+    assert proba.ndim == 2 and proba.shape[1] == len(classes), (
+        f"probabilities {proba.shape} for {len(classes)} classes"
+    )
+    assert len(labels) == len(proba), f"{len(labels)} labels for {len(proba)} probability rows"
+    assert 0 < target_precision <= 1, f"target precision must be in (0, 1], got {target_precision}"
+    predicted = proba.argmax(axis=1)
+    confidence = proba.max(axis=1).astype(np.float64)
+    correct = predicted == np.asarray(labels)
+    fallback = smallest_threshold(confidence, correct, target=target_precision)
+    global_threshold = ALWAYS_ABSTAIN if fallback is None else fallback
+    thresholds: dict[str, float] = {}
+    status: dict[str, Status] = {}
+    counts: dict[str, int] = {}
+    for index, name in enumerate(classes):
+        mine = predicted == index
+        counts[name] = int(mine.sum())
+        if counts[name] < MIN_PREDICTIONS:
+            thresholds[name], status[name] = global_threshold, "global"
+            continue
+        own = smallest_threshold(confidence[mine], correct[mine], target=target_precision)
+        if own is None:
+            thresholds[name], status[name] = ALWAYS_ABSTAIN, "unreachable"
+        else:
+            thresholds[name], status[name] = own, "calibrated"
+    return Abstention(
+        thresholds=thresholds,
+        status=status,
+        target_precision=target_precision,
+        global_threshold=global_threshold,
+        val_predictions=counts,
+    )
+
+
+def decide(proba: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    """The top-1 class index per row, or -1 where its probability is below that class's threshold."""
+    predicted = proba.argmax(axis=1)
+    if thresholds is None:
+        return predicted
+    assert thresholds.shape == (proba.shape[1],), (
+        f"{thresholds.shape} thresholds for {proba.shape[1]} classes"
+    )
+    confidence = proba[np.arange(len(proba)), predicted]
+    return np.where(confidence >= thresholds[predicted], predicted, -1)
+
+
+def selective_scores(proba: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None) -> dict[str, Any]:
+    """Coverage (fraction decided) and accuracy among the decided images: what abstention buys.
+
+    The accuracy is None when nothing is decided, rather than a 0 that would read as all wrong.
+    """
+    assert len(proba) > 0, "no images to score"
+    decided = decide(proba, thresholds)
+    kept = decided >= 0
+    hits = decided[kept] == np.asarray(labels)[kept]
+    return {
+        "coverage": float(kept.mean()),
+        "n_decided": int(kept.sum()),
+        "accuracy_when_decided": float(hits.mean()) if kept.any() else None,
+    }

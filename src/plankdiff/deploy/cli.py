@@ -1,0 +1,97 @@
+"""`plankdiff export` and `plankdiff predict`: a deployable classifier folder, and predictions with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from accelerate import PartialState
+from rich.console import Console
+
+from plankdiff.data.sources import SourceError
+from plankdiff.deploy.calibrate import DEFAULT_TARGET_PRECISION
+from plankdiff.deploy.export import ModelCardError, export_from_store, load_classifier
+from plankdiff.deploy.predict import predict
+
+console = Console()
+
+
+def export_command(
+    backbone: Path = typer.Option(..., "--backbone", help="diffusion run folder the features came from"),
+    features: Path = typer.Option(
+        ..., "--features", help="feature store folder (plankdiff features extract)"
+    ),
+    split: str = typer.Option(
+        ..., "--split", help="split name: probe fits on train, selects and calibrates on val"
+    ),
+    pair: list[str] = typer.Option(
+        ..., "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate"
+    ),
+    out: Path = typer.Option(..., "--out", help="classifier folder to write"),
+    data: str = typer.Option("", "--data", help="prepared dataset name or folder (default: the store's)"),
+    target_precision: float = typer.Option(
+        DEFAULT_TARGET_PRECISION, "--target-precision", help="per-class precision the abstention aims for"
+    ),
+    loss: str = typer.Option("ce", "--loss", help="ce | class-balanced | logit-adjusted"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder."""
+    try:
+        path = export_from_store(
+            backbone_run=backbone,
+            features=features,
+            split=split,
+            pairs=pair,
+            out=out,
+            data=data or None,
+            target_precision=target_precision,
+            loss=loss,
+            seed=seed,
+        )
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    card = load_classifier(path).card
+    test, abstention = card["metrics"]["test"], card["abstention"]
+    decided = test["abstention"]["accuracy_when_decided"]
+    console.print(
+        f"[green]exported[/green] {len(card['classes'])} classes from {', '.join(pair)} → {path}\n"
+        f"test: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}; abstaining below the "
+        f"val-calibrated thresholds: coverage {test['abstention']['coverage']:.3f}, accuracy "
+        + (f"{decided:.3f}" if decided is not None else "n/a (nothing decided)")
+    )
+    if abstention["always_abstain"]:
+        console.print(
+            f"[yellow]always abstains[/yellow] (target precision unreachable on val): "
+            f"{', '.join(abstention['always_abstain'])}"
+        )
+
+
+def predict_command(
+    model: Path = typer.Argument(..., help="classifier folder written by `plankdiff export`"),
+    inputs: list[Path] = typer.Argument(
+        ..., help="image folders, zip archives, IFCB bins or folders of bins"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for predictions.csv, counts.csv and skipped.csv"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto (accelerate's choice) | cpu | cuda"),
+) -> None:
+    """Classify images; run under `accelerate launch` to spread them over processes."""
+    try:
+        classifier = load_classifier(model)
+        run = predict(
+            classifier,
+            inputs,
+            out / "predictions.csv",
+            batch_size=batch_size,
+            device=None if device == "auto" else device,
+        )
+    except (ModelCardError, SourceError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    if not PartialState().is_main_process:
+        return  # one summary per run, not one per process
+    skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""
+    console.print(
+        f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"
+    )

@@ -1,0 +1,456 @@
+"""A trained classifier as one self-describing folder, and loading it back with every check.
+
+    unet/               the frozen EMA denoiser (diffusers `save_pretrained`, safetensors)
+    scheduler/          its noise schedule (ᾱ_t of every feature pair comes from here)
+    probe.safetensors   the linear probe: mean, std, weight [classes, features], bias
+    card.json           what it takes to reproduce a prediction: the (block, t) pairs with ᾱ_t and
+                        width, pooling and noise draws, the preprocessing parameters, class names,
+                        abstention thresholds, training data, metrics, git SHA, plankdiff version,
+                        and the sha256 of every weight and config file
+
+Features are only comparable when every one of those matches training, so `load_classifier`
+refuses a folder whose files no longer match their hashes, whose card was written by another
+major version, or whose probe does not fit its pairs and classes, naming the file at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from safetensors.numpy import load_file, save_file
+
+from plankdiff import __version__
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.preprocess import PreprocessParams
+from plankdiff.data.splits import SPLITS, Split
+from plankdiff.deploy.calibrate import (
+    DEFAULT_TARGET_PRECISION,
+    Abstention,
+    calibrate_thresholds,
+    decide,
+    selective_scores,
+)
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.diffusion.train import to_model_range
+from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash, timestep_info
+from plankdiff.features.store import FeatureStore
+from plankdiff.probe.linear import LinearClassifier, fit_single
+from plankdiff.probe.metrics import classification_metrics
+from plankdiff.provenance import git_sha, read_json, sha256_file, write_json
+
+CARD_FORMAT = "plankdiff-classifier"
+CARD_VERSION = 1
+CARD_FILE = "card.json"
+PROBE_FILE = "probe.safetensors"
+UNET_DIR = "unet"
+SCHEDULER_DIR = "scheduler"
+# Every file whose change would change a prediction; all are hashed into the card.
+HASHED_FILES = (
+    f"{UNET_DIR}/diffusion_pytorch_model.safetensors",
+    f"{UNET_DIR}/config.json",
+    f"{SCHEDULER_DIR}/scheduler_config.json",
+    PROBE_FILE,
+)
+UNCLASSIFIED = "unclassified"
+
+
+class ModelCardError(ValueError):
+    """An exported classifier that cannot be trusted as it is; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One (block, t) feature pair, named as in the feature store: `dec2@16/t=5`."""
+
+    block: str
+    t: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.block}/t={self.t}"
+
+    @classmethod
+    def parse(cls, name: str) -> Pair:
+        block, sep, t = name.partition("/t=")
+        assert sep and block and t.isdigit(), (
+            f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
+            "and cannot be deployed with a diffusion backbone"
+        )
+        return cls(block, int(t))
+
+
+def image_seed(key: str) -> int:
+    """A noise seed from an image's path inside its input: stable across runs, machines and batching.
+
+    The first 63 bits of its sha256 (Python's `hash` is salted per process, so it would not do).
+    """
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def _block_dims(unet: UNet2DModel, scheduler: DDPMScheduler, request: ExtractionRequest) -> dict[str, int]:
+    """Feature width of each requested block under the request's pooling, read off the model itself."""
+    extractor = Extractor(unet, scheduler, request=request)
+    try:
+        return extractor.dims()
+    finally:
+        extractor.close()
+
+
+def _request(pairs: Sequence[Pair], extraction: Mapping[str, Any]) -> ExtractionRequest:
+    """One request for every pair: the union of their blocks, so each t needs one forward pass."""
+    blocks = tuple(dict.fromkeys(p.block for p in pairs))
+    return ExtractionRequest(
+        timesteps=tuple(dict.fromkeys(p.t for p in pairs)),
+        blocks=blocks,
+        pooling=extraction["pooling"],
+        noise_draws=extraction["noise_draws"],
+        orientations=extraction["orientations"],
+        sub_blocks=any("." in b for b in blocks),
+    )
+
+
+def export_classifier(
+    *,
+    backbone_run: Path,
+    dataset: PreparedDataset,
+    pairs: Sequence[str],
+    classifier: LinearClassifier,
+    thresholds: Abstention | Mapping[str, float] | None,
+    metrics: Mapping[str, Any],
+    out: Path,
+    classes: Sequence[str] | None = None,
+    extraction: ExtractionRequest | None = None,
+) -> Path:
+    """Write the classifier folder `out` (replacing an earlier export there, never anything else).
+
+    pairs: the probe's input, concatenated in this order. classes: the probe's class names (default
+    the dataset's; pass the split's when it relabels). thresholds: an `Abstention` from
+    `calibrate_thresholds`, or per-class values set by hand, or None for no abstention.
+    extraction: the request the training features were extracted with (pooling, noise draws,
+    orientations are copied to the card; default: the features stage's defaults). The folder is
+    written beside `out` and renamed into place, so a crash never leaves a half-written model.
+    """
+    out = Path(out)
+    parsed = [Pair.parse(p) for p in pairs]
+    assert parsed, "at least one feature pair is needed"
+    assert len({p.name for p in parsed}) == len(parsed), f"pair listed twice in {list(pairs)}"
+    classes = list(classes if classes is not None else dataset.classes)
+    assert classifier.n_classes == len(classes), (
+        f"probe has {classifier.n_classes} classes, but {len(classes)} class names were given"
+    )
+    settings = extraction or ExtractionRequest()
+    extraction_card = {
+        "pooling": settings.pooling,
+        "noise_draws": settings.noise_draws,
+        "orientations": settings.orientations,
+        "noise_seed": "first 63 bits of sha256(the image's path inside its input), then (t, draw)",
+        "feature_dtype": "float16 (as the feature store keeps them)",
+    }
+    unet, scheduler = load_backbone(backbone_run)
+    dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
+    total = sum(dims[p.block] for p in parsed)
+    assert classifier.n_features == total, (
+        f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
+    )
+    abstention = Abstention.given(thresholds) if isinstance(thresholds, Mapping) else thresholds
+    if abstention is not None:
+        assert set(abstention.thresholds) == set(classes), (
+            f"abstention thresholds name {sorted(abstention.thresholds)}, the probe's classes are {classes}"
+        )
+    assert not out.exists() or (out / CARD_FILE).exists(), (
+        f"{out} exists and is not an exported classifier; refusing to replace it"
+    )
+
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
+    scheduler.save_pretrained(staging / SCHEDULER_DIR)
+    save_file(classifier.state_dict(), str(staging / PROBE_FILE))
+    card = {
+        "format": CARD_FORMAT,
+        "card_version": CARD_VERSION,
+        "plankdiff_version": __version__,
+        "git_sha": git_sha(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": {"source": str(Path(backbone_run).resolve()), "model_hash": model_hash(backbone_run)},
+        "pairs": [
+            {"name": p.name, "block": p.block, "dim": dims[p.block], **timestep_info(scheduler, p.t)}
+            for p in parsed
+        ],
+        "extraction": extraction_card,
+        "preprocess": dataset.info["preprocess"],
+        "classes": classes,
+        "abstention": abstention.to_card() if abstention is not None else None,
+        "training_data": {
+            "name": dataset.name,
+            "key": dataset.key,
+            "source": dataset.info.get("source"),
+            "source_hash": dataset.info.get("source_hash"),
+        },
+        "metrics": dict(metrics),
+        "sha256": {name: sha256_file(staging / name) for name in HASHED_FILES},
+    }
+    write_json(staging / CARD_FILE, card)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def export_from_store(
+    *,
+    backbone_run: Path,
+    features: Path,
+    split: str,
+    pairs: Sequence[str],
+    out: Path,
+    data: str | Path | None = None,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+    loss: str = "ce",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
+
+    The probe is fitted on the split's train rows (its lr and weight decay selected on val rows by
+    `fit_single`), the abstention thresholds are calibrated on the val rows, and the test rows are
+    scored once, for the card. `data` is the prepared dataset (default: the one the store names);
+    the store must hold features of `backbone_run` on that very dataset, or the card would lie.
+    """
+    store = FeatureStore(Path(features))
+    if not (store.root / "store.json").exists():
+        raise FileNotFoundError(f"{features}: not a feature store (no store.json)")
+    info = store.info
+    if not store.complete:
+        raise ValueError(
+            f"{features}: extraction stopped at {store.rows_done()} of {len(store.rows)} rows; "
+            "finish it with `plankdiff features extract` first"
+        )
+    if info["model_hash"] != model_hash(backbone_run):
+        raise ValueError(f"{features}: features of another model than {backbone_run} (weights hash differs)")
+    dataset = PreparedDataset.open(data if data is not None else info["dataset"])
+    if dataset.key != info["dataset_key"]:
+        raise ValueError(
+            f"{features}: features of another version of dataset {dataset.name} ({dataset.root})"
+        )
+    chosen = Split.load(dataset, split)
+    empty = [s for s in SPLITS if len(chosen.indices(s)) == 0]
+    if empty:
+        raise ValueError(f"split {split!r} of {dataset.name} has no {' / '.join(empty)} rows")
+    x = {
+        s: np.concatenate([store.load(p)[store.positions(chosen.indices(s))] for p in pairs], axis=1)
+        for s in SPLITS
+    }
+    y = {s: chosen.labels(s) for s in SPLITS}
+    n_train, n_val = len(y["train"]), len(y["val"])
+    grid = fit_single(
+        np.concatenate([x["train"], x["val"]]),
+        np.concatenate([y["train"], y["val"]]),
+        train=np.arange(n_train),
+        val=np.arange(n_train, n_train + n_val),
+        n_classes=len(chosen.classes),
+        name="+".join(pairs),
+        loss=loss,
+        seed=seed,
+        progress=progress,
+    )
+    classifier = grid.classifier()
+    abstention = calibrate_thresholds(
+        classifier.predict_proba(x["val"]),
+        y["val"],
+        classes=chosen.classes,
+        target_precision=target_precision,
+    )
+    test_proba = classifier.predict_proba(x["test"])
+    scores = classification_metrics(y["test"], test_proba.argmax(axis=1), len(chosen.classes), chosen.classes)
+    best = grid.best_per_pair().iloc[0]
+    metrics = {
+        "split": split,
+        "features": {"path": str(store.root.resolve()), "key": info["key"]},
+        "probe": grid.hyperparameters(),
+        "val": {"accuracy": float(best["val_accuracy"]), "macro_f1": float(best["val_macro_f1"]), "n": n_val},
+        "test": {
+            **{k: scores[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "n", "n_classes_present")},
+            "ci95": scores["ci"],
+            "abstention": selective_scores(test_proba, y["test"], abstention.array(chosen.classes)),
+        },
+    }
+    request = info["request"]
+    return export_classifier(
+        backbone_run=backbone_run,
+        dataset=dataset,
+        pairs=pairs,
+        classifier=classifier,
+        thresholds=abstention,
+        metrics=metrics,
+        out=out,
+        classes=chosen.classes,
+        extraction=ExtractionRequest(
+            pooling=request["pooling"],
+            noise_draws=request["noise_draws"],
+            orientations=request["orientations"],
+        ),
+    )
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """The card of an exported classifier, after the version and sha256 checks."""
+    path = Path(path)
+    card_path = path / CARD_FILE
+    if not card_path.exists():
+        raise ModelCardError(f"{card_path}: missing; {path} is not an exported plankdiff classifier")
+    card = read_json(card_path)
+    if card.get("format") != CARD_FORMAT:
+        raise ModelCardError(f"{card_path}: format {card.get('format')!r}, expected {CARD_FORMAT!r}")
+    written_by = str(card.get("plankdiff_version", "?"))
+    if _major(written_by) != _major(__version__):
+        raise ModelCardError(
+            f"{card_path}: written by plankdiff {written_by}, this is plankdiff {__version__}; features "
+            f"and preprocessing may differ across major versions, so re-export with plankdiff {__version__}"
+        )
+    hashes = card.get("sha256", {})
+    for name in HASHED_FILES:
+        file = path / name
+        if name not in hashes:
+            raise ModelCardError(f"{card_path}: no sha256 for {name}; the card is incomplete")
+        if not file.exists():
+            raise ModelCardError(f"{file}: missing (card.json lists it)")
+        actual = sha256_file(file)
+        if actual != hashes[name]:
+            raise ModelCardError(
+                f"{file}: sha256 {actual[:16]}… does not match card.json ({hashes[name][:16]}…); "
+                "the file changed after export, refusing to load it"
+            )
+    return card
+
+
+class DeployedClassifier:
+    """Frozen denoiser + feature pairs + linear probe + abstention, as one callable classifier.
+
+    Built by `load_classifier`. `predict_proba(pixels, seeds)` takes preprocessed uint8 images
+    `[N, C, S, S]` (see `params`) and one noise seed per image (`image_seed`).
+    """
+
+    def __init__(
+        self, *, root: Path, card: dict, unet: UNet2DModel, scheduler: DDPMScheduler, probe: LinearClassifier
+    ):
+        self.root, self.card, self.unet, self.scheduler, self.probe = root, card, unet, scheduler, probe
+        self.pairs = [Pair(p["block"], p["t"]) for p in card["pairs"]]
+        self.request = _request(self.pairs, card["extraction"])
+        abstention = card["abstention"]
+        self.abstention = Abstention.from_card(abstention) if abstention is not None else None
+        self._thresholds = self.abstention.array(self.classes) if self.abstention is not None else None
+        self._extractor: Extractor | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def params(self) -> PreprocessParams:
+        return PreprocessParams(**self.card["preprocess"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: str | torch.device) -> DeployedClassifier:
+        if torch.device(device) == self.device:
+            return self
+        if self._extractor is not None:
+            self._extractor.close()  # it holds the old device; rebuilt on next use
+            self._extractor = None
+        self.unet.to(device)
+        return self
+
+    @property
+    def extractor(self) -> Extractor:
+        if self._extractor is None:
+            self._extractor = Extractor(self.unet, self.scheduler, request=self.request)
+        return self._extractor
+
+    def features(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """The probe's input [N, D]: every pair's pooled features, concatenated in card order.
+
+        Pairs that share a t come from one forward pass. Values are rounded through float16,
+        as the feature store keeps them, so the probe sees what it was trained on.
+        """
+        assert pixels.ndim == 4 and pixels.dtype == np.uint8, (
+            f"expected preprocessed uint8 images [N, C, S, S], got {pixels.dtype} {pixels.shape}"
+        )
+        assert len(seeds) == len(pixels), f"{len(seeds)} seeds for {len(pixels)} images"
+        # A memory-mapped dataset is read-only; torch wants a writable buffer (copied only then).
+        x0 = to_model_range(torch.from_numpy(np.require(pixels, requirements=["C", "W"])))
+        rows = np.asarray(seeds, dtype=np.int64)
+        by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
+        parts = [by_t[p.t][p.block].numpy().astype(np.float16) for p in self.pairs]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def predict_proba(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        return self.probe.predict_proba(self.features(pixels, seeds))
+
+    def decisions(self, proba: np.ndarray) -> list[str]:
+        """The top-1 class name per row, or `unclassified` below that class's threshold."""
+        names = self.classes
+        return [names[i] if i >= 0 else UNCLASSIFIED for i in decide(proba, self._thresholds)]
+
+
+def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> DeployedClassifier:
+    """Load an exported classifier, refusing one that fails a version, hash or shape check."""
+    root = Path(path)
+    card = read_card(root)
+    unet, scheduler = load_backbone(root / UNET_DIR)
+    probe = LinearClassifier.from_arrays(**load_file(str(root / PROBE_FILE)))
+    pairs = [Pair.parse(p["name"]) for p in card["pairs"]]
+    dims = _block_dims(unet, scheduler, _request(pairs, card["extraction"]))
+    for entry, pair in zip(card["pairs"], pairs, strict=True):
+        if dims[pair.block] != entry["dim"]:
+            raise ModelCardError(
+                f"{root / CARD_FILE}: pair {pair.name} has width {entry['dim']} in the card, "
+                f"{dims[pair.block]} in {root / UNET_DIR}"
+            )
+        alpha_bar = float(scheduler.alphas_cumprod[pair.t])
+        if not math.isclose(alpha_bar, entry["alpha_bar"], rel_tol=1e-6):
+            raise ModelCardError(
+                f"{root / SCHEDULER_DIR}: ᾱ_t at t={pair.t} is {alpha_bar:.6g}, the card says {entry['alpha_bar']:.6g}"
+            )
+    total = sum(dims[p.block] for p in pairs)
+    if probe.n_features != total:
+        raise ModelCardError(
+            f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs give {total}"
+        )
+    if probe.n_classes != len(card["classes"]):
+        raise ModelCardError(
+            f"{root / PROBE_FILE}: probe has {probe.n_classes} classes, the card names {len(card['classes'])}"
+        )
+    abstention = card["abstention"]
+    if abstention is not None and set(abstention["thresholds"]) != set(card["classes"]):
+        raise ModelCardError(f"{root / CARD_FILE}: abstention thresholds do not name the card's classes")
+    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
+    return classifier.to(device)
+
+
+__all__ = [
+    "DeployedClassifier",
+    "ModelCardError",
+    "Pair",
+    "UNCLASSIFIED",
+    "export_classifier",
+    "export_from_store",
+    "image_seed",
+    "load_classifier",
+    "read_card",
+]

@@ -1,0 +1,386 @@
+"""Deployment on small real data: export → load must give the very same probabilities, a changed file or
+another major version must be refused, and `predict` on raw image files must land exactly where the
+prepared arrays land (same preprocessing path), with counts that add up and unreadable files
+reported. Abstention thresholds are checked on synthetic probabilities, where the answer is known."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from plankdiff.cli import app
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.splits import long_tailed_split
+from plankdiff.deploy.calibrate import ALWAYS_ABSTAIN, MIN_PREDICTIONS, calibrate_thresholds, decide
+from plankdiff.deploy.export import (
+    UNCLASSIFIED,
+    ModelCardError,
+    export_classifier,
+    image_seed,
+    load_classifier,
+)
+from plankdiff.deploy.predict import list_inputs, merge_parts, predict, predict_share
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.diffusion.train import to_model_range
+from plankdiff.features.extract import ExtractionRequest, Extractor, extract_features, model_hash
+from plankdiff.probe.linear import fit_single
+
+PAIRS = ["dec2@16/t=5", "enc2@8/t=10"]  # two timesteps: features from two forward passes, concatenated
+SPLIT = "long-tailed-s0"
+IFCB = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "ifcb"
+SMHI_BIN = "D20220522T000439_IFCB134"
+needs_ifcb = pytest.mark.skipif(not IFCB.is_dir(), reason=f"IFCB fixtures not found at {IFCB}")
+
+
+@pytest.fixture
+def run_cli(monkeypatch):
+    """`plankdiff …` in-process, with a console wide enough not to wrap messages."""
+    monkeypatch.setattr(
+        importlib.import_module("plankdiff.deploy.cli"), "console", Console(width=400, color_system=None)
+    )
+
+    def run(*args: str | Path):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def dataset(prepared_small_ndsb, tmp_path_factory) -> PreparedDataset:
+    """A private copy of the prepared subset with a saved long-tailed split (12 images per class)."""
+    root = shutil.copytree(prepared_small_ndsb.root, tmp_path_factory.mktemp("deploy-data") / "ndsb-small")
+    copy = PreparedDataset(root)
+    long_tailed_split(copy).save(copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def store(tiny_run, dataset, tmp_path_factory):
+    unet, scheduler = load_backbone(tiny_run)
+    request = ExtractionRequest(timesteps=(5, 10), blocks=("enc2@8", "dec2@16"), batch_size=64)
+    out = tmp_path_factory.mktemp("deploy-features") / "store"
+    return extract_features(
+        unet, scheduler, dataset, out=out, request=request, model_id=model_hash(tiny_run), show_progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run, store, dataset, tmp_path_factory) -> Path:
+    """Exported through the CLI: refit on train, select and calibrate on val, test once."""
+    out = tmp_path_factory.mktemp("deploy-model") / "model"
+    args = ["export", "--backbone", tiny_run, "--features", store.root, "--split", SPLIT, "--out", out]
+    args += ["--data", dataset.root] + [a for p in PAIRS for a in ("--pair", p)]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "exported 4 classes" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_folder(small_ndsb_zip, tmp_path_factory) -> Path:
+    """The subset's real image files as `<class>/<file>` (no manifest), plus two unreadable files."""
+    root = tmp_path_factory.mktemp("deploy-images") / "ndsb-folder"
+    with zipfile.ZipFile(small_ndsb_zip) as archive:
+        for name in archive.namelist():
+            relative = name.split("/", 1)[1]
+            if relative != "manifest.csv":
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                (root / relative).write_bytes(archive.read(name))
+    first_class = sorted(p.name for p in root.iterdir())[0]
+    (root / first_class / "broken.jpg").write_bytes(b"this is not a jpeg")
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def reference_proba(deployed, dataset: PreparedDataset) -> np.ndarray:
+    """The deployed classifier applied to the prepared arrays, seeded like `predict` (by path)."""
+    seeds = np.array([image_seed(p) for p in dataset.meta["path"]])
+    return deployed.predict_proba(np.asarray(dataset.images), seeds)
+
+
+# -- export and load -----------------------------------------------------------------------------
+
+
+def test_card_describes_the_classifier(model, dataset, tiny_run):
+    card = json.loads((model / "card.json").read_text())
+    assert [p["name"] for p in card["pairs"]] == PAIRS
+    alphas = load_backbone(tiny_run)[1].alphas_cumprod
+    for entry in card["pairs"]:
+        assert entry["alpha_bar"] == pytest.approx(float(alphas[entry["t"]]))
+    assert [p["dim"] for p in card["pairs"]] == [16, 32]  # tiny: dec2@16 is 16 wide, enc2@8 is 32
+    assert card["preprocess"] == dataset.info["preprocess"]
+    assert card["classes"] == dataset.classes
+    assert card["training_data"]["key"] == dataset.key
+    assert set(card["abstention"]["thresholds"]) == set(dataset.classes)
+    assert card["abstention"]["target_precision"] == 0.9
+    assert set(card["sha256"]) >= {"unet/diffusion_pytorch_model.safetensors", "probe.safetensors"}
+    test = card["metrics"]["test"]
+    assert test["n"] == 8 and 0 <= test["accuracy"] <= 1  # 2 test images per class
+    assert card["metrics"]["probe"]["n_train"] == 36 and card["metrics"]["val"]["n"] == 4
+    assert 0 <= test["abstention"]["coverage"] <= 1
+    assert card["plankdiff_version"] and card["git_sha"]
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (model / "scheduler" / "scheduler_config.json").exists()
+
+
+def test_round_trip_gives_identical_probabilities(tiny_run, store, dataset, tmp_path):
+    x = np.concatenate([store.load(p) for p in PAIRS], axis=1)
+    labels = dataset.labels[store.rows]
+    classifier = fit_single(
+        x, labels, train=np.arange(0, 48, 2), val=np.arange(1, 48, 2), n_classes=4, min_steps=50
+    ).classifier()
+    out = export_classifier(
+        backbone_run=tiny_run,
+        dataset=dataset,
+        pairs=PAIRS,
+        classifier=classifier,
+        thresholds=None,
+        metrics={},
+        out=tmp_path / "model",
+    )
+    deployed = load_classifier(out)
+    np.testing.assert_array_equal(deployed.probe.predict_proba(x), classifier.predict_proba(x))
+
+    # End to end from pixels: the exported backbone gives the features the original run gives.
+    pixels = np.array(dataset.images)
+    seeds = np.array([image_seed(p) for p in dataset.meta["path"]])
+    unet, scheduler = load_backbone(tiny_run)
+    parts = []
+    for block, t in (("dec2@16", 5), ("enc2@8", 10)):
+        extractor = Extractor(unet, scheduler, request=ExtractionRequest(timesteps=(t,), blocks=(block,)))
+        parts.append(extractor(to_model_range(torch.from_numpy(pixels)), seeds, t)[block].numpy())
+        extractor.close()
+    original = classifier.predict_proba(np.concatenate(parts, axis=1).astype(np.float16))
+    proba = deployed.predict_proba(pixels, seeds)
+    np.testing.assert_array_equal(proba, original)
+    # No abstention: every decision is the top-1 class.
+    assert deployed.decisions(proba) == [dataset.classes[i] for i in proba.argmax(axis=1)]
+
+
+def test_export_refuses_a_probe_that_does_not_fit_the_pairs(tiny_run, store, dataset, tmp_path):
+    x = store.load(PAIRS[0])
+    classifier = fit_single(
+        x, dataset.labels, train=np.arange(0, 48, 2), val=np.arange(1, 48, 2), n_classes=4, min_steps=10
+    ).classifier()
+    with pytest.raises(AssertionError, match="probe takes 16 features, but pairs .* give 48"):
+        export_classifier(
+            backbone_run=tiny_run,
+            dataset=dataset,
+            pairs=PAIRS,
+            classifier=classifier,
+            thresholds=None,
+            metrics={},
+            out=tmp_path / "model",
+        )
+
+
+@pytest.mark.parametrize("name", ["probe.safetensors", "unet/diffusion_pytorch_model.safetensors"])
+def test_a_changed_byte_is_refused(model, tmp_path, name):
+    copy = shutil.copytree(model, tmp_path / "model")
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / name).write_bytes(bytes(data))
+    with pytest.raises(ModelCardError, match=rf"{name}: sha256 .* does not match card\.json"):
+        load_classifier(copy)
+
+
+def test_another_major_version_is_refused(model, tmp_path):
+    copy = shutil.copytree(model, tmp_path / "model")
+    card = json.loads((copy / "card.json").read_text())
+    card["plankdiff_version"] = "9.0.0"
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match=r"card\.json: written by plankdiff 9\.0\.0"):
+        load_classifier(copy)
+
+
+def test_card_naming_other_classes_than_the_probe_is_refused(model, tmp_path):
+    copy = shutil.copytree(model, tmp_path / "model")
+    card = json.loads((copy / "card.json").read_text())
+    card["classes"].append("extra")
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="probe has 4 classes, the card names 5"):
+        load_classifier(copy)
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+
+def test_predict_on_files_matches_the_prepared_arrays(model, dataset, image_folder, small_ndsb_zip, tmp_path):
+    deployed = load_classifier(model)
+    run = predict(
+        deployed,
+        [image_folder, small_ndsb_zip],
+        tmp_path / "predictions.csv",
+        batch_size=64,
+        show_progress=False,
+    )
+    rows = read_csv(run.predictions)
+    assert (run.n_predicted, run.n_skipped) == (96, 2) and len(rows) == 96
+    assert list(rows.columns[:8]) == ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3"]
+    assert rows["sample"].value_counts().to_dict() == {"ndsb-folder": 48, "ndsb": 48}
+
+    # The key check: decode → preprocess from raw files gives what `prepare` gave.
+    proba = reference_proba(deployed, dataset)
+    expected = dict(
+        zip(dataset.meta["path"], (dataset.classes[i] for i in proba.argmax(axis=1)), strict=True)
+    )
+    truth = dict(zip(dataset.meta["path"], dataset.meta["label"], strict=True))
+    for sample in ("ndsb-folder", "ndsb"):
+        mine = rows[rows["sample"] == sample]
+        keys = [
+            s.split("::")[-1] if "::" in s else str(Path(s).relative_to(image_folder)) for s in mine["source"]
+        ]
+        assert sorted(keys) == sorted(expected)
+        assert list(mine["true_label"]) == [truth[k] for k in keys]
+        assert list(mine["top1"]) == [expected[k] for k in keys]
+        accuracy = (mine["top1"] == mine["true_label"]).mean()
+        assert accuracy == pytest.approx((proba.argmax(axis=1) == dataset.labels).mean(), abs=1e-12)
+        np.testing.assert_allclose(
+            mine["p1"], [proba[i].max() for i in map(list(truth).index, keys)], atol=2e-6
+        )
+
+    decided = rows["decision"]
+    assert set(decided) <= set(dataset.classes) | {UNCLASSIFIED}
+    thresholds = deployed.abstention.array(deployed.classes)
+    below = rows["p1"].to_numpy() < thresholds[[deployed.classes.index(c) for c in rows["top1"]]]
+    assert ((decided == UNCLASSIFIED) == below).all()
+
+    counts = read_csv(run.counts)
+    assert list(counts.columns) == ["sample", "class", "count"]
+    for sample, group in counts.groupby("sample"):
+        assert group["count"].sum() == (rows["sample"] == sample).sum()
+        tally = rows.loc[rows["sample"] == sample, "decision"].value_counts().to_dict()
+        assert dict(zip(group["class"], group["count"], strict=True)) == tally
+
+    skipped = read_csv(run.skipped)
+    reasons = dict(zip([Path(s).name for s in skipped["source"]], skipped["reason"], strict=True))
+    assert reasons == {"broken.jpg": "not an image (format not recognised)", "empty.png": "zero-byte file"}
+
+
+def test_two_processes_write_what_one_writes(model, image_folder, tmp_path):
+    """Shards i::n, merged by the main process, reproduce the single-process files."""
+    deployed = load_classifier(model)
+    single = predict(deployed, [image_folder], tmp_path / "one" / "predictions.csv", show_progress=False)
+    images, readers = list_inputs([image_folder])
+    out = tmp_path / "two" / "predictions.csv"
+    out.parent.mkdir()
+    for index in range(2):
+        predict_share(
+            deployed,
+            images,
+            readers,
+            out,
+            process_index=index,
+            num_processes=2,
+            batch_size=7,
+            show_progress=False,
+        )
+    assert merge_parts(out, num_processes=2) == (48, 2)
+    one, two = read_csv(single.predictions), read_csv(out)
+    pd.testing.assert_frame_equal(one.drop(columns=["p1", "p2", "p3"]), two.drop(columns=["p1", "p2", "p3"]))
+    np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=2e-6)
+    pd.testing.assert_frame_equal(read_csv(single.counts), read_csv(out.with_name("counts.csv")))
+    pd.testing.assert_frame_equal(read_csv(single.skipped), read_csv(out.with_name("skipped.csv")))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["counts.csv", "predictions.csv", "skipped.csv"]
+
+
+@needs_ifcb
+def test_predict_on_ifcb_bins_through_the_cli(model, run_cli, tmp_path):
+    bins = IFCB / "smhi-ifcb134-2022"
+    result = run_cli("predict", model, bins, IFCB / "edge-cases", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = read_csv(tmp_path / "predictions.csv")
+    assert len(rows) == 7 and set(rows["sample"]) == {SMHI_BIN}  # ROI 1 is a trigger without image
+    assert [s.rsplit("::", 1)[1] for s in rows["source"]] == [str(n) for n in range(2, 9)]
+    assert (rows["true_label"] == "").all()
+    counts = read_csv(tmp_path / "counts.csv")
+    assert set(counts["sample"]) == {SMHI_BIN} and counts["count"].sum() == 7
+    # Each damaged or empty bin is one line of skipped.csv, and the run went on.
+    skipped = read_csv(tmp_path / "skipped.csv")
+    assert len(skipped) == 3 and (skipped["reason"] != "").all()
+    assert "7 images" in result.output and "3 skipped" in result.output
+
+
+# -- abstention ----------------------------------------------------------------------------------
+
+
+def synthetic_validation(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four classes. Class 0: right when confident, wrong below p = 0.6. Class 1: 70% right at any
+    confidence. Class 2: predicted 40 times, always wrong. Class 3: predicted 3 times only."""
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+
+    def add(predicted: int, p: float, true: int) -> None:
+        row = np.full(4, (1 - p) / 3)
+        row[predicted] = p
+        rows.append(row)
+        labels.append(true)
+
+    for p in rng.uniform(0.3, 1.0, 200):
+        add(0, p, 0 if p >= 0.6 else 1)
+    for p in rng.uniform(0.3, 1.0, 100):
+        add(1, p, 1 if rng.random() < 0.7 else 0)
+    for p in rng.uniform(0.5, 1.0, 40):
+        add(2, p, 3)
+    for p in (0.5, 0.7, 0.9):
+        add(3, p, 3)
+    return np.array(rows), np.array(labels)
+
+
+def test_thresholds_reach_the_target_precision_and_are_the_smallest_that_do():
+    proba, labels = synthetic_validation()
+    classes = ["a", "b", "c", "d"]
+    abstention = calibrate_thresholds(proba, labels, classes=classes, target_precision=0.9)
+    predicted, confidence = proba.argmax(axis=1), proba.max(axis=1)
+    assert abstention.status["a"] == "calibrated"
+    for index, name in enumerate(classes):
+        if abstention.status[name] != "calibrated":
+            continue
+        tau = abstention.thresholds[name]
+        mine = predicted == index
+        kept = mine & (confidence >= tau)
+        assert (labels[kept] == index).mean() >= 0.9
+        for lower in np.unique(confidence[mine & (confidence < tau)]):
+            chosen = mine & (confidence >= lower)
+            assert (labels[chosen] == index).mean() < 0.9, f"{name}: a threshold below {tau} also reaches 0.9"
+    # Class a is exactly right from 0.6 up: for precision 1 its threshold is the first image there.
+    exact = calibrate_thresholds(proba, labels, classes=classes, target_precision=1.0)
+    assert exact.thresholds["a"] == confidence[(predicted == 0) & (confidence >= 0.6)].min()
+
+
+def test_unreachable_class_always_abstains_and_rare_class_uses_the_global_threshold():
+    proba, labels = synthetic_validation()
+    abstention = calibrate_thresholds(proba, labels, classes=["a", "b", "c", "d"], target_precision=0.9)
+    assert abstention.status["c"] == "unreachable" and abstention.thresholds["c"] == ALWAYS_ABSTAIN
+    assert abstention.always_abstain == ["c"]
+    decided = decide(proba, abstention.array(["a", "b", "c", "d"]))
+    assert (decided[proba.argmax(axis=1) == 2] == -1).all()
+    assert (decided[proba.argmax(axis=1) == 0] != -1).any()
+
+    assert abstention.val_predictions["d"] == 3 < MIN_PREDICTIONS
+    assert abstention.status["d"] == "global" and abstention.thresholds["d"] == abstention.global_threshold
+    # The global threshold is calibrated the same way over every prediction.
+    kept = proba.max(axis=1) >= abstention.global_threshold
+    assert (proba.argmax(axis=1)[kept] == labels[kept]).mean() >= 0.9
+
+
+def test_thresholds_survive_the_card(model):
+    deployed = load_classifier(model)
+    card = json.loads((model / "card.json").read_text())["abstention"]
+    assert deployed.abstention.thresholds == card["thresholds"]
+    assert deployed.abstention.status == card["status"]
+    assert set(card["status_meaning"]) == set(card["status"].values())
