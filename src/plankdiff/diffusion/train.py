@@ -7,10 +7,12 @@ runs the same code on several GPUs; on one CPU it is a plain loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,20 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         if len(chosen):
             out[chosen] = torch.rot90(x[chosen], k, dims=(-2, -1))
     return out
+
+
+def install_stop_handler():
+    """SIGTERM (and SIGINT, which background jobs ignore) end the loop after the current step, so a
+    checkpoint is written before exiting; returns a function telling whether a stop was asked for."""
+    requested = []
+
+    def handler(signum, _frame):
+        requested.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(sig, handler)
+    return lambda: bool(requested)
 
 
 def dihedral_augment_all(x: torch.Tensor) -> list[torch.Tensor]:
@@ -137,7 +153,9 @@ class DiffusionTrainer:
         mine = {k: v for k, v in current["diffusion"].items() if k != "train"}
         theirs = {k: v for k, v in saved["diffusion"].items() if k != "train"}
         if mine != theirs:
-            raise ValueError(f"{self.out / 'config.json'}: cannot resume, the network or noise settings differ")
+            raise ValueError(
+                f"{self.out / 'config.json'}: cannot resume, the network or noise settings differ"
+            )
 
     def _state(self) -> dict:
         # The loop draws randomness only from its own generator (batches, augmentation, noise,
@@ -189,7 +207,11 @@ class DiffusionTrainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.step, self.elapsed, self.images_seen = int(state["step"]), float(state["elapsed"]), int(state["images_seen"])
+        self.step, self.elapsed, self.images_seen = (
+            int(state["step"]),
+            float(state["elapsed"]),
+            int(state["images_seen"]),
+        )
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self, indices: torch.Tensor) -> torch.Tensor:
@@ -225,7 +247,9 @@ class DiffusionTrainer:
         config_path = self.out / "config.json"
         checkpoint = latest_checkpoint(self.out / "checkpoints")
         if checkpoint is not None and not self.resume:
-            raise FileExistsError(f"{self.out}: holds a run already; pass --resume to continue it or pick another --out")
+            raise FileExistsError(
+                f"{self.out}: holds a run already; pass --resume to continue it or pick another --out"
+            )
         if self.resume and checkpoint is not None:
             self._check_resumable(read_json(config_path))
             self._restore(checkpoint)
@@ -235,17 +259,25 @@ class DiffusionTrainer:
         budget = train.max_minutes * 60 if train.max_minutes else math.inf
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
         stopped_by, loss_value = "steps", float("nan")
+        stop_requested = install_stop_handler()
         window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
         self.model.train()
         try:
-            with progress_bar("diffusion train", total=train.max_steps, enabled=self.show_progress) as advance:
+            with progress_bar(
+                "diffusion train", total=train.max_steps, enabled=self.show_progress
+            ) as advance:
                 advance(self.step)
                 while self.step < train.max_steps:
                     if self.elapsed >= budget:
                         stopped_by = "time"
                         break
+                    if stop_requested():
+                        stopped_by = "interrupt"
+                        break
                     started = time.perf_counter()
-                    indices = torch.randint(0, len(self.images), (train.batch_size,), generator=self.generator)
+                    indices = torch.randint(
+                        0, len(self.images), (train.batch_size,), generator=self.generator
+                    )
                     loss = self.train_step(indices)
                     loss_value = float(loss)
                     self.step += 1
@@ -271,8 +303,10 @@ class DiffusionTrainer:
                         self.save()
                     if train.sample_every and self.step % train.sample_every == 0:
                         self.ema.copy_to(self.ema_model.parameters())
-                        save_grid(sample_images(self.ema_model, self.noise, n=16, steps=25),
-                                  self.out / "samples" / f"step_{self.step:07d}.png")
+                        save_grid(
+                            sample_images(self.ema_model, self.noise, n=16, steps=25),
+                            self.out / "samples" / f"step_{self.step:07d}.png",
+                        )
                     advance(1)
         except KeyboardInterrupt:
             stopped_by = "interrupt"
@@ -302,8 +336,10 @@ def sample_images(unet, noise_scheduler, *, n: int, steps: int = 50, seed: int =
     ddim.set_timesteps(steps)
     device = next(unet.parameters()).device
     config = unet.config
-    x = torch.randn((n, config.in_channels, config.sample_size, config.sample_size),
-                    generator=torch.Generator().manual_seed(seed)).to(device)
+    x = torch.randn(
+        (n, config.in_channels, config.sample_size, config.sample_size),
+        generator=torch.Generator().manual_seed(seed),
+    ).to(device)
     was_training = unet.training
     unet.eval()
     for t in ddim.timesteps:
@@ -319,7 +355,9 @@ def save_grid(images: np.ndarray, path: Path, *, scale: int = 2) -> Path:
     grid = np.zeros((rows * (size + 1), columns * (size + 1), channels), dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * (size + 1) : r * (size + 1) + size, c * (size + 1) : c * (size + 1) + size] = image.transpose(1, 2, 0)
+        grid[r * (size + 1) : r * (size + 1) + size, c * (size + 1) : c * (size + 1) + size] = (
+            image.transpose(1, 2, 0)
+        )
     picture = Image.fromarray(grid[:, :, 0] if channels == 1 else grid)
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
