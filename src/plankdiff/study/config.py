@@ -51,8 +51,8 @@ class FeatureSpec(Strict):
 
 
 class ProbeSpec(Strict):
-    epochs: int = 30
-    min_steps: int = 1000  # optimiser steps at least, whatever the training-set size
+    epochs: int = 10
+    min_steps: int = 400  # optimiser steps at least, whatever the training-set size
     balanced_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "ce"
     long_tailed_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "logit-adjusted"
     bootstrap: int = 1000
