@@ -168,7 +168,11 @@ class Study:
                 d[f"ndsb{suffix}"], d[f"pwssc{suffix}"], mapping, source_key="ndsb", target_key="pwssc"
             )
             polarity = "with polarity normalisation" if not suffix else "without polarity normalisation"
-            out[f"ndsb→pwssc/{polarity}"] = (f"ndsb{suffix}", self._cap(source), [(f"pwssc{suffix}", target)])
+            out[f"ndsb→pwssc/{polarity}"] = (
+                f"ndsb{suffix}",
+                self._cap(source),
+                [(f"pwssc{suffix}", self._cap(target))],
+            )
         for key, (dataset, split, shifted) in out.items():
             split.save(d[dataset])
             for other, shifted_split in shifted:

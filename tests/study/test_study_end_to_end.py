@@ -1,0 +1,124 @@
+"""A whole study on small real subsets: every stage runs, the report is written, and a second run
+reuses every stage instead of recomputing it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import read_manifest
+from plankdiff.data.timestamps import capture_time
+from plankdiff.study.config import load_experiment
+from plankdiff.study.runner import Study
+
+NDSB_CLASSES = ("chaetognath_sagitta", "copepod_calanoid", "appendicularian_s_shape", "detritus_other")
+PWSSC_CLASSES = ("Parasagitta", "Calanus", "Oikopleura", "Snow")
+
+
+def write_subset(archive: Path, name: str, rows: list[dict], out: Path) -> Path:
+    manifest = io.StringIO()
+    writer = csv.DictWriter(manifest, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as target:
+        for row in rows:
+            target.writestr(f"{name}/{row['path']}", source.read(f"{name}/{row['path']}"))
+        target.writestr(f"{name}/manifest.csv", manifest.getvalue())
+    return out
+
+
+def pick(rows: list[dict], label: str, n: int, year: int | None = None) -> list[dict]:
+    chosen = [r for r in rows if r["label"] == label]
+    if year is not None:
+        chosen = [r for r in chosen if (t := capture_time(r["path"])) is not None and t.year == year]
+    chosen = sorted(chosen, key=lambda r: r["path"])[:n]
+    assert len(chosen) == n, f"{label}: fewer than {n} images"
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-study")
+    ndsb = read_manifest(shared_datasets / "ndsb.zip", "ndsb")
+    # The balanced split keeps classes with >= 60 training images: 90 images per class reach it.
+    write_subset(
+        shared_datasets / "ndsb.zip",
+        "ndsb",
+        [r for c in NDSB_CLASSES for r in pick(ndsb, c, 90)],
+        folder / "ndsb.zip",
+    )
+    pwssc = read_manifest(shared_datasets / "pwssc.zip", "pwssc")
+    write_subset(
+        shared_datasets / "pwssc.zip",
+        "pwssc",
+        [r for c in PWSSC_CLASSES for r in pick(pwssc, c, 15)],
+        folder / "pwssc.zip",
+    )
+    zoolake = read_manifest(shared_datasets / "zoolake.zip", "zoolake")
+    per_year = {2018: 30, 2019: 25, 2020: 25}
+    classes = ("dinobryon", "cyclops", "nauplius")  # each has >= 25 images in 2018, 2019 and 2020
+    rows = [r for c in classes for year, n in per_year.items() for r in pick(zoolake, c, n, year)]
+    write_subset(shared_datasets / "zoolake.zip", "zoolake", rows, folder / "zoolake.zip")
+    (folder / "tiny.yaml").write_text(f"""
+name: tiny
+seeds: [0, 1, 2]
+datasets:
+  ndsb: {{source: {folder / "ndsb.zip"}, size: 16}}
+  zoolake: {{source: {folder / "zoolake.zip"}, size: 16}}
+  pwssc: {{source: {folder / "pwssc.zip"}, size: 16}}
+  ndsb-nopol: {{source: {folder / "ndsb.zip"}, size: 16, polarity: false}}
+  pwssc-nopol: {{source: {folder / "pwssc.zip"}, size: 16, polarity: false}}
+pretrain:
+  ndsb: {{dataset: ndsb, split: long-tailed}}
+  zoolake-2018+2019: {{dataset: zoolake, split: "temporal:2018+2019-2020"}}
+  zoolake-2018: {{dataset: zoolake, split: "temporal:2018-2019"}}
+diffusion: {{preset: tiny, max_minutes: 0.02}}
+baselines: {{methods: [supervised, simclr], max_minutes: 0.01}}
+features: {{timesteps: [5, 50], per_class_train: 4, per_class_val: 2, keep_timesteps: 1, batch_size: 64}}
+probe: {{epochs: 2, min_steps: 10, bootstrap: 20}}
+label_fractions: [0.5, 1.0]
+""")
+    return folder
+
+
+def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experiment: Path, tmp_path: Path):
+    config = load_experiment(tiny_experiment / "tiny.yaml")
+    report = Study(config, results_root=tmp_path / "results").run()
+    assert report is not None and report.exists()
+    results = tmp_path / "results" / "tiny"
+    headline = pd.read_csv(results / "headline.csv")
+    experiments = set(headline["experiment"])
+    assert {"ndsb/long-tailed", "ndsb/balanced", "zoolake/2018+2019→2020", "zoolake/2018→2019"} <= experiments
+    assert {
+        "ndsb→pwssc/with polarity normalisation",
+        "ndsb→pwssc/without polarity normalisation",
+    } <= experiments
+    assert set(headline["method"]) >= {
+        "diffusion",
+        "supervised",
+        "simclr",
+        "raw-pixels",
+        "supervised (own head)",
+    }
+    shifted = headline[(headline["setting"] == "under shift") & (headline["metric"] == "accuracy")]
+    assert len(shifted) == 4 * 4  # 4 shift experiments × (diffusion, supervised, simclr, raw pixels)
+    accuracy = headline[headline["metric"] == "accuracy"]
+    assert accuracy["mean"].between(0, 1).all() and (accuracy["n_seeds"] >= 1).all()
+    probed = headline[
+        (headline["setting"] == "in distribution") & (headline["method"] != "supervised (own head)")
+    ]
+    assert (probed["n_seeds"] == 3).all()  # the own head is one network: one value, no probe seeds
+    html = report.read_text()
+    assert "ndsb/long-tailed" in html and "<table" in html
+    assert (results / "figures" / "label_efficiency.png").exists()
+    assert (results / "tables" / "kmeans.csv").exists()
+
+    again = Study(config, results_root=tmp_path / "results", dry_run=True)
+    again.run()
+    statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
+    assert statuses == {"reuse"}, again.plan()
