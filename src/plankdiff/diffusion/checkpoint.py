@@ -24,7 +24,13 @@ LATEST = "latest"
 
 
 def save_checkpoint(
-    root: Path, step: int, *, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], state: dict, keep: int
+    root: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    state: dict,
+    keep: int,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"

@@ -23,7 +23,9 @@ def train_command(
     preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | paper, or a YAML file"),
     out: Path = typer.Option(..., "--out", help="run folder"),
     split: str = typer.Option("", "--split", help="train only on this split's train rows (recommended)"),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="training-time budget, summed over resumes"),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", help="training-time budget, summed over resumes"
+    ),
     max_steps: int = typer.Option(None, "--max-steps"),
     batch_size: int = typer.Option(None, "--batch-size"),
     seed: int = typer.Option(None, "--seed"),
@@ -45,7 +47,9 @@ def train_command(
     rows = Split.load(dataset, split).indices("train") if split else None
     trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
     parameters = count_parameters(trainer.model)
-    console.print(f"{config.preset}: {parameters / 1e6:.2f}M parameters, {len(trainer.images)} images → {out}")
+    console.print(
+        f"{config.preset}: {parameters / 1e6:.2f}M parameters, {len(trainer.images)} images → {out}"
+    )
     try:
         result = trainer.train()
     except TrainingDiverged as error:
@@ -70,5 +74,7 @@ def sample_command(
 ) -> None:
     """Draw a PNG grid of samples with the EMA denoiser."""
     unet, scheduler = load_backbone(run)
-    path = save_grid(sample_images(unet, scheduler, n=n, steps=steps, seed=seed), out or run / "samples" / "final.png")
+    path = save_grid(
+        sample_images(unet, scheduler, n=n, steps=steps, seed=seed), out or run / "samples" / "final.png"
+    )
     console.print(f"{n} samples ({steps} DDIM steps) → {path}")
