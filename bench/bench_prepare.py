@@ -40,7 +40,9 @@ def main() -> None:
     n, plain_seconds = plain_loop(args.source, params)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        dataset = prepare(args.source, name="bench", size=32, out_dir=Path(tmp) / "bench", show_progress=False)
+        dataset = prepare(
+            args.source, name="bench", size=32, out_dir=Path(tmp) / "bench", show_progress=False
+        )
         ours_seconds = time.perf_counter() - started
         assert len(dataset) == n, f"prepare kept {len(dataset)} of {n} images"
     lines = [
