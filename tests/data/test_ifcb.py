@@ -258,3 +258,25 @@ def test_prepare_an_ifcb_bin(tmp_path):
     # A second run with nothing changed reuses the result.
     again = prepare(SMHI, name="ifcb-test", size=16, workers=1, out_dir=tmp_path, show_progress=False)
     assert again.key == dataset.key
+
+
+@needs_fixtures
+def test_prepare_command_reads_ifcb_labels(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+    from plankdiff.data.prepare import PreparedDataset
+
+    monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path))
+    labels = SMHI.parent / f"{SMHI.name}.csv"
+    result = CliRunner().invoke(
+        app, ["data", "prepare", str(SMHI.parent), "--name", "smhi", "--size", "16", "--labels", str(labels)]
+    )
+    assert result.exit_code == 0, result.output
+    meta = PreparedDataset.open("smhi").meta
+    with open(labels, newline="") as handle:
+        expected = {
+            row["file_name"].removesuffix(".png"): row["class_name"] for row in csv.DictReader(handle)
+        }
+    assert len(meta) == 7
+    assert dict(zip(meta["path"], meta["label"], strict=True)) == expected

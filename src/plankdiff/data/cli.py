@@ -30,6 +30,9 @@ def prepare_command(
     channels: int = typer.Option(1, "--channels", help="1 (default) or 3"),
     polarity: bool = typer.Option(True, "--polarity/--no-polarity", help="make every background dark"),
     workers: int = typer.Option(0, "--workers", help="decoding processes (0: one per core)"),
+    labels: Path = typer.Option(
+        None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name)"
+    ),
 ) -> None:
     """Decode every image once into a memory-mappable array, with metadata and a skip report."""
     try:
@@ -41,6 +44,7 @@ def prepare_command(
             channels=channels,
             normalise_polarity=polarity,
             workers=workers or None,
+            labels_csv=labels,
         )
     except (SourceError, AssertionError) as error:
         console.print(f"[red]error:[/red] {error}")

@@ -125,9 +125,10 @@ def prepare(
     workers: int | None = None,
     out_dir: Path | None = None,
     show_progress: bool = True,
+    labels_csv: Path | str | None = None,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed."""
-    collection = open_collection(source)
+    collection = open_collection(source, labels_csv)
     factor = 1.0
     if mode == "keep-scale":
         factor = keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
