@@ -78,3 +78,32 @@ def sample_command(
         sample_images(unet, scheduler, n=n, steps=steps, seed=seed), out or run / "samples" / "final.png"
     )
     console.print(f"{n} samples ({steps} DDIM steps) → {path}")
+
+
+@app.command("curve")
+def curve_command(
+    run: Path = typer.Argument(..., help="diffusion run folder"),
+    out: Path = typer.Option(None, "--out", help="PNG path (default: RUN/loss_curve.png)"),
+) -> None:
+    """Plot the training loss (and images/s) logged in RUN/metrics.jsonl."""
+    path = plot_loss_curve(run / "metrics.jsonl", out or run / "loss_curve.png")
+    console.print(f"loss curve → {path}")
+
+
+def plot_loss_curve(metrics: Path, out: Path) -> Path:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    frame = pd.read_json(metrics, lines=True)
+    fig = Figure(figsize=(7, 3.5))
+    loss_axis = fig.add_subplot()
+    loss_axis.plot(frame["images_seen"], frame["loss"], lw=1)
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("images seen")
+    loss_axis.set_ylabel("ε-prediction MSE (log)")
+    speed_axis = loss_axis.twinx()
+    speed_axis.plot(frame["images_seen"], frame["images_per_s"], color="tab:orange", lw=0.8, alpha=0.6)
+    speed_axis.set_ylabel("images/s", color="tab:orange")
+    loss_axis.set_title(f"{metrics.parent.name}: {frame['elapsed_min'].iloc[-1]:.1f} min of training")
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    return out
