@@ -253,6 +253,7 @@ class DiffusionTrainer:
         if self.resume and checkpoint is not None:
             self._check_resumable(read_json(config_path))
             self._restore(checkpoint)
+            _forget_logs_after(self.out / "metrics.jsonl", self.step)
         if self.accelerator.is_main_process:
             write_json(config_path, self._run_config() | {"git_sha": git_sha()})
             self.noise.save_pretrained(self.out / "scheduler")
@@ -327,6 +328,14 @@ def _save_pretrained_atomic(model, folder: Path) -> None:
         os.replace(folder, old)
     os.replace(staging, folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _forget_logs_after(log: Path, step: int) -> None:
+    """Drop records of steps after the checkpoint being resumed: they are about to be redone."""
+    if not log.exists():
+        return
+    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    log.write_text("".join(line + "\n" for line in kept))
 
 
 @torch.inference_mode()
