@@ -92,7 +92,9 @@ def coarse_to_fine(
     seed: int = 0,
     show_progress: bool = True,
     probe_options: dict | None = None,
+    fine_rows: np.ndarray | None = None,
 ) -> SearchResult:
+    """`fine_rows`: the dataset rows to extract the kept timesteps for (default: every row of `split`)."""
     out = Path(out)
     subset = stratified_subset(split, per_class_train=per_class_train, per_class_val=per_class_val, seed=seed)
     started = time.perf_counter()
@@ -110,7 +112,11 @@ def coarse_to_fine(
     ranking = rank_pairs(coarse, split, subset, seed=seed, **(probe_options or {}))
     by_t = ranking.groupby("t")["val_macro_f1"].max().sort_values(ascending=False)
     kept = tuple(sorted(int(t) for t in by_t.index[:keep_timesteps]))
-    every_row = np.sort(np.concatenate([split.indices(s) for s in ("train", "val", "test")]))
+    every_row = (
+        np.sort(np.concatenate([split.indices(s) for s in ("train", "val", "test")]))
+        if fine_rows is None
+        else np.sort(np.asarray(fine_rows, dtype=np.int64))
+    )
     started = time.perf_counter()
     fine = extract_features(
         unet,

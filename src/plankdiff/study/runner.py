@@ -288,15 +288,20 @@ class Study:
             backbone = runs[pretrain][DIFFUSION]
             unet, scheduler = load_backbone(backbone)
             model_id = model_hash(backbone)
+            home = self.config.pretrain[pretrain].dataset
+            # The fine pass covers every row the experiments need from the pre-training dataset,
+            # so that store is used as is below instead of being extracted a second time.
+            home_rows = np.array(sorted(needed[(pretrain, home)]), dtype=np.int64)
             inputs = {
                 "model": model_id,
                 "split": sha256_json(split.to_frame().to_dict("list")),
+                "rows": sha256_json(home_rows.tolist()),
                 **spec.model_dump(),
             }
             kept = self.stage(
                 f"search/{pretrain}",
                 inputs,
-                lambda u=unet, sch=scheduler, sp=split, m=model_id, p=pretrain: list(
+                lambda u=unet, sch=scheduler, sp=split, m=model_id, p=pretrain, hr=home_rows: list(
                     coarse_to_fine(
                         u,
                         sch,
@@ -308,6 +313,7 @@ class Study:
                         per_class_train=spec.per_class_train,
                         per_class_val=spec.per_class_val,
                         keep_timesteps=spec.keep_timesteps,
+                        fine_rows=hr,
                     ).kept_timesteps
                 ),
             )
@@ -321,7 +327,9 @@ class Study:
                     unet,
                     scheduler,
                     dataset,
-                    out=folder / f"{DIFFUSION}-{key}",
+                    out=self.work / "search" / pretrain / "fine"
+                    if key == home
+                    else folder / f"{DIFFUSION}-{key}",
                     request=fine,
                     rows=rows,
                     model_id=model_id,
