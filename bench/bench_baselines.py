@@ -73,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = PreparedDataset.open(args.data)
+    load_before = os.getloadavg()[0]  # other processes on the cores skew every number below
     rows = []
     for method in args.methods.split(","):
         row = measure(dataset, method, split=args.split, seconds=args.seconds, batch_size=args.batch_size)
@@ -89,7 +90,8 @@ def main() -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, git {git_sha()}, torch {torch.__version__}, "
         f"{device}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible.",
         f"Data: {dataset.name} {list(dataset.images.shape[1:])}, split {args.split} train rows; "
-        f"batch {args.batch_size}; {args.seconds:g} s of training time per method.",
+        f"batch {args.batch_size}; {args.seconds:g} s of training time per method. "
+        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
         "",
         f"Command: `{command}`",
         "",

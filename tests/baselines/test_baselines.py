@@ -143,6 +143,15 @@ def test_method_trains_and_its_features_fill_the_store(dataset, name, tmp_path):
     assert all(np.array_equal(before[p], again.load(p)) for p in store.pairs)
 
 
+@pytest.mark.parametrize("name", ["supervised", "mae"])  # the objectives with a clear floor on a fixed batch
+def test_loss_falls_when_fitting_one_fixed_batch(dataset, name, tmp_path):
+    trainer = make_trainer(dataset, name, tmp_path / "run", warmup_steps=0)
+    fixed = torch.arange(16)
+    losses = [float(trainer.train_step(fixed)) for _ in range(25)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
+
+
 def test_the_probe_reads_a_baseline_store(dataset, tmp_path):
     from plankdiff.probe.linear import fit_probe_grid
 
