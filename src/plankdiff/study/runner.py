@@ -252,7 +252,7 @@ class Study:
         return {
             "minutes": result.elapsed_minutes,
             "images_seen": result.images_seen,
-            "parameters": info.get("parameters"),
+            "parameters": _trained_parameters(info.get("parameters")),
         }
 
     # -- features -------------------------------------------------------------------------------
@@ -610,6 +610,11 @@ class Study:
 
     def plan(self) -> list[tuple[str, str]]:
         return self.planned
+
+
+def _trained_parameters(counts) -> int | None:
+    """Baselines record {backbone, trainable, total}; the budget table compares what each method trains."""
+    return counts.get("trainable") if isinstance(counts, dict) else counts
 
 
 def _slug(text: str) -> str:
