@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,7 @@ from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.features.blocks import list_blocks
 from plankdiff.features.extract import DEFAULT_TIMESTEPS, ExtractionRequest, extract_features, model_hash
+from plankdiff.features.raw import raw_pixel_store
 from plankdiff.features.search import coarse_to_fine
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -128,6 +130,17 @@ def search_command(
         f"kept timesteps {result.kept_timesteps}; best on the subset: {result.ranking.iloc[0]['pair']}"
     )
     console.print(f"seconds: {result.seconds} → {out}")
+
+
+@app.command("raw")
+def raw_command(
+    data: str = typer.Argument(..., help="prepared dataset name or folder"),
+    out: Path = typer.Option(..., "--out", help="feature store folder"),
+) -> None:
+    """Raw pixels (scaled to [0, 1]) as a feature store: the floor for every learned representation."""
+    dataset = PreparedDataset.open(data)
+    store = raw_pixel_store(dataset, rows=np.arange(len(dataset)), out=out)
+    console.print(f"raw pixels of {len(store.rows)} images → {out}")
 
 
 def _cuda() -> bool:
