@@ -161,51 +161,50 @@ def extract_features(
     """
     out = Path(out)
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
-    extractor = Extractor(unet, scheduler, request=request)
-    dims = extractor.dims()
-    pairs = [
-        {
-            "name": pair_name(b.name, t),
-            "block": b.name,
-            "resolution": b.resolution,
-            "channels": b.channels,
-            "dim": dims[b.name],
-            **timestep_info(scheduler, t),
+    # Hooks stay on the caller's U-Net only while this function runs, whatever way it exits.
+    with contextlib.closing(Extractor(unet, scheduler, request=request)) as extractor:
+        dims = extractor.dims()
+        pairs = [
+            {
+                "name": pair_name(b.name, t),
+                "block": b.name,
+                "resolution": b.resolution,
+                "channels": b.channels,
+                "dim": dims[b.name],
+                **timestep_info(scheduler, t),
+            }
+            for t in request.timesteps
+            for b in extractor.blocks
+        ]
+        identity = {
+            "model_hash": model_id,
+            "dataset_key": dataset.key,
+            "rows_hash": sha256_json(rows.tolist()),
+            "request": request.__dict__,
         }
-        for t in request.timesteps
-        for b in extractor.blocks
-    ]
-    identity = {
-        "model_hash": model_id,
-        "dataset_key": dataset.key,
-        "rows_hash": sha256_json(rows.tolist()),
-        "request": request.__dict__,
-    }
-    info = {
-        **identity,
-        "key": sha256_json(identity),
-        "dataset": dataset.name,
-        "rows": rows.tolist(),
-        "classes": dataset.classes,
-        "pairs": pairs,
-        "blocks": [b.__dict__ for b in extractor.blocks],
-        "git_sha": git_sha(),
-    }
-    existing = FeatureStore(out)
-    if (out / "store.json").exists():
-        if existing.info["key"] != info["key"]:
-            raise FileExistsError(
-                f"{out}: holds features of another model, dataset or request; choose another --out or delete it"
-            )
-        if existing.complete:
-            extractor.close()
-            return existing
-    store = FeatureStore.create(out, info, {p["name"]: p["dim"] for p in pairs})
-    arrays = store.open_arrays()
-    start = store.rows_done()
-    size = request.batch_size
-    images = dataset.images
-    try:
+        info = {
+            **identity,
+            "key": sha256_json(identity),
+            "dataset": dataset.name,
+            "rows": rows.tolist(),
+            "classes": dataset.classes,
+            "pairs": pairs,
+            "blocks": [b.__dict__ for b in extractor.blocks],
+            "git_sha": git_sha(),
+        }
+        existing = FeatureStore(out)
+        if (out / "store.json").exists():
+            if existing.info["key"] != info["key"]:
+                raise FileExistsError(
+                    f"{out}: holds features of another model, dataset or request; choose another --out or delete it"
+                )
+            if existing.complete:
+                return existing
+        store = FeatureStore.create(out, info, {p["name"]: p["dim"] for p in pairs})
+        arrays = store.open_arrays()
+        start = store.rows_done()
+        size = request.batch_size
+        images = dataset.images
         with progress_bar(f"features {dataset.name}", total=len(rows), enabled=show_progress) as advance:
             advance(start)
             since_checkpoint = 0
@@ -224,6 +223,4 @@ def extract_features(
                     store.mark_done(begin + len(batch_rows))
                     since_checkpoint = 0
                 advance(len(batch_rows))
-    finally:
-        extractor.close()
-    return store
+        return store

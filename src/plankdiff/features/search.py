@@ -23,6 +23,7 @@ from plankdiff.data.splits import Split
 from plankdiff.features.extract import ExtractionRequest, extract_features
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import fit_probe_grid
+from plankdiff.probe.metrics import plot_heatmap
 from plankdiff.provenance import write_json
 
 
@@ -75,6 +76,24 @@ def rank_pairs(
     return best.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable").reset_index(
         drop=True
     )
+
+
+def plot_ranking(ranking: pd.DataFrame, out: Path, *, kept: tuple[int, ...] = ()) -> Path:
+    """The (block × t) heatmap of subset validation macro-F1, the best pair boxed."""
+    best = ranking.iloc[0]
+    order = list(dict.fromkeys(ranking.sort_values("block", key=_forward_order)["block"]))
+    table = ranking.assign(value=ranking["val_macro_f1"]).set_index("block").loc[order].reset_index()
+    title = "coarse search: validation macro-F1 on the subset"
+    if kept:
+        title += f" (kept t = {', '.join(map(str, kept))})"
+    return plot_heatmap(
+        table[["block", "t", "value"]], selected=(best["block"], int(best["t"])), out=out, title=title
+    )
+
+
+def _forward_order(blocks: pd.Series) -> pd.Series:
+    stage = {"enc": 0, "mid": 1, "dec": 2}
+    return blocks.map(lambda b: (stage[b[:3]], int(b[3:].split("@")[0] or 0) if b[:3] != "mid" else 0))
 
 
 def coarse_to_fine(
@@ -130,6 +149,7 @@ def coarse_to_fine(
     )
     seconds = {"coarse": coarse_seconds, "fine": time.perf_counter() - started}
     ranking.to_csv(out / "coarse_ranking.csv", index=False)
+    plot_ranking(ranking, out / "coarse_heatmap.png", kept=kept)
     write_json(
         out / "search.json",
         {

@@ -1,0 +1,243 @@
+"""Feature extraction from the frozen tiny denoiser on real (small) NDSB images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plankdiff.data.splits import long_tailed_split
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.features import extract as extract_module
+from plankdiff.features.blocks import list_blocks
+from plankdiff.features.extract import ExtractionRequest, Extractor, extract_features, model_hash
+from plankdiff.features.search import coarse_to_fine
+from plankdiff.features.store import FeatureStore
+
+
+@pytest.fixture(scope="module")
+def backbone(tiny_run):
+    unet, scheduler = load_backbone(tiny_run)
+    return unet, scheduler, model_hash(tiny_run)
+
+
+def test_blocks_carry_stage_and_resolution(backbone):
+    unet, _, _ = backbone
+    blocks = list_blocks(unet)
+    # tiny preset on 16 px: widths (16, 32), so two levels at 16 and 8 px.
+    assert [(b.name, b.channels, b.resolution) for b in blocks] == [
+        ("enc1@16", 16, 16),
+        ("enc2@8", 32, 8),
+        ("mid@8", 32, 8),
+        ("dec1@8", 32, 8),
+        ("dec2@16", 16, 16),
+    ]
+    with_subs = [b.name for b in list_blocks(unet, sub_blocks=True)]
+    assert "dec2@16.res0" in with_subs and len(with_subs) > len(blocks)
+
+
+def test_store_records_timesteps_with_alpha_bar_and_snr(backbone, prepared_small_ndsb, tmp_path):
+    unet, scheduler, model_id = backbone
+    store = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "s",
+        model_id=model_id,
+        show_progress=False,
+        request=ExtractionRequest(timesteps=(5, 100), batch_size=16),
+    )
+    assert store.complete and len(store.pairs) == 2 * 5
+    pair = next(p for p in store.pair_table() if p["name"] == "mid@8/t=100")
+    alpha_bar = float(scheduler.alphas_cumprod[100])
+    assert pair["alpha_bar"] == pytest.approx(alpha_bar) and pair["snr"] == pytest.approx(
+        alpha_bar / (1 - alpha_bar)
+    )
+    assert store.info["model_hash"] == model_id and store.info["dataset_key"] == prepared_small_ndsb.key
+    x = store.load("mid@8/t=100")
+    assert x.dtype == np.float16 and x.shape == (len(prepared_small_ndsb), 32) and np.isfinite(x).all()
+    # A small t keeps more of the image than a large one: its features differ more between images.
+    assert np.asarray(store.load("mid@8/t=5"), np.float32).std(0).mean() > 0
+
+
+def test_noise_is_seeded_per_image_not_per_batch(backbone, prepared_small_ndsb, tmp_path):
+    unet, scheduler, model_id = backbone
+    request = ExtractionRequest(timesteps=(50,), batch_size=4)
+    forward = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "a",
+        rows=[2, 7, 11],
+        model_id=model_id,
+        request=request,
+        show_progress=False,
+    )
+    other = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "b",
+        rows=[11, 2],
+        model_id=model_id,
+        request=ExtractionRequest(timesteps=(50,), batch_size=1),
+        show_progress=False,
+    )
+    a, b = forward.load("dec2@16/t=50"), other.load("dec2@16/t=50")
+    np.testing.assert_allclose(
+        a[forward.positions([2, 11])], b[other.positions([2, 11])], rtol=1e-3, atol=1e-3
+    )
+
+
+def test_stopping_after_the_deepest_block_gives_the_same_features(backbone, prepared_small_ndsb):
+    unet, scheduler, _ = backbone
+    import torch
+
+    from plankdiff.diffusion.train import to_model_range
+
+    rows = np.arange(8)
+    x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(prepared_small_ndsb.images[rows])))
+    everything = Extractor(unet, scheduler, request=ExtractionRequest(timesteps=(5,)))
+    full = everything(x0, rows, 5)
+    everything.close()
+    encoder = Extractor(
+        unet, scheduler, request=ExtractionRequest(timesteps=(5,), blocks=("enc1@16", "enc2@8"))
+    )
+    calls = []
+    handle = unet.up_blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    early = encoder(x0, rows, 5)
+    handle.remove()
+    encoder.close()
+    assert not calls, "the decoder ran although only encoder blocks were requested"
+    for name in ("enc1@16", "enc2@8"):
+        torch.testing.assert_close(early[name], full[name])
+
+
+def test_a_repeated_request_is_reused_and_another_model_is_refused(
+    backbone, prepared_small_ndsb, tmp_path, monkeypatch
+):
+    unet, scheduler, model_id = backbone
+    request = ExtractionRequest(timesteps=(5,), batch_size=16)
+    extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "s",
+        model_id=model_id,
+        request=request,
+        show_progress=False,
+    )
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(Extractor, "__call__", refuse)
+    again = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "s",
+        model_id=model_id,
+        request=request,
+        show_progress=False,
+    )
+    assert again.complete
+    with pytest.raises(FileExistsError, match="another model"):
+        extract_features(
+            unet,
+            scheduler,
+            prepared_small_ndsb,
+            out=tmp_path / "s",
+            model_id="other-weights",
+            request=request,
+            show_progress=False,
+        )
+
+
+def test_an_interrupted_extraction_resumes_where_it_stopped(
+    backbone, prepared_small_ndsb, tmp_path, monkeypatch
+):
+    unet, scheduler, model_id = backbone
+    request = ExtractionRequest(timesteps=(5, 25), batch_size=8)
+    reference = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "ref",
+        model_id=model_id,
+        request=request,
+        show_progress=False,
+    )
+    original = Extractor.__call__
+    batches = []
+
+    def flaky(self, x0, rows, t):
+        batches.append(int(rows[0]))
+        if len(batches) > 4:  # two batches × two timesteps, then the "kill"
+            raise KeyboardInterrupt
+        return original(self, x0, rows, t)
+
+    monkeypatch.setattr(Extractor, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(
+            unet,
+            scheduler,
+            prepared_small_ndsb,
+            out=tmp_path / "s",
+            model_id=model_id,
+            request=request,
+            show_progress=False,
+            checkpoint_rows=8,
+        )
+    assert FeatureStore(tmp_path / "s").rows_done() == 16
+    batches.clear()
+    monkeypatch.setattr(Extractor, "__call__", original)
+    seen = []
+    monkeypatch.setattr(
+        Extractor,
+        "__call__",
+        lambda self, x0, rows, t: seen.append(int(rows[0])) or original(self, x0, rows, t),
+    )
+    resumed = extract_features(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        out=tmp_path / "s",
+        model_id=model_id,
+        request=request,
+        show_progress=False,
+    )
+    assert min(seen) == 16, "rows finished before the interruption were extracted again"
+    for pair in reference.pairs:
+        np.testing.assert_array_equal(np.asarray(resumed.load(pair)), np.asarray(reference.load(pair)))
+
+
+def test_coarse_to_fine_keeps_the_best_timesteps_for_every_image(backbone, prepared_small_ndsb, tmp_path):
+    unet, scheduler, model_id = backbone
+    split = long_tailed_split(prepared_small_ndsb)
+    result = coarse_to_fine(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        split,
+        out=tmp_path,
+        model_id=model_id,
+        request=ExtractionRequest(timesteps=(5, 100, 700), batch_size=16),
+        per_class_train=4,
+        per_class_val=1,
+        keep_timesteps=1,
+        show_progress=False,
+        probe_options={"epochs": 2, "min_steps": 10},
+    )
+    assert len(result.coarse.rows) == 4 * 4 + 4 * 1
+    assert len(result.kept_timesteps) == 1
+    best_t = int(result.ranking.groupby("t")["val_macro_f1"].max().idxmax())
+    assert result.kept_timesteps == (best_t,)
+    assert {p["t"] for p in result.fine.pair_table()} == {best_t}
+    assert len(result.fine.rows) == len(prepared_small_ndsb)
+    assert (tmp_path / "coarse_heatmap.png").exists()
+
+
+def test_noise_seeding_helper_is_deterministic():
+    a = extract_module._seeded_noise(np.array([3, 4]), 10, 0, (1, 4, 4))
+    b = extract_module._seeded_noise(np.array([3]), 10, 0, (1, 4, 4))
+    assert (a[0] == b[0]).all() and not (a[0] == a[1]).all()
