@@ -179,18 +179,16 @@ def probe_features(
     result = ProbeResult(protocol, selected, hyper, val, test, table)
     if shifted:
         result.shifted, result.per_pair = _score_shifted(
-            store,
             shifted,
-            pairs,
-            selected,
-            classifiers,
-            features,
-            labels,
-            index,
-            n_classes,
-            with_size,
-            bootstrap,
-            seed,
+            pairs=pairs,
+            selected=selected,
+            classifiers=classifiers,
+            test_features={p: x[index["test"]] for p, x in features.items()},
+            test_labels=labels[index["test"]],
+            n_classes=n_classes,
+            with_size=with_size,
+            bootstrap=bootstrap,
+            seed=seed,
         )
     if out is not None:
         write_result(result, store, split, out, config=config or {}, with_size=with_size, loss=loss)
@@ -202,26 +200,23 @@ def _knn_predictor(train_x: np.ndarray, train_y: np.ndarray, n_classes: int):
 
 
 def _score_shifted(
-    store,
     shifted,
+    *,
     pairs,
     selected,
     classifiers,
-    features,
-    labels,
-    index,
+    test_features,
+    test_labels,
     n_classes,
     with_size,
     bootstrap,
     seed,
 ):
+    """The selected probe on each shifted test set, and every pair's accuracy drop (analysis only)."""
     results, per_pair = {}, []
-    in_test = {
-        p: float((classifiers[p](features[p][index["test"]]).argmax(1) == labels[index["test"]]).mean())
-        for p in pairs
-    }
+    in_test = {p: float((classifiers[p](test_features[p]).argmax(1) == test_labels).mean()) for p in pairs}
     for shift in shifted:
-        assert shift.split.classes == list(shift.split.classes) and len(shift.split.classes) == n_classes, (
+        assert len(shift.split.classes) == n_classes, (
             f"shifted set {shift.name} has {len(shift.split.classes)} classes, the probe {n_classes}"
         )
         test_positions = shift.store.positions(shift.split.indices("test"))
