@@ -84,6 +84,7 @@ def main() -> None:
         )
         grid_s = time.perf_counter() - started
         feature_bytes = sum(p["dim"] for p in store.pair_table()) * 4 * len(dataset)
+        n_pairs = len(store.pairs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
         "# Feature extraction cost",
@@ -100,7 +101,7 @@ def main() -> None:
         f"| encoder blocks only, forward stopped after enc2@16 | {encoder_s:.3f} | {len(rows) / encoder_s:.0f} | "
         f"{encoder_s / bare_s:.3f} |",
         "",
-        f"Full default grid ({len(DEFAULT_TIMESTEPS)} timesteps × 7 blocks = {len(store.pairs)} pairs) on {n} images: "
+        f"Full default grid ({len(DEFAULT_TIMESTEPS)} timesteps × 7 blocks = {n_pairs} pairs) on {n} images: "
         f"{grid_s:.0f} s ({n * len(DEFAULT_TIMESTEPS) / grid_s:.0f} image-timesteps/s).",
         f"Peak resident memory of this process: {peak:.0f} MiB (before extraction: {before:.0f} MiB). "
         f"The same features for all {len(dataset)} images held in memory as float32 would take "
