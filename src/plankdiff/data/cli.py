@@ -13,7 +13,7 @@ from plankdiff.data.info import contact_sheet, summarise
 from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.sources import SourceError
-from plankdiff.data.splits import balanced_split, long_tailed_split, temporal_split
+from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
@@ -108,6 +108,11 @@ def split_command(
     train_years: str = typer.Option("2018,2019", "--train-years", help="temporal: comma-separated years"),
     test_years: str = typer.Option("2020", "--test-years", help="temporal: comma-separated years"),
     target: str = typer.Option("", "--target", help="cross-domain: the shifted dataset"),
+    hold_out: float = typer.Option(
+        0.0,
+        "--hold-out",
+        help="temporal: also write -within/-across splits testing this share of the train period",
+    ),
     mapping: str = typer.Option("ndsb_pwssc", "--mapping", help="cross-domain: shipped name or CSV path"),
     source_key: str = typer.Option("ndsb", "--source-key"),
     target_key: str = typer.Option("pwssc", "--target-key"),
@@ -120,7 +125,10 @@ def split_command(
         splits = [(dataset, balanced_split(dataset, seed=seed))]
     elif kind == "temporal":
         years = tuple(int(y) for y in train_years.split(",")), tuple(int(y) for y in test_years.split(","))
-        splits = [(dataset, temporal_split(dataset, train_years=years[0], test_years=years[1], seed=seed))]
+        temporal = temporal_split(dataset, train_years=years[0], test_years=years[1], seed=seed)
+        splits = [(dataset, temporal)]
+        if hold_out:
+            splits += [(dataset, s) for s in in_and_out_of_period(temporal, fraction=hold_out, seed=seed)]
     elif kind == "cross-domain":
         if not target:
             raise typer.BadParameter("cross-domain needs --target, the prepared shifted dataset")
