@@ -31,6 +31,9 @@ def pair_file(name: str) -> str:
 class FeatureStore:
     root: Path
 
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
     @property
     def info(self) -> dict:
         return read_json(self.root / "store.json")
