@@ -51,7 +51,7 @@ class FeatureSpec(Strict):
 
 
 class ProbeSpec(Strict):
-    epochs: int = 10
+    epochs: int = 40
     min_steps: int = 400  # optimiser steps at least, whatever the training-set size
     balanced_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "ce"
     long_tailed_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "logit-adjusted"
