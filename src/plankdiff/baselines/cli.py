@@ -11,7 +11,7 @@ from rich.table import Table
 from plankdiff.baselines.registry import get_method, load_methods
 from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.diffusion.train import TrainingDiverged
+from plankdiff.diffusion.cli import train_and_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
@@ -65,18 +65,7 @@ def train_command(
         f"{method}: {counts['backbone'] / 1e6:.2f}M backbone parameters ({counts['trainable'] / 1e6:.2f}M trained), "
         f"{len(trainer.images)} images → {out}"
     )
-    try:
-        result = trainer.train()
-    except TrainingDiverged as error:
-        console.print(f"[red]stopped:[/red] {error}")
-        raise typer.Exit(2) from None
-    except (FileExistsError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
-    console.print(
-        f"[green]done[/green] ({result.stopped_by}): step {result.step}, {result.elapsed_minutes:.1f} min, "
-        f"{result.images_seen} images seen, loss {result.last_loss:.4f}"
-    )
+    train_and_report(trainer, console)
 
 
 @app.command("list")

@@ -50,6 +50,12 @@ def train_command(
     console.print(
         f"{config.preset}: {parameters / 1e6:.2f}M parameters, {len(trainer.images)} images → {out}"
     )
+    train_and_report(trainer, console)
+
+
+def train_and_report(trainer, console: Console) -> None:
+    """Run a trainer (diffusion or baseline: both return a `TrainResult`) and say how it ended;
+    exit code 2 when the loss diverged, 1 for a run that could not start or resume."""
     try:
         result = trainer.train()
     except TrainingDiverged as error:
