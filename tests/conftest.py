@@ -55,12 +55,17 @@ def subset_zip(archive: Path, name: str, out: Path, *, n_classes: int, per_class
     chosen = [label for label in sorted(by_class) if len(by_class[label]) >= per_class][:n_classes]
     assert len(chosen) == n_classes, f"{archive}: fewer than {n_classes} classes with {per_class} images"
     kept = [row for label in chosen for row in sorted(by_class[label], key=lambda r: r["path"])[:per_class]]
+    return write_subset_zip(archive, name, kept, out)
+
+
+def write_subset_zip(archive: Path, name: str, rows: list[dict[str, str]], out: Path) -> Path:
+    """Copy the images of manifest `rows` from a shared zip into `out`, same layout and manifest."""
     manifest = io.StringIO()
     writer = csv.DictWriter(manifest, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(kept)
+    writer.writerows(rows)
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
-        for row in kept:
+        for row in rows:
             target.writestr(f"{name}/{row['path']}", source.read(f"{name}/{row['path']}"))
         target.writestr(f"{name}/manifest.csv", manifest.getvalue())
     return out

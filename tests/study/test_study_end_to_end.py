@@ -3,33 +3,18 @@ reuses every stage instead of recomputing it."""
 
 from __future__ import annotations
 
-import csv
-import io
-import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import read_manifest
+from conftest import read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
 from plankdiff.study.config import load_experiment
 from plankdiff.study.runner import Study
 
 NDSB_CLASSES = ("chaetognath_sagitta", "copepod_calanoid", "appendicularian_s_shape", "detritus_other")
 PWSSC_CLASSES = ("Parasagitta", "Calanus", "Oikopleura", "Snow")
-
-
-def write_subset(archive: Path, name: str, rows: list[dict], out: Path) -> Path:
-    manifest = io.StringIO()
-    writer = csv.DictWriter(manifest, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as target:
-        for row in rows:
-            target.writestr(f"{name}/{row['path']}", source.read(f"{name}/{row['path']}"))
-        target.writestr(f"{name}/manifest.csv", manifest.getvalue())
-    return out
 
 
 def pick(rows: list[dict], label: str, n: int, year: int | None = None) -> list[dict]:
@@ -46,14 +31,14 @@ def tiny_experiment(shared_datasets: Path, tmp_path_factory: pytest.TempPathFact
     folder = tmp_path_factory.mktemp("tiny-study")
     ndsb = read_manifest(shared_datasets / "ndsb.zip", "ndsb")
     # The balanced split keeps classes with >= 60 training images: 90 images per class reach it.
-    write_subset(
+    write_subset_zip(
         shared_datasets / "ndsb.zip",
         "ndsb",
         [r for c in NDSB_CLASSES for r in pick(ndsb, c, 90)],
         folder / "ndsb.zip",
     )
     pwssc = read_manifest(shared_datasets / "pwssc.zip", "pwssc")
-    write_subset(
+    write_subset_zip(
         shared_datasets / "pwssc.zip",
         "pwssc",
         [r for c in PWSSC_CLASSES for r in pick(pwssc, c, 15)],
@@ -63,7 +48,7 @@ def tiny_experiment(shared_datasets: Path, tmp_path_factory: pytest.TempPathFact
     per_year = {2018: 30, 2019: 25, 2020: 25}
     classes = ("dinobryon", "cyclops", "nauplius")  # each has >= 25 images in 2018, 2019 and 2020
     rows = [r for c in classes for year, n in per_year.items() for r in pick(zoolake, c, n, year)]
-    write_subset(shared_datasets / "zoolake.zip", "zoolake", rows, folder / "zoolake.zip")
+    write_subset_zip(shared_datasets / "zoolake.zip", "zoolake", rows, folder / "zoolake.zip")
     (folder / "tiny.yaml").write_text(f"""
 name: tiny
 seeds: [0, 1, 2]
