@@ -101,7 +101,10 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     html = report.read_text()
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
-    assert (results / "tables" / "kmeans.csv").exists()
+    clustered = headline[headline["experiment"] == "ndsb/k-means (K = classes)"]
+    assert len(clustered) and (clustered["n_seeds"] == 3).all()  # one k-means init per study seed
+    kmeans = pd.read_csv(results / "tables" / "kmeans.csv")
+    assert set(kmeans["seed"]) == {0, 1, 2}
 
     again = Study(config, results_root=tmp_path / "results", dry_run=True)
     again.run()
