@@ -384,3 +384,45 @@ def test_thresholds_survive_the_card(model):
     assert deployed.abstention.thresholds == card["thresholds"]
     assert deployed.abstention.status == card["status"]
     assert set(card["status_meaning"]) == set(card["status"].values())
+
+
+def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
+    model, image_folder, run_cli, tmp_path
+):
+    """SPC-style names carry the capture time: samples become days, and a date range selects them."""
+    days = {"2020-03-01": 1583020800, "2020-03-02": 1583107200, "2020-04-01": 1585699200}
+    spc = tmp_path / "spc"
+    kept = []
+    for index, image in enumerate(sorted(image_folder.glob("*/*.jpg"))):
+        if image.name == "broken.jpg":
+            continue
+        day = list(days)[index % 3]
+        seconds = days[day] + 60 * index if index % 7 else 0  # every 7th image: clock not set
+        target = spc / image.parent.name / f"SPC-PWSSC-{seconds}-{index}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
+        if seconds and day != "2020-04-01":
+            kept.append((day, image.parent.name))
+    out = tmp_path / "out"
+    result = run_cli(
+        "predict", model, spc, "--out", out, "--sample-by", "day",
+        "--captured-from", "2020-03-01", "--captured-to", "2020-03-31", "--score",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "predictions.csv")
+    assert sorted(zip(rows["sample"], rows["true_label"], strict=True)) == sorted(
+        (f"spc/{day}", label) for day, label in kept
+    )
+    counts = read_csv(out / "counts.csv")
+    assert set(counts["sample"]) == {"spc/2020-03-01", "spc/2020-03-02"}
+    score = json.loads((out / "score.json").read_text())
+    assert score["labelled"] == len(kept) and score["samples"] == 2
+    decided = rows[rows["decision"] != "unclassified"]
+    expected = (decided["decision"] == decided["true_label"]).mean() if len(decided) else None
+    assert score["known"]["accuracy_when_decided"] == pytest.approx(expected)
+    assert "Bray–Curtis per sample" in result.output
+
+
+def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path):
+    result = run_cli("predict", model, image_folder, "--out", tmp_path, "--sample-by", "week")
+    assert result.exit_code == 2 and "--sample-by must be one of input, day" in result.output

@@ -9,6 +9,7 @@ from plankdiff.deploy.export import (
     load_classifier,
 )
 from plankdiff.deploy.predict import PredictionRun, predict
+from plankdiff.deploy.score import score_predictions
 
 __all__ = [
     "Abstention",
@@ -21,4 +22,5 @@ __all__ = [
     "export_from_store",
     "load_classifier",
     "predict",
+    "score_predictions",
 ]

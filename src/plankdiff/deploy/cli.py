@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -11,7 +12,8 @@ from rich.console import Console
 from plankdiff.data.sources import SourceError
 from plankdiff.deploy.calibrate import DEFAULT_TARGET_PRECISION
 from plankdiff.deploy.export import ModelCardError, export_from_store, load_classifier
-from plankdiff.deploy.predict import predict
+from plankdiff.deploy.predict import SAMPLE_BY, predict
+from plankdiff.deploy.score import score_predictions
 
 console = Console()
 
@@ -75,8 +77,25 @@ def predict_command(
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv, counts.csv and skipped.csv"),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="auto (accelerate's choice) | cpu | cuda"),
+    sample_by: str = typer.Option(
+        "input", "--sample-by", help="what counts.csv counts per: input | day (capture day in file names)"
+    ),
+    captured_from: datetime = typer.Option(
+        None, "--captured-from", formats=["%Y-%m-%d"], help="keep images captured on or after this day"
+    ),
+    captured_to: datetime = typer.Option(
+        None, "--captured-to", formats=["%Y-%m-%d"], help="keep images captured on or before this day"
+    ),
+    score: bool = typer.Option(
+        False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"
+    ),
 ) -> None:
     """Classify images; run under `accelerate launch` to spread them over processes."""
+    if sample_by not in SAMPLE_BY:
+        console.print(
+            f"[red]error:[/red] --sample-by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}"
+        )
+        raise typer.Exit(2)
     try:
         classifier = load_classifier(model)
         run = predict(
@@ -85,6 +104,9 @@ def predict_command(
             out / "predictions.csv",
             batch_size=batch_size,
             device=None if device == "auto" else device,
+            sample_by=sample_by,
+            captured_from=captured_from.date() if captured_from else None,
+            captured_to=captured_to.date() if captured_to else None,
         )
     except (ModelCardError, SourceError) as error:
         console.print(f"[red]error:[/red] {error}")
@@ -95,3 +117,21 @@ def predict_command(
     console.print(
         f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"
     )
+    if score:
+        try:
+            summary = score_predictions(run.predictions, classifier.card["classes"])
+        except ValueError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from None
+        known, novel = summary["known"], summary["novel"]
+
+        def percent(value):
+            return "n/a" if value is None else f"{value:.1%}"
+
+        console.print(
+            f"known classes ({summary['known_class_images']} images): abstained {percent(known['abstention_rate'])}, "
+            f"accuracy when decided {percent(known['accuracy_when_decided'])}; unknown classes "
+            f"({summary['novel_class_images']} images): abstained {percent(novel['abstention_rate'])}; "
+            f"Bray–Curtis per sample: median {summary['bray_curtis']['median']:.3f} over {summary['samples']} "
+            f"samples → {run.predictions.with_name('score.json')}"
+        )

@@ -15,6 +15,11 @@ Inputs and what they give (`sample` is what counts.csv counts per):
 - IFCB bins (one bin, or a folder searched recursively; bins win over any image files beside them):
   sample = the bin; a bin that cannot be read is one line of skipped.csv, and the others go on.
 
+`sample_by="day"` splits each input's sample by the UTC capture day in the file names (SPC and
+IFCB name their images with it; see `plankdiff.data.timestamps`): `<input>/2020-03-14`, and
+`<input>/unknown time` where the name carries none. `captured_from`/`captured_to` keep only the
+images captured in that date range (inclusive); images without a capture time are then left out.
+
 Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (sample, class,
 count; `unclassified` is a class of its own) and `skipped.csv` (every image or bin that could not
 be read, with the reason). Under `accelerate launch`, process i takes images i, i+n, i+2n, … and
@@ -30,7 +35,8 @@ import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -42,10 +48,13 @@ from PIL import Image
 from plankdiff.data.ifcb import IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
 from plankdiff.data.preprocess import ImageRejected, decode, preprocess
 from plankdiff.data.sources import IMAGE_SUFFIXES, MANIFEST_NAME, Collection, SourceError
+from plankdiff.data.timestamps import capture_time
 from plankdiff.deploy.export import DeployedClassifier, image_seed
 from plankdiff.progress import progress_bar
 
 TOP_K = 3
+SAMPLE_BY = ("input", "day")
+UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
 COUNT_COLUMNS = ["sample", "class", "count"]
@@ -185,12 +194,38 @@ def _tree_images(source: Path, readers: list) -> list[InputImage]:
     ]
 
 
-def list_inputs(inputs: Sequence[Path]) -> tuple[list[InputImage], list]:
+def list_inputs(
+    inputs: Sequence[Path],
+    *,
+    sample_by: str = "input",
+    captured_from: date | None = None,
+    captured_to: date | None = None,
+) -> tuple[list[InputImage], list]:
     """Every image of every input, in a fixed order (the same on every process), and their readers.
 
     An input that is missing or of an unknown kind stops the run here, before any work: that is a
     typo, not a damaged image.
     """
+    assert sample_by in SAMPLE_BY, f"sample_by must be one of {SAMPLE_BY}, got {sample_by!r}"
+    images, readers = _list_all(inputs)
+    if sample_by == "input" and captured_from is None and captured_to is None:
+        return images, readers
+    kept = []
+    for image in images:
+        moment = capture_time(image.key) if image.key else None
+        day = moment.date() if moment else None
+        outside = (
+            day is None or (captured_from and day < captured_from) or (captured_to and day > captured_to)
+        )
+        if (captured_from or captured_to) and not image.problem and outside:
+            continue
+        if sample_by == "day" and not image.problem:
+            image = replace(image, sample=f"{image.sample}/{day.isoformat() if day else UNKNOWN_TIME}")
+        kept.append(image)
+    return kept, readers
+
+
+def _list_all(inputs: Sequence[Path]) -> tuple[list[InputImage], list]:
     images: list[InputImage] = []
     readers: list = []
     for source in map(Path, inputs):
@@ -349,6 +384,9 @@ def predict(
     batch_size: int = 64,
     device: str | None = None,
     show_progress: bool = True,
+    sample_by: str = "input",
+    captured_from: date | None = None,
+    captured_to: date | None = None,
 ) -> PredictionRun:
     """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv and skipped.csv.
 
@@ -367,7 +405,9 @@ def predict(
     )
     classifier.to(device if device is not None else state.device)
     started = time.perf_counter()
-    images, readers = list_inputs(inputs)
+    images, readers = list_inputs(
+        inputs, sample_by=sample_by, captured_from=captured_from, captured_to=captured_to
+    )
     predict_share(
         classifier,
         images,

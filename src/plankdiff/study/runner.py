@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -524,7 +525,7 @@ class Study:
 
             def run(st=store, cl=cluster):
                 first = [cl(pair, self.config.seeds[0]) for pair in st.pairs]
-                best = max(first, key=lambda r: r["nmi"])["pair"]
+                best = max(first, key=itemgetter("nmi"))["pair"]
                 return first + [cl(best, seed) for seed in self.config.seeds[1:]]
 
             scores = self.stage(f"kmeans/{method}", inputs, run)
