@@ -10,8 +10,9 @@ import pytest
 
 from conftest import read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
+from plankdiff.diffusion.train import DiffusionTrainer, TrainResult
 from plankdiff.study.config import load_experiment
-from plankdiff.study.runner import Study
+from plankdiff.study.runner import Study, StudyInterrupted
 
 NDSB_CLASSES = ("chaetognath_sagitta", "copepod_calanoid", "appendicularian_s_shape", "detritus_other")
 PWSSC_CLASSES = ("Parasagitta", "Calanus", "Oikopleura", "Snow")
@@ -110,3 +111,21 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     again.run()
     statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
     assert statuses == {"reuse"}, again.plan()
+
+
+def test_an_interrupted_training_stops_the_study_unrecorded(
+    tiny_experiment: Path, tmp_path: Path, monkeypatch
+):
+    """A signal during pre-training must not leave a half-trained backbone recorded as finished."""
+    config = load_experiment(tiny_experiment / "tiny.yaml").model_copy(update={"name": "interrupted"})
+
+    def interrupted(trainer):
+        return TrainResult(trainer.out, 3, 0.01, 96, 1.0, "interrupt")
+
+    monkeypatch.setattr(DiffusionTrainer, "train", interrupted)
+    study = Study(config, results_root=tmp_path / "results")
+    with pytest.raises(StudyInterrupted, match="rerun the same command to resume"):
+        study.run()
+    assert list((study.work / "stages").glob("prepare_*")) and not list(
+        (study.work / "stages").glob("pretrain_*")
+    )

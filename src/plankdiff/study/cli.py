@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from plankdiff.study.config import load_experiment
-from plankdiff.study.runner import Study
+from plankdiff.study.runner import Study, StudyInterrupted
 
 console = Console()
 
@@ -25,7 +25,11 @@ def run_command(
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     study = Study(config, results_root=results, dry_run=dry_run, console=console)
-    report = study.run()
+    try:
+        report = study.run()
+    except StudyInterrupted as error:
+        console.print(f"[yellow]interrupted:[/yellow] {error}")
+        raise typer.Exit(130) from None
     if dry_run:
         for name, status in study.plan():
             console.print(f"  {status:>10}  {name}")

@@ -53,6 +53,10 @@ DIFFUSION = "diffusion"
 RAW = "raw-pixels"
 
 
+class StudyInterrupted(Exception):
+    """A training stage stopped on a signal: it is not recorded as done, so a rerun resumes it."""
+
+
 class Study:
     def __init__(
         self,
@@ -234,6 +238,7 @@ class Study:
             config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
         )
         result = trainer.train()
+        _refuse_interrupted(result, folder)
         unet, scheduler = load_backbone(folder)
         save_grid(sample_images(unet, scheduler, n=36, steps=25), folder / "samples" / "final.png")
         return {
@@ -249,6 +254,7 @@ class Study:
         rows = training_rows(dataset, method=method, split=split.name)
         trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
         result = trainer.train()
+        _refuse_interrupted(result, folder)
         info = read_json(folder / "baseline.json")
         return {
             "minutes": result.elapsed_minutes,
@@ -620,6 +626,14 @@ class Study:
 
     def plan(self) -> list[tuple[str, str]]:
         return self.planned
+
+
+def _refuse_interrupted(result, folder: Path) -> None:
+    if result.stopped_by == "interrupt":
+        raise StudyInterrupted(
+            f"{folder}: training was interrupted at step {result.step} and saved a checkpoint; "
+            "rerun the same command to resume it"
+        )
 
 
 def _trained_parameters(counts) -> int | None:
