@@ -129,3 +129,16 @@ def test_an_interrupted_training_stops_the_study_unrecorded(
     assert list((study.work / "stages").glob("prepare_*")) and not list(
         (study.work / "stages").glob("pretrain_*")
     )
+
+
+def test_a_study_of_one_experiment_family_trains_and_reports_only_what_it_needs(
+    tiny_experiment: Path, tmp_path: Path
+):
+    """After the full tiny study this reuses its NDSB stages; run alone, it computes them."""
+    config = load_experiment(tiny_experiment / "tiny.yaml").model_copy(update={"experiments": ("ndsb",)})
+    study = Study(config, results_root=tmp_path / "results")
+    assert study.run() is not None
+    trained = {name for name, _ in study.plan() if name.startswith("pretrain/")}
+    assert trained and all(name.startswith("pretrain/ndsb/") for name in trained)
+    headline = pd.read_csv(tmp_path / "results" / "tiny" / "headline.csv")
+    assert {e.split("/")[0] for e in headline["experiment"]} == {"ndsb"}

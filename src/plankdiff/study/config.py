@@ -66,9 +66,16 @@ class Caps(Strict):
     test: int = Field(gt=0)
 
 
+EXPERIMENT_FAMILIES = ("ndsb", "zoolake", "ndsb-pwssc")
+Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
+
+
 class ExperimentConfig(Strict):
     name: str
     description: str = ""
+    # ndsb: balanced and long-tailed (with label efficiency and k-means); zoolake: the two temporal
+    # shifts; ndsb-pwssc: the geographic/instrument shift. A study may run a subset of them.
+    experiments: tuple[Family, ...] = EXPERIMENT_FAMILIES
     seeds: tuple[int, ...] = (0, 1, 2)
     datasets: dict[str, DatasetSpec]
     pretrain: dict[str, PretrainSpec]
@@ -81,7 +88,7 @@ class ExperimentConfig(Strict):
     kmeans: bool = True
 
 
-SHIPPED = ("quick", "cpu", "gpu")
+SHIPPED = ("quick", "cpu", "gpu", "compare")
 
 
 def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
@@ -103,7 +110,22 @@ def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
     for name, spec in config.pretrain.items():
         if spec.dataset not in config.datasets:
             raise ValueError(f"{source}: pretrain.{name}.dataset names unknown dataset {spec.dataset!r}")
-    for needed in ("ndsb", "zoolake", "pwssc"):
-        if needed not in config.datasets:
-            raise ValueError(f"{source}: datasets.{needed} is required by the study")
+    needed = {"ndsb": ("ndsb",), "zoolake": ("zoolake",), "ndsb-pwssc": ("ndsb", "pwssc")}
+    for family in config.experiments:
+        for dataset in needed[family]:
+            if dataset not in config.datasets:
+                raise ValueError(f"{source}: datasets.{dataset} is required by the {family} experiments")
+    pretrained = {(spec.dataset, spec.split) for spec in config.pretrain.values()}
+    wanted = {
+        "ndsb": [("ndsb", "long-tailed")],
+        "ndsb-pwssc": [("ndsb", "long-tailed")],
+        "zoolake": [("zoolake", "temporal:2018+2019-2020"), ("zoolake", "temporal:2018-2019")],
+    }
+    for family in config.experiments:
+        for dataset, split in wanted[family]:
+            if (dataset, split) not in pretrained:
+                raise ValueError(
+                    f"{source}: the {family} experiments need a pretrain entry with dataset {dataset} "
+                    f"and split {split!r}"
+                )
     return config

@@ -157,16 +157,19 @@ class Study:
         """Experiment name → (dataset key, split of seed 0, shifted: list of (dataset key, split))."""
         d = self.datasets
         out: dict[str, tuple] = {}
-        long_tailed = self._cap(long_tailed_split(d["ndsb"]))
-        out["ndsb/long-tailed"] = ("ndsb", long_tailed, [])
-        out["ndsb/balanced"] = ("ndsb", self._cap(balanced_split(d["ndsb"])), [])
-        for train_years, test_years in (((2018, 2019), (2020,)), ((2018,), (2019,))):
+        families = self.config.experiments
+        if "ndsb" in families:
+            long_tailed = self._cap(long_tailed_split(d["ndsb"]))
+            out["ndsb/long-tailed"] = ("ndsb", long_tailed, [])
+            out["ndsb/balanced"] = ("ndsb", self._cap(balanced_split(d["ndsb"])), [])
+        temporal_shifts = (((2018, 2019), (2020,)), ((2018,), (2019,))) if "zoolake" in families else ()
+        for train_years, test_years in temporal_shifts:
             temporal = temporal_split(d["zoolake"], train_years=train_years, test_years=test_years)
             within, across = in_and_out_of_period(self._cap(temporal))
             label = f"zoolake/{'+'.join(map(str, train_years))}→{'+'.join(map(str, test_years))}"
             out[label] = ("zoolake", within, [("zoolake", across)])
         mapping = load_mapping("ndsb_pwssc")
-        for suffix in ("", "-nopol"):
+        for suffix in ("", "-nopol") if "ndsb-pwssc" in families else ():
             if f"ndsb{suffix}" not in d or f"pwssc{suffix}" not in d:
                 continue
             source, target = cross_domain_splits(
@@ -204,7 +207,8 @@ class Study:
 
     def _pretrain(self, splits) -> dict[str, dict[str, Path]]:
         runs: dict[str, dict[str, Path]] = {}
-        for key in self.config.pretrain:
+        used = {self._experiment_pretrain(experiment) for experiment in splits}
+        for key in (k for k in self.config.pretrain if k in used):
             dataset_key, split = self._pretrain_rows(key)
             dataset = self.datasets[dataset_key]
             runs[key] = {}
@@ -466,6 +470,8 @@ class Study:
     # -- label efficiency and clustering --------------------------------------------------------
     def _label_efficiency(self, splits, stores) -> None:
         experiment = "ndsb/long-tailed"
+        if experiment not in splits:
+            return
         dataset_key, split, _ = splits[experiment]
         rows = []
         for method in self._methods():
@@ -510,9 +516,9 @@ class Study:
         """Every pair clustered once (seed 0) for the table; the best pair by NMI is clustered again
         with each study seed, so the headline rows carry mean ± std over k-means initialisations
         (the test rows are fixed, as for the probes)."""
-        if not self.config.kmeans:
-            return
         experiment = "ndsb/long-tailed"
+        if not self.config.kmeans or experiment not in splits:
+            return
         dataset_key, split, _ = splits[experiment]
         test = split.indices("test")
         records = []
