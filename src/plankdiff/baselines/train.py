@@ -32,7 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from plankdiff.baselines.registry import Method, get_method
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
-from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from plankdiff.diffusion.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    loop_state,
+    restore_loop_state,
+    save_checkpoint,
+)
 from plankdiff.diffusion.train import TrainingDiverged, TrainResult
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_json, write_json
@@ -197,19 +203,9 @@ class BaselineTrainer:
             )
 
     def _state(self) -> dict:
-        # Randomness comes from the trainer's generator (batches, views) and torch's global RNG
-        # (MAE's masks): saving both makes resume exact.
-        state = {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "images_seen": self.images_seen,
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
+        return loop_state(
+            step=self.step, elapsed=self.elapsed, images_seen=self.images_seen, generator=self.generator
+        ) | {"optimizer": self.optimizer.state_dict()}
 
     def save(self) -> Path:
         path = save_checkpoint(
@@ -227,12 +223,7 @@ class BaselineTrainer:
         weights, _, state = load_checkpoint(path)
         self.method.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
-        self.images_seen = int(state["images_seen"])
+        self.step, self.elapsed, self.images_seen = restore_loop_state(state, self.generator)
 
     # -- the loop -------------------------------------------------------------------------------
     @property

@@ -65,3 +65,28 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
         load_file(path / "ema.safetensors"),
         torch.load(path / "state.pt", weights_only=True, map_location="cpu"),
     )
+
+
+def loop_state(*, step: int, elapsed: float, images_seen: int, generator: torch.Generator) -> dict:
+    """The training-loop part of a checkpoint's state, shared by every trainer: counters, the
+    trainer's own generator (batches, views, noise) and torch's global RNG (dropout, masks).
+    Saving both RNGs is what makes a resumed run equal an uninterrupted one."""
+    state = {
+        "step": step,
+        "elapsed": elapsed,
+        "images_seen": images_seen,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_loop_state(state: dict, generator: torch.Generator) -> tuple[int, float, int]:
+    """Puts the RNGs back and returns (step, elapsed seconds, images seen)."""
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), float(state["elapsed"]), int(state["images_seen"])

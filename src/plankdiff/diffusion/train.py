@@ -27,7 +27,13 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from plankdiff.diffusion.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    loop_state,
+    restore_loop_state,
+    save_checkpoint,
+)
 from plankdiff.diffusion.config import DiffusionConfig
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
 from plankdiff.progress import progress_bar
@@ -158,21 +164,13 @@ class DiffusionTrainer:
             )
 
     def _state(self) -> dict:
-        # The loop draws randomness only from its own generator (batches, augmentation, noise,
-        # timesteps) and torch's global RNG (dropout): saving both makes resume exact.
-        state = {
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "images_seen": self.images_seen,
+        return loop_state(
+            step=self.step, elapsed=self.elapsed, images_seen=self.images_seen, generator=self.generator
+        ) | {
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
             "ema_optimization_step": self.ema.optimization_step,
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
 
     def _named(self, params) -> dict[str, torch.Tensor]:
         names = [n for n, _ in self.accelerator.unwrap_model(self.model).named_parameters()]
@@ -203,15 +201,7 @@ class DiffusionTrainer:
         self.ema.optimization_step = int(state["ema_optimization_step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.step, self.elapsed, self.images_seen = (
-            int(state["step"]),
-            float(state["elapsed"]),
-            int(state["images_seen"]),
-        )
+        self.step, self.elapsed, self.images_seen = restore_loop_state(state, self.generator)
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self, indices: torch.Tensor) -> torch.Tensor:
