@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,8 +16,15 @@ import numpy as np
 
 
 def git_sha(cwd: Path | None = None) -> str:
-    """The commit of the code that produced a result; '-dirty' marks uncommitted changes."""
-    cwd = cwd or Path(__file__).resolve().parent
+    """The commit of the code that produced a result; '-dirty' marks uncommitted changes.
+
+    Read once per process: a long run records the code it started with, not a commit made in
+    the checkout while it ran."""
+    return _git_sha(cwd or Path(__file__).resolve().parent)
+
+
+@functools.cache
+def _git_sha(cwd: Path) -> str:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
