@@ -46,17 +46,21 @@ def score_predictions(predictions_csv: Path, classes: list[str]) -> dict:
         return len(part) / len(of) if len(of) else None
 
     comparison = _count_comparison(labelled, classes)
+    # Compositions are compared over the classifier's classes; `unclassified` and unseen classes are not
+    # part of either composition.
+    over_classes = comparison[comparison["class"].isin(known_classes)]
+    by_sample = dict(tuple(over_classes.groupby("sample")))
     per_sample = [
         {
             "sample": sample,
             "images": int(group["true"].sum()),
             "bray_curtis": bray_curtis(
-                group.loc[group["class"].isin(known_classes), "true"].to_numpy(),
-                group.loc[group["class"].isin(known_classes), "predicted"].to_numpy(),
+                by_sample[sample]["true"].to_numpy(), by_sample[sample]["predicted"].to_numpy()
             ),
         }
         for sample, group in comparison.groupby("sample", sort=True)
     ]
+    pooled = over_classes.groupby("class")[["true", "predicted"]].sum()
     bray = np.array([s["bray_curtis"] for s in per_sample])
     summary = {
         "predictions": str(predictions_csv),
@@ -77,16 +81,7 @@ def score_predictions(predictions_csv: Path, classes: list[str]) -> dict:
         "bray_curtis": {
             "mean": float(bray.mean()) if len(bray) else None,
             "median": float(np.median(bray)) if len(bray) else None,
-            "pooled": bray_curtis(
-                comparison.loc[comparison["class"].isin(known_classes)]
-                .groupby("class")["true"]
-                .sum()
-                .to_numpy(),
-                comparison.loc[comparison["class"].isin(known_classes)]
-                .groupby("class")["predicted"]
-                .sum()
-                .to_numpy(),
-            ),
+            "pooled": bray_curtis(pooled["true"].to_numpy(), pooled["predicted"].to_numpy()),
         },
         "per_sample": per_sample,
     }

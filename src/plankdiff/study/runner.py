@@ -513,7 +513,7 @@ class Study:
             )
 
     def _kmeans(self, splits, stores) -> None:
-        """Every pair clustered once (seed 0) for the table; the best pair by NMI is clustered again
+        """Every pair clustered once (the first study seed) for the table; the best pair by NMI is clustered again
         with each study seed, so the headline rows carry mean ± std over k-means initialisations
         (the test rows are fixed, as for the probes)."""
         experiment = "ndsb/long-tailed"
@@ -542,7 +542,7 @@ class Study:
 
             scores = self.stage(f"kmeans/{method}", inputs, run)
             records += [{"method": method, **record} for record in scores]
-            best = max(scores, key=lambda r: r["nmi"])["pair"]
+            best = max(scores, key=itemgetter("nmi"))["pair"]
             repeats = [r for r in scores if r["pair"] == best]
             for metric in ("nmi", "ari", "hungarian_accuracy", "purity"):
                 self._row(
