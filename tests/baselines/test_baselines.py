@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -234,6 +236,26 @@ def test_time_budget_stops_the_run_and_decays_the_rate(dataset, tmp_path):
     assert (result.step, result.stopped_by) == (1, "time")
     assert trainer.progress == 1.0 and trainer.learning_rate() == 0.0
     assert json.loads((tmp_path / "run" / "baseline.json").read_text())["stopped_by"] == "time"
+
+
+def test_sigterm_ends_the_run_with_a_checkpoint_and_leaves_the_handlers_as_they_were(
+    dataset, tmp_path, monkeypatch
+):
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(dataset, "simclr", tmp_path / "run", max_steps=50, checkpoint_every=100)
+    real_step = trainer.train_step
+
+    def step_then_terminate(positions):
+        loss = real_step(positions)
+        if trainer.step == 1:  # counted after this call returns: the signal lands during step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", step_then_terminate)
+    result = trainer.train()
+    assert (result.step, result.stopped_by) == (2, "interrupt")
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002")[2]["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) == before, "a later stage could not be stopped"
 
 
 # -- what each method may read ---------------------------------------------------------------------

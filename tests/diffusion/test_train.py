@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -149,6 +151,26 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train_module.F, "mse_loss", real_mse)  # "lower the learning rate and --resume"
     result = make_trainer(prepared_small_ndsb, out, resume=True).train()
     assert (result.step, result.stopped_by) == (6, "steps")
+
+
+def test_sigterm_ends_the_run_with_a_checkpoint_and_leaves_the_handlers_as_they_were(
+    prepared_small_ndsb, make_trainer, tmp_path, monkeypatch
+):
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(prepared_small_ndsb, tmp_path / "run", max_steps=1000)
+    real_step = trainer.train_step
+
+    def step_then_terminate(indices):
+        loss = real_step(indices)
+        if trainer.step == 1:  # counted after this call returns: the signal lands during step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(trainer, "train_step", step_then_terminate)
+    result = trainer.train()
+    assert (result.step, result.stopped_by) == (2, "interrupt")
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_0000002"
+    assert signal.getsignal(signal.SIGTERM) == before, "a later stage could not be stopped"
 
 
 def test_time_budget_stops_with_a_checkpoint(prepared_small_ndsb, make_trainer, tmp_path):

@@ -102,6 +102,8 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     html = report.read_text()
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
+    drops = {p.name for p in (results / "metrics").rglob("heatmap_drop_*.png")}
+    assert "heatmap_drop_zoolake_2018+2019-to-2020.png" in drops, drops  # named after its experiment
     clustered = headline[headline["experiment"] == "ndsb/k-means (K = classes)"]
     assert len(clustered) and (clustered["n_seeds"] == 3).all()  # one k-means init per study seed
     kmeans = pd.read_csv(results / "tables" / "kmeans.csv")

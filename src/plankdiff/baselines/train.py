@@ -39,7 +39,7 @@ from plankdiff.diffusion.checkpoint import (
     restore_loop_state,
     save_checkpoint,
 )
-from plankdiff.diffusion.train import TrainingDiverged, TrainResult
+from plankdiff.diffusion.train import TrainingDiverged, TrainResult, stop_signals
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_json, write_json
 
@@ -282,11 +282,17 @@ class BaselineTrainer:
         self.method.train()
         description = f"{config.method} train"
         try:
-            with progress_bar(description, total=config.max_steps, enabled=self.show_progress) as advance:
+            with (
+                stop_signals() as stop_requested,
+                progress_bar(description, total=config.max_steps, enabled=self.show_progress) as advance,
+            ):
                 advance(self.step)
                 while self.step < max_steps:
                     if self.elapsed >= budget:
                         stopped_by = "time"
+                        break
+                    if stop_requested():
+                        stopped_by = "interrupt"
                         break
                     started = time.perf_counter()
                     positions = torch.randint(

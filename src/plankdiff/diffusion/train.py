@@ -73,18 +73,26 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return out
 
 
-def install_stop_handler():
-    """SIGTERM (and SIGINT, which background jobs ignore) end the loop after the current step, so a
-    checkpoint is written before exiting; returns a function telling whether a stop was asked for."""
+@contextlib.contextmanager
+def stop_signals():
+    """While open, SIGTERM (and SIGINT, which background jobs ignore) only ask the training loop to
+    end after the current step, so a checkpoint is written before exiting. Yields a function telling
+    whether a stop was asked for; the previous handlers come back on exit, so later stages of the same
+    process (a study) can be stopped again."""
     requested = []
 
     def handler(signum, _frame):
         requested.append(signum)
 
+    previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            signal.signal(sig, handler)
-    return lambda: bool(requested)
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, former in previous.items():
+            signal.signal(sig, former)
 
 
 def dihedral_augment_all(x: torch.Tensor) -> list[torch.Tensor]:
@@ -250,13 +258,13 @@ class DiffusionTrainer:
         budget = train.max_minutes * 60 if train.max_minutes else math.inf
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
         stopped_by, loss_value = "steps", float("nan")
-        stop_requested = install_stop_handler()
         window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
         self.model.train()
         try:
-            with progress_bar(
-                "diffusion train", total=train.max_steps, enabled=self.show_progress
-            ) as advance:
+            with (
+                stop_signals() as stop_requested,
+                progress_bar("diffusion train", total=train.max_steps, enabled=self.show_progress) as advance,
+            ):
                 advance(self.step)
                 while self.step < train.max_steps:
                     if self.elapsed >= budget:

@@ -387,7 +387,7 @@ class Study:
                 for seed in self.config.seeds:
                     seeded = reseed(split, seed)
                     shifts = [
-                        Shifted(name="shift", store=stores[(experiment, method, k)], split=s)
+                        Shifted(name=_slug(experiment), store=stores[(experiment, method, k)], split=s)
                         for k, s in shifted
                     ]
                     out = self.results / "metrics" / _slug(experiment) / method / f"seed{seed}"
