@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import shutil
+import signal
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +127,22 @@ def tiny_run(prepared_small_ndsb, make_trainer, tmp_path_factory: pytest.TempPat
     result = make_trainer(prepared_small_ndsb, out).train()
     assert (result.step, result.stopped_by) == (6, "steps")
     return out
+
+
+@pytest.fixture
+def sigterm_during_step_two(monkeypatch) -> Callable:
+    """`sigterm_during_step_two(trainer)`: the trainer's process receives SIGTERM while its second
+    training step runs, as from `kill` or a job scheduler; shared by the DDPM and baseline trainers."""
+
+    def arm(trainer) -> None:
+        real_step = trainer.train_step
+
+        def step_then_terminate(batch):
+            loss = real_step(batch)
+            if trainer.step == 1:  # counted after this call returns: the signal lands during step 2
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss
+
+        monkeypatch.setattr(trainer, "train_step", step_then_terminate)
+
+    return arm

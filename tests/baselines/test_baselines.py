@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import signal
 
@@ -239,19 +238,11 @@ def test_time_budget_stops_the_run_and_decays_the_rate(dataset, tmp_path):
 
 
 def test_sigterm_ends_the_run_with_a_checkpoint_and_leaves_the_handlers_as_they_were(
-    dataset, tmp_path, monkeypatch
+    dataset, tmp_path, sigterm_during_step_two
 ):
     before = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(dataset, "simclr", tmp_path / "run", max_steps=50, checkpoint_every=100)
-    real_step = trainer.train_step
-
-    def step_then_terminate(positions):
-        loss = real_step(positions)
-        if trainer.step == 1:  # counted after this call returns: the signal lands during step 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(trainer, "train_step", step_then_terminate)
+    sigterm_during_step_two(trainer)
     result = trainer.train()
     assert (result.step, result.stopped_by) == (2, "interrupt")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002")[2]["step"] == 2

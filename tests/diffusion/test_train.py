@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import signal
 
@@ -154,19 +153,11 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
 
 
 def test_sigterm_ends_the_run_with_a_checkpoint_and_leaves_the_handlers_as_they_were(
-    prepared_small_ndsb, make_trainer, tmp_path, monkeypatch
+    prepared_small_ndsb, make_trainer, tmp_path, sigterm_during_step_two
 ):
     before = signal.getsignal(signal.SIGTERM)
     trainer = make_trainer(prepared_small_ndsb, tmp_path / "run", max_steps=1000)
-    real_step = trainer.train_step
-
-    def step_then_terminate(indices):
-        loss = real_step(indices)
-        if trainer.step == 1:  # counted after this call returns: the signal lands during step 2
-            os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(trainer, "train_step", step_then_terminate)
+    sigterm_during_step_two(trainer)
     result = trainer.train()
     assert (result.step, result.stopped_by) == (2, "interrupt")
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_0000002"
