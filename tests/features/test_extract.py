@@ -12,6 +12,7 @@ from plankdiff.features.blocks import list_blocks
 from plankdiff.features.extract import ExtractionRequest, Extractor, extract_features, model_hash
 from plankdiff.features.search import coarse_to_fine
 from plankdiff.features.store import FeatureStore
+from plankdiff.provenance import read_json
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +236,39 @@ def test_coarse_to_fine_keeps_the_best_timesteps_for_every_image(backbone, prepa
     assert {p["t"] for p in result.fine.pair_table()} == {best_t}
     assert len(result.fine.rows) == len(prepared_small_ndsb)
     assert (tmp_path / "coarse_heatmap.png").exists()
+
+
+def test_coarse_to_fine_can_keep_the_best_blocks_and_average_orientations_in_the_fine_pass(
+    backbone, prepared_small_ndsb, tmp_path
+):
+    unet, scheduler, model_id = backbone
+    split = long_tailed_split(prepared_small_ndsb)
+    result = coarse_to_fine(
+        unet,
+        scheduler,
+        prepared_small_ndsb,
+        split,
+        out=tmp_path,
+        model_id=model_id,
+        request=ExtractionRequest(timesteps=(5, 100, 700), batch_size=16),
+        per_class_train=4,
+        per_class_val=1,
+        keep_timesteps=2,
+        keep_blocks=2,
+        fine_orientations=8,
+        show_progress=False,
+        probe_options={"epochs": 2, "min_steps": 10},
+    )
+    at_kept = result.ranking[result.ranking["t"].isin(result.kept_timesteps)]
+    best_blocks = at_kept.groupby("block")["val_macro_f1"].max().sort_values(ascending=False, kind="stable")
+    assert result.kept_blocks == tuple(best_blocks.index[:2])
+    fine_pairs = {(p["block"], p["t"]) for p in result.fine.pair_table()}
+    assert fine_pairs == {(b, t) for b in result.kept_blocks for t in result.kept_timesteps}
+    assert result.fine.info["request"]["orientations"] == 8
+    assert result.coarse.info["request"]["orientations"] == 1, "the subset ranking stays at 1 orientation"
+    search = read_json(tmp_path / "search.json")
+    assert search["kept_blocks"] == list(result.kept_blocks) and search["fine_orientations"] == 8
+    assert search["fine_forward_passes"] == len(prepared_small_ndsb) * 2 * 8
 
 
 def test_noise_seeding_helper_is_deterministic():

@@ -107,6 +107,10 @@ def search_command(
     per_class_val: int = typer.Option(10, "--per-class-val"),
     keep_timesteps: int = typer.Option(2, "--keep-timesteps"),
     orientations: int = typer.Option(1, "--orientations"),
+    keep_blocks: int = typer.Option(0, "--keep-blocks", help="fine pass: only the k best blocks (0: all)"),
+    fine_orientations: int = typer.Option(
+        0, "--fine-orientations", help="fine pass: 1 or 8 orientations (0: as --orientations)"
+    ),
     batch_size: int = typer.Option(128, "--batch-size"),
 ) -> None:
     """Coarse-to-fine: full grid on a stratified subset, the best timesteps on every image."""
@@ -125,9 +129,11 @@ def search_command(
         per_class_train=per_class_train,
         per_class_val=per_class_val,
         keep_timesteps=keep_timesteps,
+        keep_blocks=keep_blocks or None,
+        fine_orientations=fine_orientations or None,
     )
     console.print(
-        f"kept timesteps {result.kept_timesteps}; best on the subset: {result.ranking.iloc[0]['pair']}"
+        f"kept timesteps {result.kept_timesteps}, blocks {result.kept_blocks or 'all'}; best on the subset: {result.ranking.iloc[0]['pair']}"
     )
     console.print(f"seconds: {result.seconds} → {out}")
 

@@ -5,7 +5,9 @@ Extraction cost is (images × timesteps) forward passes; the full default grid o
 30k NDSB images is ~270k passes, over an hour on 2 CPU cores. Ranking pairs needs far fewer
 images than the final probe does, so the full grid is extracted for `per_class_train` training
 and `per_class_val` validation images per class, and only the `keep_timesteps` best timesteps
-(by validation macro-F1 of their best block) are extracted for all images.
+(by validation macro-F1 of their best block) are extracted for all images. Optionally only the
+`keep_blocks` best blocks at those timesteps are kept, which lets the forward pass stop early and
+pays for `fine_orientations` = 8 (orientation averaging) on every image.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SearchResult:
     fine: FeatureStore
     ranking: pd.DataFrame  # per pair: block, t, val_macro_f1, val_accuracy on the subset
     kept_timesteps: tuple[int, ...]
+    kept_blocks: tuple[str, ...] | None  # None: every block
     seconds: dict[str, float]
 
 
@@ -112,8 +115,14 @@ def coarse_to_fine(
     show_progress: bool = True,
     probe_options: dict | None = None,
     fine_rows: np.ndarray | None = None,
+    keep_blocks: int | None = None,
+    fine_orientations: int | None = None,
 ) -> SearchResult:
-    """`fine_rows`: the dataset rows to extract the kept timesteps for (default: every row of `split`)."""
+    """`fine_rows`: the dataset rows to extract the kept timesteps for (default: every row of `split`).
+    `keep_blocks`: keep only this many blocks, ranked by their best subset macro-F1 at the kept
+    timesteps (default: every block). `fine_orientations`: orientations of the fine pass (default:
+    those of `request`), so the subset ranking can stay at 1 orientation."""
+    assert keep_blocks is None or keep_blocks >= 1, f"keep_blocks must be at least 1, got {keep_blocks}"
     out = Path(out)
     subset = stratified_subset(split, per_class_train=per_class_train, per_class_val=per_class_val, seed=seed)
     started = time.perf_counter()
@@ -131,6 +140,17 @@ def coarse_to_fine(
     ranking = rank_pairs(coarse, split, subset, seed=seed, **(probe_options or {}))
     by_t = ranking.groupby("t")["val_macro_f1"].max().sort_values(ascending=False)
     kept = tuple(sorted(int(t) for t in by_t.index[:keep_timesteps]))
+    kept_blocks = None
+    if keep_blocks is not None:
+        at_kept = ranking[ranking["t"].isin(kept)]
+        by_block = at_kept.groupby("block")["val_macro_f1"].max().sort_values(ascending=False, kind="stable")
+        kept_blocks = tuple(by_block.index[:keep_blocks])
+    fine_request = replace(
+        request,
+        timesteps=kept,
+        blocks=kept_blocks or request.blocks,
+        orientations=fine_orientations or request.orientations,
+    )
     every_row = (
         np.sort(np.concatenate([split.indices(s) for s in ("train", "val", "test")]))
         if fine_rows is None
@@ -142,7 +162,7 @@ def coarse_to_fine(
         scheduler,
         dataset,
         out=out / "fine",
-        request=replace(request, timesteps=kept),
+        request=fine_request,
         rows=every_row,
         model_id=model_id,
         show_progress=show_progress,
@@ -154,6 +174,8 @@ def coarse_to_fine(
         out / "search.json",
         {
             "kept_timesteps": kept,
+            "kept_blocks": kept_blocks,
+            "fine_orientations": fine_request.orientations,
             "subset": {k: len(v) for k, v in subset.items()},
             "per_class_train": per_class_train,
             "per_class_val": per_class_val,
@@ -162,7 +184,10 @@ def coarse_to_fine(
             * len(request.timesteps)
             * request.noise_draws
             * request.orientations,
-            "fine_forward_passes": len(fine.rows) * len(kept) * request.noise_draws * request.orientations,
+            "fine_forward_passes": len(fine.rows)
+            * len(kept)
+            * fine_request.noise_draws
+            * fine_request.orientations,
         },
     )
-    return SearchResult(coarse, fine, ranking, kept, seconds)
+    return SearchResult(coarse, fine, ranking, kept, kept_blocks, seconds)
