@@ -60,6 +60,32 @@ def test_store_records_timesteps_with_alpha_bar_and_snr(backbone, prepared_small
     assert np.asarray(store.load("mid@8/t=5"), np.float32).std(0).mean() > 0
 
 
+def test_bf16_precision_runs_on_the_cpu_close_to_fp32_and_gets_its_own_store_key(
+    backbone, prepared_small_ndsb, tmp_path
+):
+    unet, scheduler, model_id = backbone
+    stores = {
+        precision: extract_features(
+            unet,
+            scheduler,
+            prepared_small_ndsb,
+            out=tmp_path / precision,
+            rows=np.arange(16),
+            model_id=model_id,
+            show_progress=False,
+            request=ExtractionRequest(timesteps=(5,), blocks=("mid@8",), batch_size=16, precision=precision),
+        )
+        for precision in ("auto", "fp32", "bf16")
+    }
+    fp32 = np.asarray(stores["fp32"].load("mid@8/t=5"), np.float32)
+    bf16 = np.asarray(stores["bf16"].load("mid@8/t=5"), np.float32)
+    assert not np.array_equal(fp32, bf16), "bf16 autocast did not change the CPU forward pass"
+    assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
+    np.testing.assert_array_equal(np.asarray(stores["auto"].load("mid@8/t=5"), np.float32), fp32)
+    assert "precision" not in stores["auto"].info["request"], "auto must keep the keys of older stores"
+    assert len({s.info["key"] for s in stores.values()}) == 3
+
+
 def test_noise_is_seeded_per_image_not_per_batch(backbone, prepared_small_ndsb, tmp_path):
     unet, scheduler, model_id = backbone
     request = ExtractionRequest(timesteps=(50,), batch_size=4)

@@ -3,6 +3,7 @@ reuses every stage instead of recomputing it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -102,6 +103,9 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     html = report.read_text()
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
+    notes = json.loads((results / "study.json").read_text())["notes"]
+    assert any("supervised backbone was pre-trained on every training label" in n for n in notes)
+    assert "every training label" in html  # the caveat reaches the report, not only study.json
     drops = {p.name for p in (results / "metrics").rglob("heatmap_drop_*.png")}
     assert "heatmap_drop_zoolake_2018+2019-to-2020.png" in drops, drops  # named after its experiment
     clustered = headline[headline["experiment"] == "ndsb/k-means (K = classes)"]

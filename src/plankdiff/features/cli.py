@@ -18,6 +18,7 @@ from plankdiff.features.extract import DEFAULT_TIMESTEPS, ExtractionRequest, ext
 from plankdiff.features.raw import raw_pixel_store
 from plankdiff.features.search import coarse_to_fine
 
+PRECISION_HELP = "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (bf16 autocast on the CPU too)"
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
 
@@ -55,6 +56,7 @@ def extract_command(
     batch_size: int = typer.Option(128, "--batch-size"),
     split: str = typer.Option("", "--split", help="only the rows of this split (default: every row)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Extract pooled features of every (block, t) pair; resumes an interrupted run."""
     if is_baseline_run(run):  # `plankdiff baseline train`: its own blocks, t = None; --split, --batch-size
@@ -85,6 +87,7 @@ def extract_command(
         orientations=orientations,
         sub_blocks=sub_blocks,
         batch_size=batch_size,
+        precision=precision,
     )
     try:
         store = extract_features(
@@ -112,6 +115,7 @@ def search_command(
         0, "--fine-orientations", help="fine pass: 1 or 8 orientations (0: as --orientations)"
     ),
     batch_size: int = typer.Option(128, "--batch-size"),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Coarse-to-fine: full grid on a stratified subset, the best timesteps on every image."""
     unet, scheduler = load_backbone(run)
@@ -124,7 +128,7 @@ def search_command(
         out=out,
         model_id=model_hash(run),
         request=ExtractionRequest(
-            timesteps=_ints(timesteps), orientations=orientations, batch_size=batch_size
+            timesteps=_ints(timesteps), orientations=orientations, batch_size=batch_size, precision=precision
         ),
         per_class_train=per_class_train,
         per_class_val=per_class_val,

@@ -30,6 +30,9 @@ from plankdiff.provenance import git_sha, sha256_file, sha256_json
 
 DEFAULT_TIMESTEPS = (1, 5, 10, 25, 50, 100, 200, 400, 700)
 Pooling = Literal["avg", "avg2x2"]
+# auto: bfloat16 autocast on CUDA, float32 on the CPU. bf16 on the CPU pays only where the CPU has
+# bfloat16 matrix units (AMX, AVX512-BF16); see bench/results/extract.md.
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class _StopForward(Exception):
@@ -45,6 +48,7 @@ class ExtractionRequest:
     orientations: int = 1  # 1, or 8: average over the flips and 90° rotations
     sub_blocks: bool = False
     batch_size: int = 128
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         assert self.timesteps, "at least one timestep is needed"
@@ -53,6 +57,17 @@ class ExtractionRequest:
         )
         assert self.noise_draws >= 1, "noise_draws must be at least 1"
         assert self.orientations in (1, 8), "orientations is 1 (as is) or 8 (dihedral average)"
+        assert self.precision in ("auto", "fp32", "bf16"), (
+            f"precision is auto, fp32 or bf16, not {self.precision}"
+        )
+
+    def identity(self) -> dict:
+        """What decides a store's key. `precision` joins it only when not "auto", so stores written
+        before the option existed keep their key and are reused."""
+        fields = dict(self.__dict__)
+        if fields["precision"] == "auto":
+            del fields["precision"]
+        return fields
 
 
 def timestep_info(scheduler: DDPMScheduler, t: int) -> dict:
@@ -90,6 +105,9 @@ class Extractor:
         assert not unknown, f"unknown block(s) {sorted(unknown)}; available: {[b.name for b in every]}"
         self.blocks: list[Block] = [b for b in every if b.name in wanted]
         self.device = next(unet.parameters()).device
+        self._bf16 = request.precision == "bf16" or (
+            request.precision == "auto" and self.device.type == "cuda"
+        )
         self._captured: dict[str, torch.Tensor] = {}
         modules = dict(unet.named_modules())
         last = self.blocks[-1].name  # blocks are in forward order
@@ -121,7 +139,7 @@ class Extractor:
                 noisy = math.sqrt(alpha_bar) * view + math.sqrt(1 - alpha_bar) * noise
                 timesteps = torch.full((len(rows),), t, device=self.device)
                 self._captured.clear()
-                autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+                autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
                 with autocast, contextlib.suppress(_StopForward):
                     self.unet(noisy.to(self.device), timesteps)
                 for name, value in self._captured.items():
@@ -180,7 +198,7 @@ def extract_features(
             "model_hash": model_id,
             "dataset_key": dataset.key,
             "rows_hash": sha256_json(rows.tolist()),
-            "request": request.__dict__,
+            "request": request.identity(),
         }
         info = {
             **identity,

@@ -624,11 +624,20 @@ class Study:
                     "Under shift, the probe selected in distribution is applied unchanged to the shifted test set.",
                     "Without polarity normalisation, NDSB and PWSSC are prepared as recorded and read by the same "
                     "backbone, which was trained on polarity-normalised NDSB.",
+                    *self._label_efficiency_notes(),
                 ],
             },
         )
         write_tables(self.results)
         return render_report(self.results)
+
+    def _label_efficiency_notes(self) -> list[str]:
+        if not self.config.label_fractions or "supervised" not in self._methods():
+            return []
+        return [
+            "Label efficiency: only the linear probe sees the reduced share of labels. The supervised backbone "
+            "was pre-trained on every training label, so its rows are a reference, not a few-label result."
+        ]
 
     def plan(self) -> list[tuple[str, str]]:
         return self.planned
