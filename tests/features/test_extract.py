@@ -238,23 +238,27 @@ def test_an_interrupted_extraction_resumes_where_it_stopped(
         np.testing.assert_array_equal(np.asarray(resumed.load(pair)), np.asarray(reference.load(pair)))
 
 
-def test_coarse_to_fine_keeps_the_best_timesteps_for_every_image(backbone, prepared_small_ndsb, tmp_path):
+def _search(backbone, dataset, out, **options):
+    """Coarse-to-fine over t = 5, 100, 700 on 4 + 1 subset images per class, with quick probes."""
     unet, scheduler, model_id = backbone
-    split = long_tailed_split(prepared_small_ndsb)
-    result = coarse_to_fine(
+    return coarse_to_fine(
         unet,
         scheduler,
-        prepared_small_ndsb,
-        split,
-        out=tmp_path,
+        dataset,
+        long_tailed_split(dataset),
+        out=out,
         model_id=model_id,
         request=ExtractionRequest(timesteps=(5, 100, 700), batch_size=16),
         per_class_train=4,
         per_class_val=1,
-        keep_timesteps=1,
         show_progress=False,
         probe_options={"epochs": 2, "min_steps": 10},
+        **options,
     )
+
+
+def test_coarse_to_fine_keeps_the_best_timesteps_for_every_image(backbone, prepared_small_ndsb, tmp_path):
+    result = _search(backbone, prepared_small_ndsb, tmp_path, keep_timesteps=1)
     assert len(result.coarse.rows) == 4 * 4 + 4 * 1
     assert len(result.kept_timesteps) == 1
     best_t = int(result.ranking.groupby("t")["val_macro_f1"].max().idxmax())
@@ -267,23 +271,8 @@ def test_coarse_to_fine_keeps_the_best_timesteps_for_every_image(backbone, prepa
 def test_coarse_to_fine_can_keep_the_best_blocks_and_average_orientations_in_the_fine_pass(
     backbone, prepared_small_ndsb, tmp_path
 ):
-    unet, scheduler, model_id = backbone
-    split = long_tailed_split(prepared_small_ndsb)
-    result = coarse_to_fine(
-        unet,
-        scheduler,
-        prepared_small_ndsb,
-        split,
-        out=tmp_path,
-        model_id=model_id,
-        request=ExtractionRequest(timesteps=(5, 100, 700), batch_size=16),
-        per_class_train=4,
-        per_class_val=1,
-        keep_timesteps=2,
-        keep_blocks=2,
-        fine_orientations=8,
-        show_progress=False,
-        probe_options={"epochs": 2, "min_steps": 10},
+    result = _search(
+        backbone, prepared_small_ndsb, tmp_path, keep_timesteps=2, keep_blocks=2, fine_orientations=8
     )
     at_kept = result.ranking[result.ranking["t"].isin(result.kept_timesteps)]
     best_blocks = at_kept.groupby("block")["val_macro_f1"].max().sort_values(ascending=False, kind="stable")

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -57,8 +57,8 @@ class ExtractionRequest:
         )
         assert self.noise_draws >= 1, "noise_draws must be at least 1"
         assert self.orientations in (1, 8), "orientations is 1 (as is) or 8 (dihedral average)"
-        assert self.precision in ("auto", "fp32", "bf16"), (
-            f"precision is auto, fp32 or bf16, not {self.precision}"
+        assert self.precision in get_args(Precision), (
+            f"precision is one of {get_args(Precision)}, not {self.precision!r}"
         )
 
     def identity(self) -> dict:
