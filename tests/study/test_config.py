@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from plankdiff.data.splits import Split
+from plankdiff.evaluation.label_efficiency import nested_fraction
 from plankdiff.study.config import SHIPPED, load_experiment
-from plankdiff.study.runner import nested_fraction
 
 MINIMAL = """
 name: mini

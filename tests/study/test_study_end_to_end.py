@@ -67,7 +67,7 @@ pretrain:
 diffusion: {{preset: tiny, max_minutes: 0.02}}
 baselines: {{methods: [supervised, simclr], max_minutes: 0.01}}
 features: {{timesteps: [5, 50], per_class_train: 4, per_class_val: 2, keep_timesteps: 1, batch_size: 64}}
-probe: {{epochs: 2, min_steps: 10, bootstrap: 20}}
+protocol: {{epochs: 2, min_steps: 10, bootstrap: 20, losses: [ce, logit-adjusted]}}
 label_fractions: [0.5, 1.0]
 """)
     return folder
@@ -145,6 +145,6 @@ def test_a_study_of_one_experiment_family_trains_and_reports_only_what_it_needs(
     study = Study(config, results_root=tmp_path / "results")
     assert study.run() is not None
     trained = {name for name, _ in study.plan() if name.startswith("pretrain/")}
-    assert trained and all(name.startswith("pretrain/ndsb/") for name in trained)
+    assert trained and all(name.split("/")[2] == "ndsb" for name in trained)  # pretrain/seed<s>/<key>/<method>
     headline = pd.read_csv(tmp_path / "results" / "tiny" / "headline.csv")
     assert {e.split("/")[0] for e in headline["experiment"]} == {"ndsb"}

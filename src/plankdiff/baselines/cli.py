@@ -27,8 +27,9 @@ def train_command(
     max_minutes: float = typer.Option(
         None, "--max-minutes", help="training-time budget, summed over resumes"
     ),
-    split: str = typer.Option(
-        "", "--split", help="train on this split's train rows (required for supervised)"
+    split: str = typer.Option("", "--split", help="train on this split's train rows (or give --all-rows)"),
+    all_rows: bool = typer.Option(
+        False, "--all-rows", help="self-supervised only: every image, test images included (transductive)"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
     max_steps: int = typer.Option(None, "--max-steps"),
@@ -53,7 +54,7 @@ def train_command(
         trainer = BaselineTrainer(
             config=config,
             dataset=dataset,
-            data=training_rows(dataset, method=method, split=split or None),
+            data=training_rows(dataset, method=method, split=split or None, all_rows=all_rows),
             out=out,
             resume=resume,
         )

@@ -25,9 +25,10 @@ from plankdiff.baselines.train import BASELINE_FILE, BaselineConfig
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import SPLITS, Split
 from plankdiff.diffusion.checkpoint import latest_checkpoint
-from plankdiff.diffusion.train import to_model_range
+from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.store import FeatureStore, pair_name
 from plankdiff.probe.metrics import classification_metrics
+from plankdiff.probe.protocol import Orientations
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
@@ -75,9 +76,11 @@ def extract_baseline_features(
     device: str = "auto",
     show_progress: bool = True,
     checkpoint_rows: int = 2048,
+    orientations: Orientations = 1,
 ) -> FeatureStore:
     """Write every feature block of the run's method for the rows of `split` (train, val and test;
-    every row of `dataset` without one) to the store at `out`."""
+    every row of `dataset` without one) to the store at `out`. `orientations` 8 averages each
+    block's features over the flips and 90° rotations, as the DDPM's extraction does."""
     out = Path(out)
     method, info, checkpoint = load_baseline(run)
     target = _device(device)
@@ -109,7 +112,8 @@ def extract_baseline_features(
         "model_hash": sha256_file(checkpoint / "model.safetensors"),
         "dataset_key": dataset.key,
         "rows_hash": sha256_json(rows.tolist()),
-        "request": {"method": info["method"], "blocks": [b.name for b in blocks]},
+        "request": {"method": info["method"], "blocks": [b.name for b in blocks]}
+        | ({"orientations": orientations} if orientations != 1 else {}),
     }
     store_info = {
         **identity,
@@ -134,7 +138,7 @@ def extract_baseline_features(
         )
     store = FeatureStore(out)
     if not store.complete:
-        store = FeatureStore.create(out, store_info, {p["name"]: p["dim"] for p in pairs})
+        store = FeatureStore.create(out, store_info, {p["name"]: p["dim"] for p in pairs}, backbone=Path(run))
         _fill(
             store,
             method,
@@ -144,6 +148,7 @@ def extract_baseline_features(
             batch_size=batch_size,
             checkpoint_rows=checkpoint_rows,
             show_progress=show_progress,
+            orientations=orientations,
         )
     if method.uses_labels and dataset.key == info["dataset"]["key"] and info["split"]:
         logits = np.load(out / LOGITS_FILE, mmap_mode="r")
@@ -161,6 +166,7 @@ def _fill(
     batch_size: int,
     checkpoint_rows: int,
     show_progress: bool,
+    orientations: Orientations = 1,
 ) -> None:
     """Stream the rows not done yet through the method's feature network into the store's arrays."""
     arrays = store.open_arrays()
@@ -176,8 +182,10 @@ def _fill(
                 torch.inference_mode(),
                 torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
             ):
-                features = method.backbone_features(x)
-                head = method.head_logits(features)
+                views = dihedral_augment_all(x) if orientations == 8 else [x]
+                per_view = [method.backbone_features(v) for v in views]
+                features = {k: sum(f[k].float() for f in per_view) / len(views) for k in per_view[0]}
+                head = method.head_logits(per_view[0])
             for name, value in features.items():
                 arrays[name][begin : begin + len(batch_rows)] = value.float().cpu().numpy().astype(np.float16)
             if logits is not None:

@@ -30,6 +30,7 @@ from lightly.models.utils import get_weight_decay_parameters
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from plankdiff.baselines.registry import Method, get_method
+from plankdiff.data.lineage import pretraining_rows, write_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.checkpoint import (
@@ -97,20 +98,24 @@ class TrainingRows:
     split: str | None = None
 
 
-def training_rows(dataset: PreparedDataset, *, method: str, split: str | None) -> TrainingRows:
-    """The train rows of `split` (every row without one), as the DDPM sees them; labels only for a
-    method that `uses_labels`, which must have a split, so that val and test rows stay unseen."""
+def training_rows(
+    dataset: PreparedDataset, *, method: str, split: str | None, all_rows: bool = False
+) -> TrainingRows:
+    """The train rows of `split`, as the DDPM sees them (every row only with `all_rows`, for a
+    self-supervised method); labels only for a method that `uses_labels`, which must have a split,
+    so that val and test rows stay unseen."""
     uses_labels = get_method(method).uses_labels
+    if uses_labels and not split:
+        raise ValueError(
+            f"{method} trains on labels: give --split, so that its val and test rows stay unseen"
+        )
+    rows = pretraining_rows(dataset, split, all_rows=all_rows)
     if not split:
-        if uses_labels:
-            raise ValueError(
-                f"{method} trains on labels: give --split, so that its val and test rows stay unseen"
-            )
-        return TrainingRows(rows=np.arange(len(dataset)))
+        return TrainingRows(rows=rows)
     chosen = Split.load(dataset, split)
-    rows = chosen.indices("train")
     held_out = np.concatenate([chosen.indices("val"), chosen.indices("test")])
-    assert not np.isin(rows, held_out).any(), f"split {split}: train rows overlap val/test rows"
+    if np.isin(rows, held_out).any():
+        raise ValueError(f"split {split}: train rows overlap val/test rows")
     if not uses_labels:
         return TrainingRows(rows=rows, split=split)
     return TrainingRows(rows=rows, labels=chosen.labels("train"), classes=chosen.classes, split=split)
@@ -273,6 +278,7 @@ class BaselineTrainer:
             self._restore(checkpoint)
         self.stopped_by = "running"
         write_json(self.out / BASELINE_FILE, self._run_info())
+        write_training_images(self.out, self.dataset, self.rows)
         budget = config.max_minutes * 60 if config.max_minutes else math.inf
         max_steps = config.max_steps or math.inf
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.data.splits import DEFAULT_FRACTIONS, Split, _stratify
+from plankdiff.data.splits import Split
 
 SHIPPED = {"ndsb_pwssc": "ndsb_pwssc.csv"}
 
@@ -58,26 +58,32 @@ def cross_domain_splits(
     *,
     source_key: str,
     target_key: str,
-    seed: int = 0,
+    base: Split,
 ) -> tuple[Split, Split]:
-    """Source: stratified train/val/test over groups; target: every mapped image as a shifted test set."""
+    """Source: the mapped rows of `base`, each kept in the part it has there; target: every mapped
+    image as a shifted test set.
+
+    `base` is the partition of the source images that the backbones pre-train on (its train rows),
+    so the source validation and test rows are images no backbone saw. A fresh stratification by
+    group would put about two thirds of the source test rows into pre-training.
+    """
     source_groups, target_groups = (
         _groups_for(source, mapping, source_key),
         _groups_for(target, mapping, target_key),
     )
     shared = sorted((set(source_groups) & set(target_groups)) - {""})
-    assert shared, f"no group of the mapping occurs in both {source.name} and {target.name}"
+    if not shared:
+        raise ValueError(f"no group of the mapping occurs in both {source.name} and {target.name}")
     lookup = {g: i for i, g in enumerate(shared)}
 
     def encode(groups: np.ndarray) -> np.ndarray:
         return np.array([lookup.get(g, -1) for g in groups], dtype=np.int64)
 
     source_targets, target_targets = encode(source_groups), encode(target_groups)
-    candidates = np.flatnonzero(source_targets >= 0)
-    source_rows = _stratify(source_targets, candidates, DEFAULT_FRACTIONS, seed)
+    source_rows = {part: rows[source_targets[rows] >= 0] for part, rows in base.rows.items()}
     empty = np.array([], dtype=np.int64)
     target_rows = {"train": empty, "val": empty, "test": np.flatnonzero(target_targets >= 0)}
-    name = f"cross-{source_key}-{target_key}-s{seed}"
+    name = f"cross-{source_key}-{target_key}-from-{base.name}"
     return (
         Split(name=name, rows=source_rows, targets=source_targets, classes=shared),
         Split(name=name, rows=target_rows, targets=target_targets, classes=shared),

@@ -83,6 +83,11 @@ def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], 
     return chunk_id, rows, pixels
 
 
+def source_hash_of(source: Path | str, labels_csv: Path | str | None = None) -> str:
+    """The hash `prepare` records for `source`: a changed zip or folder gives another one."""
+    return source_hash(open_collection(source, labels_csv))
+
+
 def source_hash(collection: Collection) -> str:
     if hasattr(collection, "fingerprint"):  # IFCB items are ROIs inside bin files, not files
         return collection.fingerprint()

@@ -153,21 +153,24 @@ def balanced_split(
     return _relabel(f"balanced-s{seed}", rows, labels, dataset.classes)
 
 
-def reseed(split: Split, seed: int) -> Split:
-    """The same test rows, train and val re-drawn (stratified) from their union with `seed`.
-
-    Seeds of a study vary the probe and the train/val partition but never the test set, so a
-    backbone trained once on the seed-0 training rows never saw any seed's test images.
-    """
-    if seed == 0:
-        return split
-    pool = np.concatenate([split.indices("train"), split.indices("val")])
-    n = len(pool)
-    val_fraction = len(split.indices("val")) / n if n else 0.0
-    inner = _stratify(split.targets, pool, (1 - val_fraction, val_fraction, 0.0), seed)
-    rows = {"train": inner["train"], "val": inner["val"], "test": split.indices("test")}
-    base = split.name.rsplit("-s", 1)[0]
-    return Split(name=f"{base}-s{seed}", rows=rows, targets=split.targets, classes=split.classes)
+def translate(split: Split, source: PreparedDataset, target: PreparedDataset) -> Split:
+    """The same images' partition on another preparation of the same source (e.g. without polarity
+    normalisation), matched by path inside the source, so a backbone's training images stay out of
+    the other preparation's validation and test rows too."""
+    if source.info["source_hash"] != target.info["source_hash"]:
+        raise ValueError(
+            f"{target.root}: prepared from another source than {source.root}; cannot translate {split.name}"
+        )
+    where = {path: row for row, path in enumerate(target.meta["path"])}
+    # Row in `target` of every `source` row (-1 where the other preparation skipped the image).
+    moved = np.array([where.get(p, -1) for p in source.meta["path"]], dtype=np.int64)
+    targets = np.full(len(target), -1, dtype=np.int64)
+    rows = {}
+    for part, r in split.rows.items():
+        kept = r[moved[r] >= 0]
+        rows[part] = np.sort(moved[kept])
+        targets[moved[kept]] = split.targets[kept]
+    return Split(name=split.name, rows=rows, targets=targets, classes=split.classes)
 
 
 def cap_per_class(split: Split, caps: dict[str, int], seed: int = 0) -> Split:

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from plankdiff.data.lineage import pretraining_rows
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.data.splits import Split
 from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import count_parameters, load_backbone
 from plankdiff.diffusion.train import DiffusionTrainer, TrainingDiverged, sample_images, save_grid
@@ -22,7 +22,10 @@ def train_command(
     data: str = typer.Argument(..., help="prepared dataset name or folder"),
     preset: str = typer.Option("cpu", "--preset", help="tiny | cpu | paper, or a YAML file"),
     out: Path = typer.Option(..., "--out", help="run folder"),
-    split: str = typer.Option("", "--split", help="train only on this split's train rows (recommended)"),
+    split: str = typer.Option("", "--split", help="train on this split's train rows (or give --all-rows)"),
+    all_rows: bool = typer.Option(
+        False, "--all-rows", help="pre-train on every image, test images included (transductive)"
+    ),
     max_minutes: float = typer.Option(
         None, "--max-minutes", help="training-time budget, summed over resumes"
     ),
@@ -44,7 +47,11 @@ def train_command(
         sample_every=sample_every,
     )
     dataset = PreparedDataset.open(data)
-    rows = Split.load(dataset, split).indices("train") if split else None
+    try:
+        rows = pretraining_rows(dataset, split or None, all_rows=all_rows)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
     trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
     parameters = count_parameters(trainer.model)
     console.print(

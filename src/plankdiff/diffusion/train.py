@@ -26,6 +26,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
+from plankdiff.data.lineage import write_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.checkpoint import (
     latest_checkpoint,
@@ -254,6 +255,7 @@ class DiffusionTrainer:
             _forget_logs_after(self.out / "metrics.jsonl", self.step)
         if self.accelerator.is_main_process:
             write_json(config_path, self._run_config() | {"git_sha": git_sha()})
+            write_training_images(self.out, self.dataset, self.rows)
             self.noise.save_pretrained(self.out / "scheduler")
         budget = train.max_minutes * 60 if train.max_minutes else math.inf
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop

@@ -91,7 +91,14 @@ def extract_command(
     )
     try:
         store = extract_features(
-            unet, scheduler, dataset, out=out, request=request, rows=rows, model_id=model_hash(run)
+            unet,
+            scheduler,
+            dataset,
+            out=out,
+            request=request,
+            rows=rows,
+            model_id=model_hash(run),
+            backbone=run,
         )
     except FileExistsError as error:
         console.print(f"[red]error:[/red] {error}")
@@ -127,6 +134,7 @@ def search_command(
         Split.load(dataset, split),
         out=out,
         model_id=model_hash(run),
+        backbone=run,
         request=ExtractionRequest(
             timesteps=_ints(timesteps), orientations=orientations, batch_size=batch_size, precision=precision
         ),

@@ -169,13 +169,15 @@ def extract_features(
     request: ExtractionRequest = ExtractionRequest(),
     rows: Sequence[int] | np.ndarray | None = None,
     model_id: str,
+    backbone: Path | None = None,
     show_progress: bool = True,
     checkpoint_rows: int = 2048,
 ) -> FeatureStore:
     """Stream `rows` of `dataset` through the denoiser and write every (block, t) pair to `out`.
 
     `model_id` (a hash of the weights) and the dataset key decide whether an existing store at
-    `out` is reused as is, resumed, or refused.
+    `out` is reused as is, resumed, or refused. `backbone`: the run folder the weights come from,
+    whose record of training images the store carries (see `plankdiff.data.lineage`).
     """
     out = Path(out)
     rows = np.arange(len(dataset)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -218,7 +220,7 @@ def extract_features(
                 )
             if existing.complete:
                 return existing
-        store = FeatureStore.create(out, info, {p["name"]: p["dim"] for p in pairs})
+        store = FeatureStore.create(out, info, {p["name"]: p["dim"] for p in pairs}, backbone=backbone)
         arrays = store.open_arrays()
         start = store.rows_done()
         size = request.batch_size

@@ -8,15 +8,27 @@ import numpy as np
 
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.features.store import FeatureStore
+from plankdiff.probe.protocol import Orientations
 from plankdiff.provenance import sha256_json
 
 RAW_PAIR = "pixels"
 
 
-def raw_pixel_store(dataset: PreparedDataset, *, rows: np.ndarray, out: Path | str) -> FeatureStore:
+def dihedral_mean(images: np.ndarray) -> np.ndarray:
+    """[N, C, S, S] images averaged over the 8 flips and 90° rotations (float32)."""
+    views = [np.rot90(v, k, axes=(-2, -1)) for v in (images, images[..., ::-1]) for k in range(4)]
+    return np.mean([v.astype(np.float32) for v in views], axis=0)
+
+
+def raw_pixel_store(
+    dataset: PreparedDataset, *, rows: np.ndarray, out: Path | str, orientations: Orientations = 1
+) -> FeatureStore:
+    """Pixels scaled to [0, 1]; `orientations` 8 averages them over the dihedral views, as every
+    other method's features are under the same protocol."""
     out = Path(out)
     rows = np.sort(np.asarray(rows, dtype=np.int64))
-    key = sha256_json({"dataset_key": dataset.key, "rows": rows.tolist(), "kind": "raw"})
+    identity = {"dataset_key": dataset.key, "rows": rows.tolist(), "kind": "raw"}
+    key = sha256_json(identity | ({"orientations": orientations} if orientations != 1 else {}))
     store = FeatureStore(out)
     if store.complete and store.info.get("key") == key:
         return store
@@ -32,7 +44,9 @@ def raw_pixel_store(dataset: PreparedDataset, *, rows: np.ndarray, out: Path | s
     }
     store = FeatureStore.create(out, info, {RAW_PAIR: size})
     array = store.open_arrays()[RAW_PAIR]
-    array[:] = np.asarray(dataset.images[rows], dtype=np.float16).reshape(len(rows), -1) / 255.0
+    pixels = np.asarray(dataset.images[rows])
+    pixels = dihedral_mean(pixels) if orientations == 8 else pixels.astype(np.float32)
+    array[:] = (pixels.reshape(len(rows), -1) / 255.0).astype(np.float16)
     array.flush()
     store.mark_done(len(rows))
     return store

@@ -117,6 +117,7 @@ def coarse_to_fine(
     fine_rows: np.ndarray | None = None,
     keep_blocks: int | None = None,
     fine_orientations: int | None = None,
+    backbone: Path | None = None,
 ) -> SearchResult:
     """`fine_rows`: the dataset rows to extract the kept timesteps for (default: every row of `split`).
     `keep_blocks`: keep only this many blocks, ranked by their best subset macro-F1 at the kept
@@ -134,6 +135,7 @@ def coarse_to_fine(
         request=request,
         rows=np.concatenate([subset["train"], subset["val"]]),
         model_id=model_id,
+        backbone=backbone,
         show_progress=show_progress,
     )
     coarse_seconds = time.perf_counter() - started
@@ -165,6 +167,7 @@ def coarse_to_fine(
         request=fine_request,
         rows=every_row,
         model_id=model_id,
+        backbone=backbone,
         show_progress=show_progress,
     )
     seconds = {"coarse": coarse_seconds, "fine": time.perf_counter() - started}

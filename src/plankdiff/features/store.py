@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plankdiff.data.lineage import copy_training_images
 from plankdiff.provenance import read_json, write_json
 
 
@@ -77,10 +78,17 @@ class FeatureStore:
         return np.array([lookup[int(r)] for r in dataset_rows], dtype=np.int64)
 
     @classmethod
-    def create(cls, root: Path, info: dict, dims: dict[str, int]) -> FeatureStore:
-        """Allocate every pair's array (or reopen them when resuming the same request)."""
+    def create(
+        cls, root: Path, info: dict, dims: dict[str, int], *, backbone: Path | None = None
+    ) -> FeatureStore:
+        """Allocate every pair's array (or reopen them when resuming the same request).
+
+        `backbone`: the run folder the features come from; its record of training images travels
+        with the store, so probes can refuse to score images the backbone learned from."""
         (root / "pairs").mkdir(parents=True, exist_ok=True)
         write_json(root / "store.json", info)
+        if backbone is not None:
+            copy_training_images(backbone, root)
         if not (root / "progress.json").exists():
             write_json(root / "progress.json", {"rows_done": 0})
         n = len(info["rows"])

@@ -37,10 +37,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from plankdiff.probe.metrics import macro_f1_rows
+from plankdiff.probe.protocol import LOSSES, Loss
+from plankdiff.probe.selection import rank
 from plankdiff.progress import progress_bar
 
-Loss = Literal["ce", "class-balanced", "logit-adjusted"]
-LOSSES: tuple[str, ...] = ("ce", "class-balanced", "logit-adjusted")
 # Defaults sized for 2 CPU cores: 6 probes per pair, 40 epochs of batch 512 (~1,700 steps at
 # N_train = 21k). They were first chosen on synthetic data (10 epochs, lr 3e-3/1e-2, wd 1e-4/0.5),
 # where they matched sklearn; on real NDSB diffusion features that setting under-fitted: best-pair
@@ -192,7 +192,7 @@ class ProbeGrid:
 
 
 def _ranked(table: pd.DataFrame) -> pd.DataFrame:
-    return table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable")
+    return rank(table)
 
 
 def class_weights(counts: np.ndarray, *, beta: float = CLASS_BALANCED_BETA) -> np.ndarray:

@@ -7,6 +7,7 @@ scored with the same probe, and per pair for a heatmap of the drop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from plankdiff.data.lineage import check_unseen, log_readout, read_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
@@ -27,6 +29,8 @@ from plankdiff.probe.metrics import (
     plot_heatmap,
     save_metrics,
 )
+from plankdiff.probe.protocol import Loss
+from plankdiff.probe.selection import best, better, rank
 from plankdiff.provenance import git_sha, write_json
 
 Protocol = Literal["linear", "knn"]
@@ -51,6 +55,7 @@ class ProbeResult:
     table: pd.DataFrame  # validation scores per pair (and hp for the linear protocol)
     shifted: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_pair: pd.DataFrame | None = None  # per-pair test and shifted accuracy (analysis only)
+    lineage: str = ""  # whether the scored images were checked against the backbone's training images
 
 
 def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
@@ -86,7 +91,7 @@ def probe_features(
     split: Split,
     *,
     protocol: Protocol = "linear",
-    loss: str = "ce",
+    loss: Loss | Sequence[Loss] = "ce",
     pairs: list[str] | None = None,
     with_size: bool = False,
     fuse_top: int = 0,
@@ -96,7 +101,13 @@ def probe_features(
     out: Path | None = None,
     config: dict | None = None,
     probe_options: dict | None = None,
+    transductive: bool = False,
 ) -> ProbeResult:
+    """`transductive`: the backbone deliberately saw the scored images (unlabelled) in pre-training;
+    without it, scoring any validation or test image the backbone trained on is refused."""
+    lineage = check_lineage(store, split, ("val", "test"), transductive=transductive)
+    for shift in shifted:
+        check_lineage(shift.store, shift.split, ("test",), transductive=transductive)
     pairs = pairs or store.pairs
     positions = split_positions(store, split)
     order = np.concatenate([positions["train"], positions["val"], positions["test"]])
@@ -112,43 +123,30 @@ def probe_features(
     features = load_pairs(store, pairs, order, with_size=with_size)
 
     if protocol == "linear":
-        grid = fit_probe_grid(
-            features,
-            labels,
-            train=index["train"],
-            val=index["val"],
-            n_classes=n_classes,
-            loss=loss,
-            seed=seed,
-            **(probe_options or {}),
-        )
-        table, selected, hyper = grid.table, grid.best_pair, grid.hyperparameters()
-        classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
-        if fuse_top > 1:
-            ranked = grid.best_per_pair().sort_values(["val_macro_f1", "val_accuracy"], ascending=False)
-            top = list(ranked["pair"].head(fuse_top))
-            fused_name = "+".join(top)
-            features[fused_name] = np.concatenate([features[p] for p in top], axis=1)
-            fused = fit_single(
-                features[fused_name],
+        losses = (loss,) if isinstance(loss, str) else tuple(loss)
+        fits = [
+            _fit_linear(
+                features,
                 labels,
-                train=index["train"],
-                val=index["val"],
-                n_classes=n_classes,
-                name=fused_name,
-                loss=loss,
+                index,
+                n_classes,
+                pairs=pairs,
+                loss=one,
+                fuse_top=fuse_top,
                 seed=seed,
-                **(probe_options or {}),
+                probe_options=probe_options,
             )
-            table = pd.concat([table, fused.table], ignore_index=True)
-            classifiers[fused_name] = fused.classifier().predict_proba
-            best_single = ranked.iloc[0]
-            fused_best = fused.best_per_pair().iloc[0]
-            if (fused_best["val_macro_f1"], fused_best["val_accuracy"]) > (
-                best_single["val_macro_f1"],
-                best_single["val_accuracy"],
-            ):
-                selected, hyper = fused_name, fused.hyperparameters()
+            for one in losses
+        ]
+        # The loss is a hyper-parameter like the others: the fit that wins on validation is kept.
+        chosen = fits[0]
+        for fit in fits[1:]:
+            if better(fit.scores, chosen.scores):
+                chosen = fit
+        table = pd.concat([f.table for f in fits], ignore_index=True)
+        table = table[table["loss"] == chosen.loss] if len(fits) > 1 else table
+        selected, hyper, classifiers = chosen.selected, chosen.hyper, chosen.classifiers
+        loss = chosen.loss
     else:
         rows = []
         classifiers = {}
@@ -165,10 +163,10 @@ def probe_features(
             )
             classifiers[pair] = predict
         table = pd.DataFrame(rows)
-        best = table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable").iloc[0]
-        selected, hyper = best["pair"], {"pair": best["pair"], "k": 20, "temperature": 0.07}
+        top = best(table)
+        selected, hyper = top["pair"], {"pair": top["pair"], "k": 20, "temperature": 0.07}
 
-    scores = table[table["pair"] == selected].sort_values("val_macro_f1", ascending=False).iloc[0]
+    scores = best(table[table["pair"] == selected])
     val = {"macro_f1": float(scores["val_macro_f1"]), "accuracy": float(scores["val_accuracy"])}
     x_selected = features[selected]
     test_pred = classifiers[selected](x_selected[index["test"]]).argmax(1)
@@ -176,7 +174,12 @@ def probe_features(
         labels[index["test"]], test_pred, n_classes, split.classes, bootstrap=bootstrap, seed=seed
     )
 
-    result = ProbeResult(protocol, selected, hyper, val, test, table)
+    log_readout(
+        PreparedDataset.open(store.info["dataset"]),
+        split.name,
+        {"features": str(store.root), "pair": selected, "protocol": protocol},
+    )
+    result = ProbeResult(protocol, selected, hyper, val, test, table, lineage=lineage)
     if shifted:
         result.shifted, result.per_pair = _score_shifted(
             shifted,
@@ -193,6 +196,79 @@ def probe_features(
     if out is not None:
         write_result(result, store, split, out, config=config or {}, with_size=with_size, loss=loss)
     return result
+
+
+@dataclass
+class _LinearFit:
+    loss: str
+    selected: str
+    hyper: dict[str, Any]
+    table: pd.DataFrame
+    classifiers: dict[str, Any]
+    scores: pd.Series  # the selected probe's validation scores
+
+
+def _fit_linear(
+    features, labels, index, n_classes, *, pairs, loss, fuse_top, seed, probe_options
+) -> _LinearFit:
+    """Every pair's probe grid with one loss, and the top-`fuse_top` pairs fused when that wins."""
+    options = probe_options or {}
+    grid = fit_probe_grid(
+        features,
+        labels,
+        train=index["train"],
+        val=index["val"],
+        n_classes=n_classes,
+        loss=loss,
+        seed=seed,
+        **options,
+    )
+    table, selected, hyper = grid.table, grid.best_pair, grid.hyperparameters()
+    classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
+    ranked = rank(grid.best_per_pair())
+    if fuse_top > 1:
+        top = list(ranked["pair"].head(fuse_top))
+        fused_name = "+".join(top)
+        features[fused_name] = np.concatenate([features[p] for p in top], axis=1)
+        fused = fit_single(
+            features[fused_name],
+            labels,
+            train=index["train"],
+            val=index["val"],
+            n_classes=n_classes,
+            name=fused_name,
+            loss=loss,
+            seed=seed,
+            **options,
+        )
+        table = pd.concat([table, fused.table], ignore_index=True)
+        classifiers[fused_name] = fused.classifier().predict_proba
+        if better(fused.best_per_pair().iloc[0], ranked.iloc[0]):
+            selected, hyper = fused_name, fused.hyperparameters()
+    table = table.assign(loss=loss)
+    return _LinearFit(
+        loss, selected, hyper | {"loss": loss}, table, classifiers, best(table[table["pair"] == selected])
+    )
+
+
+def check_lineage(store: FeatureStore, split: Split, parts, *, transductive: bool) -> str:
+    """Refuse (`LeakError`) when the store's backbone trained on any of the split's `parts`; say how
+    the check went, for the result's record."""
+    trained = read_training_images(store.root)
+    if trained is None:
+        return "unknown: the backbone recorded no training images"
+    dataset = PreparedDataset.open(store.info["dataset"])
+    for part in parts:
+        check_unseen(
+            trained,
+            dataset,
+            split.indices(part),
+            backbone=f"features {store.root}",
+            split=split.name,
+            part=part,
+            transductive=transductive,
+        )
+    return "transductive: the backbone saw these images unlabelled" if transductive else "checked: unseen"
 
 
 def _knn_predictor(train_x: np.ndarray, train_y: np.ndarray, n_classes: int):
@@ -227,6 +303,11 @@ def _score_shifted(
         components = selected.split("+")
         x_sel = np.concatenate([shift_features[p] for p in components], axis=1)
         predicted = classifiers[selected](x_sel).argmax(1)
+        log_readout(
+            PreparedDataset.open(shift.store.info["dataset"]),
+            shift.split.name,
+            {"features": str(shift.store.root), "pair": selected, "shifted": True},
+        )
         results[shift.name] = classification_metrics(
             shift_labels, predicted, n_classes, shift.split.classes, bootstrap=bootstrap, seed=seed
         )
@@ -267,6 +348,7 @@ def write_result(
         "hyperparameters": result.hyperparameters,
         "loss": loss,
         "with_size": with_size,
+        "lineage": result.lineage,
         "val": result.val,
         "features": str(store.root),
         "feature_key": store.info.get("key"),
@@ -280,19 +362,14 @@ def write_result(
     if result.per_pair is not None and len(result.per_pair):
         result.per_pair.to_csv(out / "shift_per_pair.csv", index=False)
     axes = _pair_axes(store)
-    best = (
-        result.table.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable")
-        .groupby("pair", sort=False)
-        .head(1)
-        .set_index("pair")["val_macro_f1"]
-    )
-    grid_pairs = [p for p in store.pair_table() if p["name"] in best.index and p.get("t") is not None]
+    per_pair = rank(result.table).groupby("pair", sort=False).head(1).set_index("pair")["val_macro_f1"]
+    grid_pairs = [p for p in store.pair_table() if p["name"] in per_pair.index and p.get("t") is not None]
     if len(grid_pairs) > 1:
         heat = pd.DataFrame(
             {
                 "block": [p["block"] for p in grid_pairs],
                 "t": [p["t"] for p in grid_pairs],
-                "value": [best[p["name"]] for p in grid_pairs],
+                "value": [per_pair[p["name"]] for p in grid_pairs],
             }
         )
         marked = axes.get(result.selected_pair)

@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plankdiff.probe.protocol import Protocol
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,15 +49,8 @@ class FeatureSpec(Strict):
     per_class_train: int = 20
     per_class_val: int = 10
     keep_timesteps: int = 2
+    keep_blocks: int | None = Field(None, ge=1)  # None: every block in the fine pass
     batch_size: int = 128
-
-
-class ProbeSpec(Strict):
-    epochs: int = 40
-    min_steps: int = 400  # optimiser steps at least, whatever the training-set size
-    balanced_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "ce"
-    long_tailed_loss: Literal["ce", "class-balanced", "logit-adjusted"] = "logit-adjusted"
-    bootstrap: int = 1000
 
 
 class Caps(Strict):
@@ -76,19 +71,24 @@ class ExperimentConfig(Strict):
     # ndsb: balanced and long-tailed (with label efficiency and k-means); zoolake: the two temporal
     # shifts; ndsb-pwssc: the geographic/instrument shift. A study may run a subset of them.
     experiments: tuple[Family, ...] = EXPERIMENT_FAMILIES
-    seeds: tuple[int, ...] = (0, 1, 2)
+    # One replicate per seed: backbones retrained with it, probes fitted with it, and (with
+    # vary_partition) its own stratified train/val/test partition.
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
+    vary_partition: bool = True
     datasets: dict[str, DatasetSpec]
     pretrain: dict[str, PretrainSpec]
     diffusion: DiffusionSpec
     baselines: BaselineSpec
     features: FeatureSpec = FeatureSpec()
-    probe: ProbeSpec = ProbeSpec()
+    # One protocol for every method's features (orientations, object size, fusion, probe losses
+    # and grid, precision); every choice in it is made on validation rows.
+    protocol: Protocol = Protocol()
     caps: Caps | None = None
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True
 
 
-SHIPPED = ("quick", "cpu", "gpu", "compare")
+SHIPPED = ("quick", "cpu", "gpu", "compare", "best")
 
 
 def load_experiment(path_or_name: str | Path) -> ExperimentConfig:

@@ -1,0 +1,46 @@
+"""The evaluation protocol: one typed object that applies identically to every method's features.
+
+The study's `protocol:` block and the command-line verbs build the same `Protocol`, with one set of
+defaults. Everything a protocol chooses between (probe loss, learning rate, weight decay, the pair,
+fusion or not) is selected on validation rows with `plankdiff.probe.selection.rank`; test rows are
+read once, for the selected configuration.
+
+Kept free of torch so that importing it (from the CLI, from experiment files) is instant.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Loss = Literal["ce", "class-balanced", "logit-adjusted"]
+LOSSES: tuple[str, ...] = get_args(Loss)
+Precision = Literal["auto", "fp32", "bf16"]
+Orientations = Literal[1, 8]
+
+
+class Protocol(BaseModel):
+    """How features become a probe result, for every method alike."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # 8: features averaged over the flips and 90° rotations (plankton have no canonical orientation).
+    orientations: Orientations = 1
+    # Append the log of the object's original size (lost when images are resized to a fixed size).
+    object_size: bool = False
+    # Also fit one probe on the concatenated top-k pairs (ranked on validation) and keep it if it
+    # wins on validation; 1: no fusion.
+    fuse_top: int = Field(1, ge=1)
+    # Probe losses tried; the one that wins on validation is kept (a hyper-parameter like the others).
+    losses: tuple[Loss, ...] = Field(("ce", "logit-adjusted"), min_length=1)
+    epochs: int = Field(40, ge=1)
+    min_steps: int = Field(400, ge=1)  # optimiser steps at least, whatever the training-set size
+    bootstrap: int = Field(1000, ge=0)  # resamples of the test rows for the confidence intervals
+    precision: Precision = "auto"  # feature extraction: auto keeps CPU fp32 and CUDA bf16
+
+    def probe_options(self) -> dict[str, int]:
+        return {"epochs": self.epochs, "min_steps": self.min_steps}
+
+
+__all__ = ["LOSSES", "Loss", "Orientations", "Precision", "Protocol"]
