@@ -95,6 +95,12 @@ def source_hash(collection: Collection) -> str:
     return sha256_json(listing)
 
 
+def source_fingerprint(source: Path | str, labels_csv: Path | str | None = None) -> str:
+    """The hash `prepare` records for `source` (file list, sizes and times, or the archive's bytes):
+    a cache of a preparation must include it, or a changed collection reuses stale images."""
+    return source_hash(open_collection(source, labels_csv))
+
+
 def prepared_dir(name: str) -> Path:
     return cache_root() / "prepared" / name
 
