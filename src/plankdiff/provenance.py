@@ -72,7 +72,15 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The parsed file; a truncated or hand-damaged file is a `ValueError` that names it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid JSON (truncated or damaged? {error.msg} at line {error.lineno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text)") from None
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

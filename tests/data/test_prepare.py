@@ -279,3 +279,53 @@ def test_zoolake_capture_times_come_from_file_names(small_zoolake_zip, tmp_path)
         moment = datetime.fromisoformat(stamp)
         assert abs(moment - expected) < timedelta(milliseconds=1), path
         assert moment.year == expected.year and moment.year in (2018, 2019, 2020)
+
+
+KILLED_PREPARE = """
+import importlib, sys
+module = importlib.import_module("plankdiff.data.prepare")
+module.CHUNK = 4  # many small chunks, so the kill lands between and inside them
+print("preparing", flush=True)
+module.prepare(sys.argv[1], name="killed", size=16, workers=2, out_dir=sys.argv[2], show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_prepare(
+    small_ndsb_zip, tmp_path, monkeypatch
+):
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    module = importlib.import_module("plankdiff.data.prepare")
+    monkeypatch.setattr(module, "CHUNK", 4)
+    started = time.perf_counter()
+    straight = prepare(
+        small_ndsb_zip, name="s", size=16, workers=2, out_dir=tmp_path / "s", show_progress=False
+    )
+    duration = time.perf_counter() - started
+    out = tmp_path / "killed"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PREPARE, str(small_ndsb_zip), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(module.__file__).parents[2])},
+    )
+    assert child.stdout.readline().strip() == "preparing"
+    time.sleep(random.Random().uniform(0, duration))
+    workers = psutil.Process(child.pid).children(recursive=True)
+    child.kill()
+    child.wait()
+    # The decoding workers die with their parent instead of lingering.
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    again = prepare(small_ndsb_zip, name="killed", size=16, workers=2, out_dir=out, show_progress=False)
+    assert np.array_equal(np.asarray(again.images), np.asarray(straight.images))
+    pd.testing.assert_frame_equal(again.meta, straight.meta)
+    assert again.key == straight.key
+    assert not list(out.glob(".partial-*"))

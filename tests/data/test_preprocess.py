@@ -284,11 +284,11 @@ def test_keep_scale_factor():
 
 
 def test_params_are_validated():
-    with pytest.raises(AssertionError, match="too small"):
+    with pytest.raises(ValueError, match="--size 4: must be between 8"):
         PreprocessParams(size=4)
-    with pytest.raises(AssertionError, match="channels"):
+    with pytest.raises(ValueError, match="--channels 2: must be 1 or 3"):
         PreprocessParams(channels=2)
-    with pytest.raises(AssertionError, match="scale_factor"):
+    with pytest.raises(ValueError, match="scale_factor"):
         PreprocessParams(scale_factor=1.5)
 
 

@@ -77,10 +77,10 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint_newest(tmp_path):
     (root / ".staging_0000006").mkdir()
     (root / ".staging_0000006" / "model.safetensors").write_bytes(b"half")
     assert latest_checkpoint(root) == good
-    # A checkpoint folder without its state is never handed out.
+    # A checkpoint folder without its state is never handed out: the previous complete one is.
     (root / "latest").write_text("step_0000006")
     (root / "step_0000006").mkdir()
-    assert latest_checkpoint(root) is None
+    assert latest_checkpoint(root) == good
     assert latest_checkpoint(tmp_path / "nowhere") is None
     # The next save cleans the leftover staging folder up.
     save(root, 6)

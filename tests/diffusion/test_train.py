@@ -6,8 +6,14 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
+import random
 import shutil
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from plankdiff.diffusion.model import build_unet, count_parameters
 from plankdiff.diffusion.train import (
     DiffusionTrainer,
     TrainingDiverged,
+    TrainResult,
     dihedral_augment,
     to_model_range,
 )
@@ -268,3 +275,113 @@ def test_yaml_file_config_takes_its_name_from_the_file(tmp_path):
     assert config.preset == "small"
     assert config.unet.block_out_channels == (8, 16)
     assert config.train.max_steps == 2
+
+
+# -- lost or half-written work (issue #18) ----------------------------------------------------------
+
+DAMAGE = {
+    "latest names a missing folder": ("latest", None),
+    "truncated state.pt": ("step_0000006", "state.pt"),
+    "truncated model.safetensors": ("step_0000006", "model.safetensors"),
+    "truncated ema.safetensors": ("step_0000006", "ema.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_resume_falls_back_to_the_newest_readable_checkpoint(
+    prepared_small_ndsb, make_trainer, tiny_run, tmp_path, case
+):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
+    folder, name = DAMAGE[case]
+    if name is None:
+        (out / "checkpoints" / "latest").write_text("step_0000009")
+        bad = "step_0000009"
+    else:
+        file = out / "checkpoints" / folder / name
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+        bad = str(file)
+    with pytest.warns(UserWarning, match=f"skipping checkpoint .*{bad}"):
+        trainer = make_trainer(prepared_small_ndsb, out, resume=True)
+        result = trainer.train()
+    assert result.step == 6
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3, 4, 5, 6]
+    # The older checkpoint it did not replace is kept, and the redone step 6 is the uninterrupted one.
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003", "step_0000006"]
+    model_a, ema_a, _ = load_checkpoint(tiny_run / "checkpoints" / "step_0000006")
+    model_b, ema_b, state_b = load_checkpoint(out / "checkpoints" / "step_0000006")
+    assert_same_weights(model_a, model_b)
+    assert_same_weights(ema_a, ema_b)
+    assert state_b["step"] == 6
+
+
+def test_restart_before_the_first_checkpoint_does_not_repeat_logged_steps(
+    prepared_small_ndsb, make_trainer, tmp_path
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    # A run killed at step 2, before its first checkpoint, mid-way through writing a record.
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 1.0}\n{"step": 3, "lo')
+    result = make_trainer(prepared_small_ndsb, out, resume=True, max_steps=3).train()
+    assert result.step == 3
+    assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
+    assert all(m["loss"] != 1.0 for m in read_metrics(out))
+
+
+def test_an_interrupted_training_exits_non_zero():
+    from rich.console import Console
+    from typer import Exit
+
+    from plankdiff.diffusion.cli import INTERRUPTED, train_and_report
+
+    class Stopped:  # what a trainer returns after SIGTERM (see the test above)
+        def train(self):
+            return TrainResult(None, 2, 0.1, 16, 0.5, "interrupt")
+
+    with pytest.raises(Exit) as stopped:
+        train_and_report(Stopped(), Console(width=200, color_system=None))
+    assert stopped.value.exit_code == INTERRUPTED != 0
+
+
+KILLED_TRAINING = """
+import sys, torch
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.diffusion.config import load_config
+from plankdiff.diffusion.train import DiffusionTrainer
+torch.manual_seed(0)
+config = load_config("tiny", max_steps=12, checkpoint_every=2)
+trainer = DiffusionTrainer(config=config, dataset=PreparedDataset(sys.argv[1]), out=sys.argv[2],
+                           resume=True, show_progress=False)
+print("training", flush=True)
+trainer.train()
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_resume_equals_an_uninterrupted_run(
+    prepared_small_ndsb, make_trainer, tmp_path
+):
+    straight = make_trainer(prepared_small_ndsb, tmp_path / "straight", max_steps=12, checkpoint_every=2)
+    started = time.perf_counter()
+    straight.train()
+    duration = time.perf_counter() - started
+    out = tmp_path / "killed"
+    src = str(Path(train_module.__file__).parents[2])
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_TRAINING, str(prepared_small_ndsb.root), str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": src},
+    )
+    assert child.stdout.readline().strip() == "training"
+    delay = random.Random().uniform(0, duration)
+    time.sleep(delay)
+    child.kill()  # SIGKILL: no handler, no final checkpoint
+    child.wait()
+    resumed = make_trainer(prepared_small_ndsb, out, resume=True, max_steps=12, checkpoint_every=2).train()
+    assert resumed.step == 12, f"killed after {delay:.2f} s"
+    model_a, ema_a, state_a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000012")
+    model_b, ema_b, state_b = load_checkpoint(out / "checkpoints" / "step_0000012")
+    assert_same_weights(model_a, model_b)
+    assert_same_weights(ema_a, ema_b)
+    assert torch.equal(state_a["generator"], state_b["generator"])
+    assert [m["loss"] for m in read_metrics(out)] == [m["loss"] for m in read_metrics(tmp_path / "straight")]

@@ -145,6 +145,8 @@ def test_a_study_of_one_experiment_family_trains_and_reports_only_what_it_needs(
     study = Study(config, results_root=tmp_path / "results")
     assert study.run() is not None
     trained = {name for name, _ in study.plan() if name.startswith("pretrain/")}
-    assert trained and all(name.split("/")[2] == "ndsb" for name in trained)  # pretrain/seed<s>/<key>/<method>
+    assert trained and all(
+        name.split("/")[2] == "ndsb" for name in trained
+    )  # pretrain/seed<s>/<key>/<method>
     headline = pd.read_csv(tmp_path / "results" / "tiny" / "headline.csv")
     assert {e.split("/")[0] for e in headline["experiment"]} == {"ndsb"}

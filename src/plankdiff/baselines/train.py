@@ -35,10 +35,11 @@ from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.checkpoint import (
     latest_checkpoint,
-    load_checkpoint,
     loop_state,
     restore_loop_state,
+    resume_point,
     save_checkpoint,
+    truncate_log,
 )
 from plankdiff.diffusion.train import TrainingDiverged, TrainResult, stop_signals
 from plankdiff.progress import progress_bar
@@ -224,8 +225,8 @@ class BaselineTrainer:
         write_json(self.out / BASELINE_FILE, self._run_info())
         return path
 
-    def _restore(self, path: Path) -> None:
-        weights, _, state = load_checkpoint(path)
+    def _restore(self, loaded: tuple[dict, dict, dict]) -> None:
+        weights, _, state = loaded
         self.method.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed, self.images_seen = restore_loop_state(state, self.generator)
@@ -273,9 +274,11 @@ class BaselineTrainer:
             raise FileExistsError(
                 f"{self.out}: holds a run already; pass --resume to continue it or pick another --out"
             )
-        if self.resume and checkpoint is not None:
+        found = resume_point(self.out / "checkpoints") if self.resume else None
+        if found is not None:
             self._check_resumable(read_json(self.out / BASELINE_FILE))
-            self._restore(checkpoint)
+            self._restore(found[1])
+        truncate_log(self.out / "metrics.jsonl", self.step)  # a kill before any checkpoint: from 0
         self.stopped_by = "running"
         write_json(self.out / BASELINE_FILE, self._run_info())
         write_training_images(self.out, self.dataset, self.rows)

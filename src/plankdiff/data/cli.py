@@ -46,7 +46,7 @@ def prepare_command(
             workers=workers or None,
             labels_csv=labels,
         )
-    except (SourceError, AssertionError) as error:
+    except ValueError as error:  # SourceError, or a bad --size / --channels / --mode
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     info = dataset.info

@@ -14,20 +14,25 @@ stopped; the finished files appear only when everything is done.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 from PIL import Image
 
 from plankdiff import __version__
 from plankdiff.data.ifcb import open_collection
 from plankdiff.data.preprocess import (
+    MAX_PIXELS,
     ImageRejected,
     PreprocessParams,
     keep_scale_factor,
@@ -45,17 +50,47 @@ _worker_collection: Collection | None = None
 _worker_params: PreprocessParams | None = None
 
 
-def _init_worker(collection: Collection, params: PreprocessParams) -> None:
+# What one worker may hold at once: the largest file read (`MAX_FILE_BYTES`), the largest image
+# decoded (`MAX_PIXELS`) and its float copies in preprocessing, measured at ~0.6 GB; the worker count
+# is capped so that workers × this fits in the memory available when `prepare` starts.
+WORKER_BYTES = 1 << 30
+
+
+def _init_worker(collection: Collection, params: PreprocessParams, parent: int) -> None:
     global _worker_collection, _worker_params
+    _die_with(parent)
     # A forked worker inherits the parent's open archive, whose file offset is shared: reopen.
     collection.reopen()
     _worker_collection, _worker_params = collection, params
-    Image.MAX_IMAGE_PIXELS = None  # sizes are checked before decoding, with a clearer message
+    # PIL's decompression-bomb guard stays on (at twice this it refuses to open the file); `decode`
+    # rejects anything above MAX_PIXELS from the header with a clearer message before that.
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its parent dies (SIGKILL included), so a killed
+    `prepare` never leaves decoding processes behind. Linux only; elsewhere the pool's own
+    shutdown is all there is."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def default_workers() -> int:
+    """One per core, at most 8, and no more than the available memory holds at `WORKER_BYTES` each."""
+    available = psutil.virtual_memory().available  # psutil comes with accelerate
+    return max(1, min(os.cpu_count() or 1, 8, available // WORKER_BYTES))
 
 
 def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], np.ndarray]:
     collection, params = _worker_collection, _worker_params
-    assert collection is not None and params is not None, "worker used before initialisation"
+    if collection is None or params is None:
+        raise RuntimeError("prepare worker used before initialisation")
     rows, pixels = [], np.zeros((len(indices), params.channels, params.size, params.size), np.uint8)
     for slot, index in enumerate(indices):
         item = collection.items[index]
@@ -83,11 +118,6 @@ def _process_chunk(chunk_id: int, indices: list[int]) -> tuple[int, list[dict], 
     return chunk_id, rows, pixels
 
 
-def source_hash_of(source: Path | str, labels_csv: Path | str | None = None) -> str:
-    """The hash `prepare` records for `source`: a changed zip or folder gives another one."""
-    return source_hash(open_collection(source, labels_csv))
-
-
 def source_hash(collection: Collection) -> str:
     if hasattr(collection, "fingerprint"):  # IFCB items are ROIs inside bin files, not files
         return collection.fingerprint()
@@ -98,6 +128,12 @@ def source_hash(collection: Collection) -> str:
         stat = (collection.source / item.path).stat()
         listing.append((item.path, item.label, stat.st_size, stat.st_mtime_ns))
     return sha256_json(listing)
+
+
+def source_fingerprint(source: Path | str, labels_csv: Path | str | None = None) -> str:
+    """The hash `prepare` records for `source` (file list, sizes and times, or the archive's bytes):
+    a cache of a preparation must include it, or a changed collection reuses stale images."""
+    return source_hash(open_collection(source, labels_csv))
 
 
 def prepared_dir(name: str) -> Path:
@@ -159,19 +195,16 @@ def prepare(
     (partial / "chunks").mkdir(parents=True, exist_ok=True)
     shape = (len(collection), params.channels, params.size, params.size)
     pixels_path = partial / "pixels.npy"
-    pixels = np.lib.format.open_memmap(
-        pixels_path, mode="r+" if pixels_path.exists() else "w+", dtype=np.uint8, shape=shape
-    )
-    assert pixels.shape == shape, (
-        f"{pixels_path}: stale partial array of shape {pixels.shape}, expected {shape}"
-    )
+    pixels = _open_partial(pixels_path, shape)
     chunks = [list(range(i, min(i + CHUNK, len(collection)))) for i in range(0, len(collection), CHUNK)]
     pending = [c for c in range(len(chunks)) if not (partial / "chunks" / f"{c}.csv").exists()]
 
-    workers = workers or min(os.cpu_count() or 1, 8)
+    workers = workers or default_workers()
     with progress_bar(f"prepare {name}", total=len(collection), enabled=show_progress) as advance:
         advance(len(collection) - sum(len(chunks[c]) for c in pending))
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(collection, params)) as pool:
+        with ProcessPoolExecutor(
+            workers, initializer=_init_worker, initargs=(collection, params, os.getpid())
+        ) as pool:
             futures = [pool.submit(_process_chunk, c, chunks[c]) for c in pending]
             for future in as_completed(futures):
                 chunk_id, rows, chunk_pixels = future.result()
@@ -224,6 +257,22 @@ def prepare(
     return PreparedDataset(root)
 
 
+def _open_partial(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The partial pixel array to resume into; one cut short by a kill while it was being created
+    (unreadable header or wrong shape) is started again, with the chunks that claimed to be in it."""
+    if path.exists():
+        try:
+            pixels = np.lib.format.open_memmap(path, mode="r+")
+            if pixels.shape == shape and pixels.dtype == np.uint8:
+                return pixels
+            del pixels
+        except (ValueError, OSError):
+            pass
+        shutil.rmtree(path.parent / "chunks", ignore_errors=True)
+        (path.parent / "chunks").mkdir()
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+
+
 class PreparedDataset:
     """A prepared dataset folder: pixels memory-mapped, metadata as a DataFrame."""
 
@@ -237,7 +286,8 @@ class PreparedDataset:
         self.info = read_json(info_path)
         self.images = np.load(self.root / "images.npy", mmap_mode="r")
         self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)
-        assert len(self.meta) == len(self.images), f"{self.root}: meta.csv and images.npy disagree in length"
+        if len(self.meta) != len(self.images):
+            raise SourceError(f"{self.root}: meta.csv and images.npy disagree in length; prepare it again")
 
     @classmethod
     def open(cls, name_or_path: str | Path) -> PreparedDataset:

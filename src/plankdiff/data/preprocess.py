@@ -20,6 +20,10 @@ from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
+# Decoding is refused above this many pixels, read from the header before any pixel is decoded:
+# preprocessing holds a few float copies of an image, so 16 Mpx keeps one worker under ~1 GB
+# (plankton crops are far smaller; a 10,000² PNG of a few KB would otherwise take GBs).
+MAX_PIXELS = 16_000_000
 SizeMode = Literal["fit", "keep-scale"]
 
 
@@ -38,10 +42,14 @@ class PreprocessParams:
     scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        assert self.size >= 8, f"image size {self.size} is too small to be useful (need >= 8)"
-        assert self.channels in (1, 3), f"channels must be 1 or 3, got {self.channels}"
-        assert self.mode in ("fit", "keep-scale"), f"mode must be 'fit' or 'keep-scale', got {self.mode!r}"
-        assert 0 < self.scale_factor <= 1, f"scale_factor must be in (0, 1], got {self.scale_factor}"
+        if not 8 <= self.size <= 1024:
+            raise ValueError(f"--size {self.size}: must be between 8 and 1024 pixels")
+        if self.channels not in (1, 3):
+            raise ValueError(f"--channels {self.channels}: must be 1 or 3")
+        if self.mode not in ("fit", "keep-scale"):
+            raise ValueError(f"--mode {self.mode!r}: must be 'fit' or 'keep-scale'")
+        if not 0 < self.scale_factor <= 1:
+            raise ValueError(f"scale_factor {self.scale_factor}: must be in (0, 1]")
 
 
 @dataclass
@@ -60,6 +68,8 @@ def decode(data: bytes) -> Image.Image:
         raise ImageRejected("zero-byte file")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # PIL's own guard, when a caller left it on
+        raise ImageRejected(f"too many pixels: {error}") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError) as error:  # header cut short: "Truncated File Read"
@@ -69,6 +79,8 @@ def decode(data: bytes) -> Image.Image:
         raise ImageRejected(f"too small: {width}×{height} px (minimum side {MIN_SIDE})")
     if max(width, height) > MAX_SIDE:
         raise ImageRejected(f"too large: {width}×{height} px (maximum side {MAX_SIDE})")
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(f"too many pixels: {width}×{height} px (maximum {MAX_PIXELS:,})")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:

@@ -10,13 +10,18 @@ import csv
 import io
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from plankdiff.data.preprocess import decode
+from plankdiff.data.preprocess import ImageRejected, decode
 
+# The most bytes read for one image. Archive members are read in blocks and given up past this,
+# whatever size their header claims: a 1.5 MB zip can hold a 1.5 GiB member of zeros.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+_BLOCK = 1024 * 1024
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
 MANIFEST_NAME = "manifest.csv"
 
@@ -126,7 +131,14 @@ class Collection:
     def _read_manifest(self, names: list[str]) -> list[SourceItem] | None:
         if MANIFEST_NAME not in names:
             return None
-        text = self.read_bytes(MANIFEST_NAME).decode("utf-8")
+        try:
+            text = self.read_bytes(MANIFEST_NAME).decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise SourceError(
+                f"{self.source}: {MANIFEST_NAME} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+            ) from None
+        except ImageRejected as error:
+            raise SourceError(f"{self.source}: {MANIFEST_NAME}: {error}") from None
         rows = list(csv.DictReader(io.StringIO(text)))
         required = {"path", "label"}
         if not rows or not required <= set(rows[0]):
@@ -162,9 +174,24 @@ class Collection:
         self._zip = None
 
     def read_bytes(self, path: str) -> bytes:
-        if self.is_archive:
-            return self.zipfile.read(self.prefix + path)
-        return (self.source / path).read_bytes()
+        """The file's bytes; `ImageRejected` (with the reason) for a file over `MAX_FILE_BYTES` or an
+        archive member whose data is damaged (bad CRC, cut short), so one bad file is skipped."""
+        if not self.is_archive:
+            file = self.source / path
+            if file.stat().st_size > MAX_FILE_BYTES:
+                raise ImageRejected(f"file larger than {MAX_FILE_BYTES >> 20} MiB")
+            return file.read_bytes()
+        blocks, total = [], 0
+        try:
+            with self.zipfile.open(self.prefix + path) as member:
+                while block := member.read(_BLOCK):
+                    total += len(block)
+                    if total > MAX_FILE_BYTES:
+                        raise ImageRejected(f"archive member larger than {MAX_FILE_BYTES >> 20} MiB unpacked")
+                    blocks.append(block)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            raise ImageRejected(f"damaged archive member: {error}") from None
+        return b"".join(blocks)
 
     @property
     def classes(self) -> list[str]:

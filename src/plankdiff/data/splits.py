@@ -33,6 +33,10 @@ BALANCED_MIN_TRAIN = 60
 BALANCED_CAP = 100
 
 
+class SplitMismatch(ValueError):
+    """A saved split whose rows belong to another preparation of its dataset."""
+
+
 @dataclass
 class Split:
     """Row indices of a prepared dataset per split, and the label to predict for each row."""
@@ -58,8 +62,17 @@ class Split:
         path = dataset.root / "splits" / f"{self.name}.csv"
         path.parent.mkdir(exist_ok=True)
         self.to_frame().to_csv(path, index=False)
+        # Rows are positions in this one preparation: the key lets `load` refuse a split whose
+        # dataset was prepared again (other images, other order) under the same name.
         write_json(
-            path.with_suffix(".json"), {"name": self.name, "counts": self.summary(), "classes": self.classes}
+            path.with_suffix(".json"),
+            {
+                "name": self.name,
+                "counts": self.summary(),
+                "classes": self.classes,
+                "dataset": dataset.name,
+                "dataset_key": dataset.key,
+            },
         )
         return path
 
@@ -68,8 +81,20 @@ class Split:
         path = dataset.root / "splits" / f"{name}.csv"
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such split; create it with `plankdiff data split`")
+        info = read_json(path.with_suffix(".json"))
+        if info.get("dataset_key") != dataset.key:
+            made_on = info.get("dataset_key")
+            raise SplitMismatch(
+                f"{path}: split {name!r} was made on "
+                + (
+                    f"another preparation of {dataset.name!r} (key {made_on[:12]}, now {dataset.key[:12]})"
+                    if made_on
+                    else f"an unrecorded preparation of {dataset.name!r}"
+                )
+                + "; make it again with `plankdiff data split`"
+            )
         frame = pd.read_csv(path, keep_default_na=False)
-        classes = read_json(path.with_suffix(".json"))["classes"]
+        classes = info["classes"]
         targets = np.full(len(dataset), -1, dtype=np.int64)
         targets[frame["row"].to_numpy()] = frame["target"].map({c: i for i, c in enumerate(classes)})
         rows = {s: frame.loc[frame["split"] == s, "row"].to_numpy() for s in SPLITS}

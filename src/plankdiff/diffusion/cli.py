@@ -13,6 +13,8 @@ from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import count_parameters, load_backbone
 from plankdiff.diffusion.train import DiffusionTrainer, TrainingDiverged, sample_images, save_grid
 
+INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by `kill`
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
 
@@ -62,7 +64,8 @@ def train_command(
 
 def train_and_report(trainer, console: Console) -> None:
     """Run a trainer (diffusion or baseline: both return a `TrainResult`) and say how it ended;
-    exit code 2 when the loss diverged, 1 for a run that could not start or resume."""
+    exit code 2 when the loss diverged, 1 for a run that could not start or resume, 143 when a
+    signal stopped it (after its checkpoint), so schedulers and scripts do not take it as finished."""
     try:
         result = trainer.train()
     except TrainingDiverged as error:
@@ -71,6 +74,9 @@ def train_and_report(trainer, console: Console) -> None:
     except (FileExistsError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
+    if result.stopped_by == "interrupt":  # a stop signal: the checkpoint is saved, the run is not done
+        console.print(f"[yellow]interrupted[/yellow] at step {result.step}; continue it with --resume")
+        raise typer.Exit(INTERRUPTED)
     console.print(
         f"[green]done[/green] ({result.stopped_by}): step {result.step}, {result.elapsed_minutes:.1f} min, "
         f"{result.images_seen} images seen, loss {result.last_loss:.4f}"

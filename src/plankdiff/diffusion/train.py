@@ -30,10 +30,11 @@ from plankdiff.data.lineage import write_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.checkpoint import (
     latest_checkpoint,
-    load_checkpoint,
     loop_state,
     restore_loop_state,
+    resume_point,
     save_checkpoint,
+    truncate_log,
 )
 from plankdiff.diffusion.config import DiffusionConfig
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
@@ -201,8 +202,8 @@ class DiffusionTrainer:
         _save_pretrained_atomic(self.ema_model, self.out / "ema")
         return path
 
-    def _restore(self, path: Path) -> None:
-        weights, ema_weights, state = load_checkpoint(path)
+    def _restore(self, loaded: tuple[dict, dict, dict]) -> None:
+        weights, ema_weights, state = loaded
         self.accelerator.unwrap_model(self.model).load_state_dict(weights)
         names = [n for n, _ in self.accelerator.unwrap_model(self.model).named_parameters()]
         for shadow, name in zip(self.ema.shadow_params, names, strict=True):
@@ -249,10 +250,11 @@ class DiffusionTrainer:
             raise FileExistsError(
                 f"{self.out}: holds a run already; pass --resume to continue it or pick another --out"
             )
-        if self.resume and checkpoint is not None:
+        found = resume_point(self.out / "checkpoints") if self.resume else None
+        if found is not None:
             self._check_resumable(read_json(config_path))
-            self._restore(checkpoint)
-            _forget_logs_after(self.out / "metrics.jsonl", self.step)
+            self._restore(found[1])
+        truncate_log(self.out / "metrics.jsonl", self.step)  # a kill before any checkpoint: from 0
         if self.accelerator.is_main_process:
             write_json(config_path, self._run_config() | {"git_sha": git_sha()})
             write_training_images(self.out, self.dataset, self.rows)
@@ -328,14 +330,6 @@ def _save_pretrained_atomic(model, folder: Path) -> None:
         os.replace(folder, old)
     os.replace(staging, folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _forget_logs_after(log: Path, step: int) -> None:
-    """Drop records of steps after the checkpoint being resumed: they are about to be redone."""
-    if not log.exists():
-        return
-    kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    log.write_text("".join(line + "\n" for line in kept))
 
 
 @torch.inference_mode()

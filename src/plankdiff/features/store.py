@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from plankdiff.data.lineage import copy_training_images
+from plankdiff.data.prepare import PreparedDataset
 from plankdiff.provenance import read_json, write_json
+
+
+class StoreMismatch(ValueError):
+    """A feature store used with data it was not extracted from."""
 
 
 def pair_name(block: str, t: int | None) -> str:
@@ -56,6 +61,22 @@ class FeatureStore:
     def pairs(self) -> list[str]:
         return [p["name"] for p in self.info["pairs"]]
 
+    def dataset(self) -> PreparedDataset:
+        """The prepared dataset the store was extracted from, refused when it was prepared again:
+        store rows are positions in one preparation, and another one puts other images there."""
+        dataset = PreparedDataset.open(self.info["dataset"])
+        self.check_dataset(dataset)
+        return dataset
+
+    def check_dataset(self, dataset: PreparedDataset) -> None:
+        recorded = self.info.get("dataset_key")
+        if recorded != dataset.key:
+            raise StoreMismatch(
+                f"{self.root / 'store.json'}: features of dataset key {str(recorded)[:12]}, "
+                f"but {dataset.root} (dataset {dataset.name!r}) is key {dataset.key[:12]}; "
+                "extract the features again"
+            )
+
     def pair_table(self) -> list[dict]:
         return self.info["pairs"]
 
@@ -72,9 +93,10 @@ class FeatureStore:
         """Positions in the store's arrays of the given dataset rows (all must be present)."""
         lookup = {int(r): i for i, r in enumerate(self.rows)}
         missing = [int(r) for r in dataset_rows if int(r) not in lookup]
-        assert not missing, (
-            f"{self.root}: {len(missing)} requested rows were not extracted (e.g. {missing[:3]})"
-        )
+        if missing:
+            raise StoreMismatch(
+                f"{self.root}: {len(missing)} requested rows were not extracted (e.g. {missing[:3]})"
+            )
         return np.array([lookup[int(r)] for r in dataset_rows], dtype=np.int64)
 
     @classmethod

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import Shifted, probe_features
@@ -31,32 +30,35 @@ def probe_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Fit probes on every pair, select on validation, report the selected pair on test (once)."""
-    store = FeatureStore(features)
-    dataset = PreparedDataset.open(store.info["dataset"])
-    chosen = Split.load(dataset, split)
-    shifts = []
-    for spec in shifted:
-        path, _, name = spec.rpartition(":")
-        other = FeatureStore(Path(path))
-        shifts.append(
-            Shifted(
-                name=f"{other.info['dataset']}:{name}",
-                store=other,
-                split=Split.load(PreparedDataset.open(other.info["dataset"]), name),
+    try:
+        store = FeatureStore(features)
+        chosen = Split.load(store.dataset(), split)
+        shifts = []
+        for spec in shifted:
+            path, _, name = spec.rpartition(":")
+            other = FeatureStore(Path(path))
+            shifts.append(
+                Shifted(
+                    name=f"{other.info['dataset']}:{name}",
+                    store=other,
+                    split=Split.load(other.dataset(), name),
+                )
             )
+        out = out or features / f"probe-{split}-{protocol}"
+        result = probe_features(
+            store,
+            chosen,
+            protocol=protocol,
+            loss=loss,
+            with_size=with_size,
+            fuse_top=fuse_top,
+            shifted=shifts,
+            seed=seed,
+            out=out,
         )
-    out = out or features / f"probe-{split}-{protocol}"
-    result = probe_features(
-        store,
-        chosen,
-        protocol=protocol,
-        loss=loss,
-        with_size=with_size,
-        fuse_top=fuse_top,
-        shifted=shifts,
-        seed=seed,
-        out=out,
-    )
+    except (FileNotFoundError, ValueError) as error:  # a missing or mismatched store, split or dataset
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
     test = result.test
     console.print(
         f"selected [bold]{result.selected_pair}[/bold] on validation (macro-F1 {result.val['macro_f1']:.3f}); "

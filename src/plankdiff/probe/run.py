@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from plankdiff.data.lineage import check_unseen, log_readout, read_training_images
-from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
 from plankdiff.features.store import FeatureStore
@@ -63,7 +62,7 @@ def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
 
 
 def _size_columns(store: FeatureStore) -> np.ndarray:
-    meta = PreparedDataset.open(store.info["dataset"]).meta.iloc[store.rows]
+    meta = store.dataset().meta.iloc[store.rows]
     return log_size_features(
         meta["orig_width"].to_numpy(float),
         meta["orig_height"].to_numpy(float),
@@ -118,7 +117,11 @@ def probe_features(
         "test": np.arange(n_train + n_val, len(order)),
     }
     labels = split.targets[store.rows[order]]
-    assert (labels >= 0).all(), "split rows without a target; was the split made on this dataset?"
+    if (labels < 0).any():
+        raise ValueError(f"split {split.name!r}: rows without a target; was it made on this dataset?")
+    empty = [name for name in ("train", "val", "test") if not len(positions[name])]
+    if empty:  # selection needs validation rows and the report test rows: no number without them
+        raise ValueError(f"split {split.name!r}: no {' and no '.join(empty)} rows; nothing to probe on")
     n_classes = len(split.classes)
     features = load_pairs(store, pairs, order, with_size=with_size)
 
@@ -175,7 +178,7 @@ def probe_features(
     )
 
     log_readout(
-        PreparedDataset.open(store.info["dataset"]),
+        store.dataset(),
         split.name,
         {"features": str(store.root), "pair": selected, "protocol": protocol},
     )
@@ -188,7 +191,7 @@ def probe_features(
             classifiers=classifiers,
             test_features={p: x[index["test"]] for p, x in features.items()},
             test_labels=labels[index["test"]],
-            n_classes=n_classes,
+            classes=split.classes,
             with_size=with_size,
             bootstrap=bootstrap,
             seed=seed,
@@ -257,7 +260,7 @@ def check_lineage(store: FeatureStore, split: Split, parts, *, transductive: boo
     trained = read_training_images(store.root)
     if trained is None:
         return "unknown: the backbone recorded no training images"
-    dataset = PreparedDataset.open(store.info["dataset"])
+    dataset = store.dataset()
     for part in parts:
         check_unseen(
             trained,
@@ -283,7 +286,7 @@ def _score_shifted(
     classifiers,
     test_features,
     test_labels,
-    n_classes,
+    classes,
     with_size,
     bootstrap,
     seed,
@@ -291,12 +294,20 @@ def _score_shifted(
     """The selected probe on each shifted test set, and every pair's accuracy drop (analysis only)."""
     results, per_pair = {}, []
     in_test = {p: float((classifiers[p](test_features[p]).argmax(1) == test_labels).mean()) for p in pairs}
+    n_classes = len(classes)
     for shift in shifted:
-        assert len(shift.split.classes) == n_classes, (
-            f"shifted set {shift.name} has {len(shift.split.classes)} classes, the probe {n_classes}"
-        )
+        # The probe's outputs are class indices of the probe's split: a shifted set is scored only
+        # when it names the same classes, and its labels are mapped by name, never by position.
+        if set(shift.split.classes) != set(classes):
+            unknown = sorted(set(shift.split.classes) - set(classes))
+            missing = sorted(set(classes) - set(shift.split.classes))
+            raise ValueError(
+                f"shifted set {shift.name}: its classes differ from the probe's "
+                f"(not in the probe: {unknown[:5] or 'none'}; not in the shifted set: {missing[:5] or 'none'})"
+            )
+        to_probe = np.array([classes.index(c) for c in shift.split.classes], dtype=np.int64)
         test_positions = shift.store.positions(shift.split.indices("test"))
-        shift_labels = shift.split.targets[shift.store.rows[test_positions]]
+        shift_labels = to_probe[shift.split.targets[shift.store.rows[test_positions]]]
         shift_features = load_pairs(
             shift.store, [p for p in pairs if p in shift.store.pairs], test_positions, with_size=with_size
         )
@@ -304,12 +315,12 @@ def _score_shifted(
         x_sel = np.concatenate([shift_features[p] for p in components], axis=1)
         predicted = classifiers[selected](x_sel).argmax(1)
         log_readout(
-            PreparedDataset.open(shift.store.info["dataset"]),
+            shift.store.dataset(),
             shift.split.name,
             {"features": str(shift.store.root), "pair": selected, "shifted": True},
         )
         results[shift.name] = classification_metrics(
-            shift_labels, predicted, n_classes, shift.split.classes, bootstrap=bootstrap, seed=seed
+            shift_labels, predicted, n_classes, classes, bootstrap=bootstrap, seed=seed
         )
         for pair, x in shift_features.items():
             accuracy = float((classifiers[pair](x).argmax(1) == shift_labels).mean())

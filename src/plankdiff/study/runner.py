@@ -26,7 +26,7 @@ from rich.console import Console
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
 from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.lineage import readouts
-from plankdiff.data.prepare import PreparedDataset, prepare, source_hash_of
+from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import load_backbone
@@ -115,7 +115,7 @@ class Study:
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
             # The source's content is part of the key: a changed zip or folder is prepared again.
-            inputs = spec.model_dump() | {"name": name, "source_hash": source_hash_of(source)}
+            inputs = spec.model_dump() | {"name": name, "source_hash": source_fingerprint(source)}
             done = self.stage(
                 f"prepare/{name}", inputs, lambda s=spec, src=source, n=name: self._prepare_one(n, s, src)
             )
