@@ -289,13 +289,19 @@ def test_two_processes_write_what_one_writes(model, image_folder, tmp_path):
             batch_size=7,
             show_progress=False,
         )
-    assert merge_parts(out, num_processes=2) == (48, 2)
+    volumes = {image.sample: image.volume_ml for image in images}
+    assert merge_parts(out, num_processes=2, classes=deployed.classes, volumes=volumes) == (48, 2)
     one, two = read_csv(single.predictions), read_csv(out)
     pd.testing.assert_frame_equal(one.drop(columns=["p1", "p2", "p3"]), two.drop(columns=["p1", "p2", "p3"]))
     np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=2e-6)
     pd.testing.assert_frame_equal(read_csv(single.counts), read_csv(out.with_name("counts.csv")))
     pd.testing.assert_frame_equal(read_csv(single.skipped), read_csv(out.with_name("skipped.csv")))
-    assert sorted(p.name for p in out.parent.iterdir()) == ["counts.csv", "predictions.csv", "skipped.csv"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "counts.csv",
+        "counts_wide.csv",
+        "predictions.csv",
+        "skipped.csv",
+    ]
 
 
 @needs_ifcb
@@ -308,11 +314,21 @@ def test_predict_on_ifcb_bins_through_the_cli(model, run_cli, tmp_path):
     assert [s.rsplit("::", 1)[1] for s in rows["source"]] == [str(n) for n in range(2, 9)]
     assert (rows["true_label"] == "").all()
     counts = read_csv(tmp_path / "counts.csv")
-    assert set(counts["sample"]) == {SMHI_BIN} and counts["count"].sum() == 7
-    # Each damaged or empty bin is one line of skipped.csv, and the run went on.
+    empty = "D20150411T205456_IFCB012"  # a readable bin without a single ROI: a sample counting zero
+    assert set(counts["sample"]) == {SMHI_BIN, empty} and counts["count"].sum() == 7
+    assert (counts[counts["sample"] == empty]["count"] == 0).all()
+    assert len(counts) == 2 * (4 + 1)  # every class and `unclassified`, zeros kept
+    # Each damaged bin is one line of skipped.csv, and the run went on.
     skipped = read_csv(tmp_path / "skipped.csv")
-    assert len(skipped) == 3 and (skipped["reason"] != "").all()
-    assert "7 images" in result.output and "3 skipped" in result.output
+    assert len(skipped) == 2 and (skipped["reason"] != "").all() and empty not in set(skipped["sample"])
+    assert "7 images" in result.output and "2 skipped" in result.output
+    wide = read_csv(tmp_path / "counts_wide.csv").set_index("sample")
+    assert wide.loc[SMHI_BIN, "n_images"] == 7 and wide.loc[empty, "n_images"] == 0
+    ml = {SMHI_BIN: 4.860635326244212, empty: (0.621083 - 0.037422) * 0.25 / 60}
+    for sample, volume in ml.items():
+        assert wide.loc[sample, "volume_ml"] == pytest.approx(volume, rel=1e-6)
+        for name in load_classifier(model).classes:
+            assert wide.loc[sample, f"{name}_per_ml"] == pytest.approx(wide.loc[sample, name] / volume)
 
 
 # -- abstention ----------------------------------------------------------------------------------
@@ -425,4 +441,104 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
 
 def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path):
     result = run_cli("predict", model, image_folder, "--out", tmp_path, "--sample-by", "week")
-    assert result.exit_code == 2 and "--sample-by must be one of input, day" in result.output
+    assert result.exit_code == 2 and "--sample-by must be one of input, folder, day" in result.output
+
+
+# -- samples, tables, and hostile or interrupted runs ---------------------------------------------
+
+
+def copy_images(source: Path, target: Path, classes: int = 2) -> Path:
+    """The first `classes` class folders of `source`, as `<class>/<image>` under `target`."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir())[:classes]:
+        shutil.copytree(folder, target / folder.name, ignore=shutil.ignore_patterns("broken.jpg"))
+    return target
+
+
+def test_folders_named_alike_stay_two_samples_and_predict_returns_tables(model, image_folder, tmp_path):
+    first = copy_images(image_folder, tmp_path / "a" / "station")
+    second = copy_images(image_folder, tmp_path / "b" / "station", classes=1)
+    run = predict(
+        load_classifier(model), [first, second], tmp_path / "out" / "predictions.csv", show_progress=False
+    )
+    frame = run.frame()
+    sizes = {"a/station": len(list(first.glob("*/*"))), "b/station": len(list(second.glob("*/*")))}
+    assert frame["sample"].value_counts().to_dict() == sizes
+    table = run.table
+    assert isinstance(table, pd.DataFrame) and list(table["sample"]) == sorted(sizes)
+    classes = load_classifier(model).classes
+    assert list(table.columns) == ["sample", "volume_ml", "n_images", *classes, UNCLASSIFIED]
+    assert dict(zip(table["sample"], table["n_images"], strict=True)) == sizes
+    assert (table[[*classes, UNCLASSIFIED]].sum(axis=1) == table["n_images"]).all()
+    # The two class folders of a/station were pooled into one sample: the run says so.
+    assert len(run.notes) == 1 and run.notes[0].startswith("a/station: images of 2 subfolders")
+    by_folder = predict(
+        load_classifier(model),
+        [first],
+        tmp_path / "f" / "predictions.csv",
+        show_progress=False,
+        sample_by="folder",
+    )
+    folders = sorted(p.name for p in first.iterdir())
+    assert sorted(by_folder.table["sample"]) == [f"station/{name}" for name in folders]
+
+
+def test_a_killed_run_leaves_no_output_that_looks_current(model, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    deployed = load_classifier(model)
+    predict(deployed, [image_folder], out / "predictions.csv", show_progress=False)
+    assert (out / "predictions.csv").exists() and (out / "counts.csv").exists()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for SIGKILL between two batches
+
+    monkeypatch.setattr(type(deployed), "predict_proba", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict(deployed, [image_folder], out / "predictions.csv", show_progress=False)
+    finals = {"predictions.csv", "counts.csv", "counts_wide.csv", "skipped.csv"}
+    assert not finals & {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "member, attributes, cause",
+    [
+        ("../escape.png", 0, "climbs out"),
+        ("/etc/abs.png", 0, "absolute path"),
+        ("link.png", 0o120777 << 16, "link"),
+    ],
+)
+def test_predict_refuses_unsafe_zip_members(
+    model, image_folder, run_cli, tmp_path, member, attributes, cause
+):
+    archive = tmp_path / "hostile.zip"
+    image = next(image_folder.glob("*/*.jpg")).read_bytes()
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("cls/ok.jpg", image)
+        info = zipfile.ZipInfo(member)
+        info.external_attr = attributes
+        handle.writestr(info, image)
+    result = run_cli("predict", model, archive, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and cause in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_zip_bomb_member_is_skipped_with_bounded_memory(model, image_folder, tmp_path):
+    import tracemalloc
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        handle.writestr("cls/ok.jpg", next(image_folder.glob("*/*.jpg")).read_bytes())
+        with handle.open("cls/bomb.png", "w", force_zip64=True) as member:
+            for _ in range(160):
+                member.write(bytes(1 << 20))  # 160 MiB of zeros, a few hundred kB compressed
+    tracemalloc.start()
+    try:
+        run = predict(
+            load_classifier(model), [archive], tmp_path / "out" / "predictions.csv", show_progress=False
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (run.n_predicted, run.n_skipped) == (1, 1)
+    skipped = read_csv(run.skipped)
+    assert skipped["source"].str.endswith("cls/bomb.png").all() and "MiB" in skipped["reason"][0]
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB: the member was read whole"
