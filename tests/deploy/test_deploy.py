@@ -212,7 +212,40 @@ def test_card_naming_other_classes_than_the_probe_is_refused(model, tmp_path):
     card = json.loads((copy / "card.json").read_text())
     card["classes"].append("extra")
     (copy / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelCardError, match="probe has 4 classes, the card names 5"):
+    with pytest.raises(ModelCardError, match="content_sha256 does not match"):
+        load_classifier(copy)
+
+
+def swap_first_two(card: dict) -> None:
+    card["classes"][0], card["classes"][1] = card["classes"][1], card["classes"][0]
+
+
+def rename_consistently(card: dict) -> None:
+    renamed = {name: f"{name}_x" for name in card["classes"]}
+    card["classes"] = [renamed[c] for c in card["classes"]]
+    for key in ("thresholds", "status", "val_predictions"):
+        card["abstention"][key] = {renamed[c]: v for c, v in card["abstention"][key].items()}
+
+
+def zero_thresholds(card: dict) -> None:
+    card["abstention"]["thresholds"] = dict.fromkeys(card["abstention"]["thresholds"], 0.0)
+
+
+@pytest.mark.parametrize("edit", [swap_first_two, rename_consistently, zero_thresholds])
+def test_a_card_edited_after_export_is_refused(model, tmp_path, edit):
+    """Each edit keeps the card self-consistent (same class count, thresholds naming the classes):
+    only the content hash exported with the weights catches it."""
+    copy = shutil.copytree(model, tmp_path / "model")
+    card = json.loads((copy / "card.json").read_text())
+    edit(card)
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(
+        ModelCardError, match=r"card\.json: its classes, thresholds.*content_sha256 does not match"
+    ):
+        load_classifier(copy)
+    del card["content_sha256"]  # an export from before the hash: refused, asked to re-export
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="re-export"):
         load_classifier(copy)
 
 

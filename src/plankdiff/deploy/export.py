@@ -46,10 +46,10 @@ from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash,
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
-from plankdiff.provenance import git_sha, read_json, sha256_file, write_json
+from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
 CARD_FORMAT = "plankdiff-classifier"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: the card's content is hashed with the weights (`content_sha256`)
 CARD_FILE = "card.json"
 PROBE_FILE = "probe.safetensors"
 UNET_DIR = "unet"
@@ -62,6 +62,13 @@ HASHED_FILES = (
     PROBE_FILE,
 )
 UNCLASSIFIED = "unclassified"
+# The card entries that change what a prediction says: hashed together with the weight hashes, so
+# renamed or swapped class names, zeroed thresholds or edited pairs are refused at load.
+HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "sha256")
+
+
+def card_content_hash(card: Mapping[str, Any]) -> str:
+    return sha256_json({key: card.get(key) for key in HASHED_CARD_KEYS})
 
 
 class ModelCardError(ValueError):
@@ -200,6 +207,7 @@ def export_classifier(
         "metrics": dict(metrics),
         "sha256": {name: sha256_file(staging / name) for name in HASHED_FILES},
     }
+    card["content_sha256"] = card_content_hash(card)
     write_json(staging / CARD_FILE, card)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -320,6 +328,13 @@ def read_card(path: Path) -> dict[str, Any]:
         raise ModelCardError(
             f"{card_path}: written by plankdiff {written_by}, this is plankdiff {__version__}; features "
             f"and preprocessing may differ across major versions, so re-export with plankdiff {__version__}"
+        )
+    if card.get("content_sha256") != card_content_hash(card):
+        raise ModelCardError(
+            f"{card_path}: its classes, thresholds, pairs or preprocessing differ from what was exported "
+            "with these weights (content_sha256 does not match"
+            + ("" if card.get("content_sha256") else ", or is missing: an older export; re-export it")
+            + "); refusing to load it"
         )
     hashes = card.get("sha256", {})
     for name in HASHED_FILES:
