@@ -575,3 +575,41 @@ def test_a_zip_bomb_member_is_skipped_with_bounded_memory(model, image_folder, t
     skipped = read_csv(run.skipped)
     assert skipped["source"].str.endswith("cls/bomb.png").all() and "MiB" in skipped["reason"][0]
     assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB: the member was read whole"
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_fixes_overconfidence_without_changing_the_argmax():
+    from plankdiff.deploy.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 3000)
+    logits = rng.normal(size=(3000, 4))
+    logits[np.arange(3000), labels] += 1.0
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    overconfident = apply_temperature(calibrated, 0.25)  # the same ranking, four times too sharp
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    fixed = apply_temperature(overconfident, temperature)
+    assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    assert (
+        expected_calibration_error(fixed, labels) < 0.03 < expected_calibration_error(overconfident, labels)
+    )
+
+
+def test_card_records_temperature_and_ece_and_predict_applies_it(model, dataset):
+    card = json.loads((model / "card.json").read_text())
+    calibration = card["calibration"]
+    assert calibration["temperature"] > 0 and calibration["temperature"] != 1.0
+    assert set(calibration["ece_15_bins"]) == {"val_before", "val_after", "test_before", "test_after"}
+    assert calibration["ece_15_bins"]["val_after"] <= calibration["ece_15_bins"]["val_before"] + 1e-9
+    deployed = load_classifier(model)
+    seeds = np.array([image_seed(p) for p in dataset.meta["path"]])
+    pixels = np.asarray(dataset.images)
+    raw = deployed.probe.predict_proba(deployed.features(pixels, seeds))
+    from plankdiff.deploy.calibrate import apply_temperature
+
+    np.testing.assert_allclose(
+        deployed.predict_proba(pixels, seeds), apply_temperature(raw, calibration["temperature"]), atol=1e-6
+    )
