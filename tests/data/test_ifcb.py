@@ -280,3 +280,54 @@ def test_prepare_command_reads_ifcb_labels(tmp_path, monkeypatch):
         }
     assert len(meta) == 7
     assert dict(zip(meta["path"], meta["label"], strict=True)) == expected
+
+
+# -- targets as the reference reader gives them: stitching, volume analysed ---------------------
+
+EXPECTED = FIXTURES / "expected"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    import json
+
+    return json.loads((EXPECTED / "reference.json").read_text())
+
+
+@needs_fixtures
+def test_old_format_split_roi_is_stitched_into_one_target(reference):
+    ifcb_bin = IfcbBin(WHOI_OLD)
+    expected = reference[WHOI_OLD.name]
+    assert ifcb_bin.roi_numbers() == expected["raw_roi_numbers"]  # raw ROIs untouched: 6
+    assert ifcb_bin.targets() == expected["stitched_roi_numbers"]  # 5 targets
+    for number, (height, width) in expected["stitched_shapes"].items():
+        assert ifcb_bin.target_size(int(number)) == (width, height)
+    stitched = np.array(Image.open(EXPECTED / "IFCB5_2012_028_081515_00003_stitched.png"))
+    np.testing.assert_array_equal(ifcb_bin.read_target(3), stitched)
+    # The collection counts organisms, not ROIs: 5 items, and item 3 is the stitched image.
+    collection = IfcbCollection(WHOI_OLD)
+    assert [item.path for item in collection.items] == [
+        f"IFCB5_2012_028_081515_{n:05d}" for n in (1, 2, 3, 5, 6)
+    ]
+    np.testing.assert_array_equal(np.array(collection.read_image("IFCB5_2012_028_081515_00003")), stitched)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("stem", [SMHI, WHOI_NEW])
+def test_new_format_bins_are_not_stitched(stem, reference):
+    ifcb_bin = IfcbBin(stem)
+    assert ifcb_bin.targets() == reference[stem.name]["raw_roi_numbers"]
+
+
+@needs_fixtures
+@pytest.mark.parametrize("stem", [WHOI_OLD, WHOI_NEW, SMHI])
+def test_ml_analyzed_matches_the_reference_reader(stem, reference):
+    assert IfcbBin(stem).ml_analyzed == pytest.approx(reference[stem.name]["ml_analyzed"], rel=1e-6)
+
+
+@needs_fixtures
+def test_empty_bin_has_no_targets_but_a_volume():
+    ifcb_bin = IfcbBin(EDGE / "empty" / "D20150411T205456_IFCB012")
+    assert ifcb_bin.targets() == []
+    # runTime 0.621083 s minus inhibitTime 0.037422 s at 0.25 mL/min, from the header.
+    assert ifcb_bin.ml_analyzed == pytest.approx((0.621083 - 0.037422) * 0.25 / 60, rel=1e-9)

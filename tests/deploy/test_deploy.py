@@ -212,7 +212,40 @@ def test_card_naming_other_classes_than_the_probe_is_refused(model, tmp_path):
     card = json.loads((copy / "card.json").read_text())
     card["classes"].append("extra")
     (copy / "card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelCardError, match="probe has 4 classes, the card names 5"):
+    with pytest.raises(ModelCardError, match="content_sha256 does not match"):
+        load_classifier(copy)
+
+
+def swap_first_two(card: dict) -> None:
+    card["classes"][0], card["classes"][1] = card["classes"][1], card["classes"][0]
+
+
+def rename_consistently(card: dict) -> None:
+    renamed = {name: f"{name}_x" for name in card["classes"]}
+    card["classes"] = [renamed[c] for c in card["classes"]]
+    for key in ("thresholds", "status", "val_predictions"):
+        card["abstention"][key] = {renamed[c]: v for c, v in card["abstention"][key].items()}
+
+
+def zero_thresholds(card: dict) -> None:
+    card["abstention"]["thresholds"] = dict.fromkeys(card["abstention"]["thresholds"], 0.0)
+
+
+@pytest.mark.parametrize("edit", [swap_first_two, rename_consistently, zero_thresholds])
+def test_a_card_edited_after_export_is_refused(model, tmp_path, edit):
+    """Each edit keeps the card self-consistent (same class count, thresholds naming the classes):
+    only the content hash exported with the weights catches it."""
+    copy = shutil.copytree(model, tmp_path / "model")
+    card = json.loads((copy / "card.json").read_text())
+    edit(card)
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(
+        ModelCardError, match=r"card\.json: its classes, thresholds.*content_sha256 does not match"
+    ):
+        load_classifier(copy)
+    del card["content_sha256"]  # an export from before the hash: refused, asked to re-export
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="re-export"):
         load_classifier(copy)
 
 
@@ -289,13 +322,19 @@ def test_two_processes_write_what_one_writes(model, image_folder, tmp_path):
             batch_size=7,
             show_progress=False,
         )
-    assert merge_parts(out, num_processes=2) == (48, 2)
+    volumes = {image.sample: image.volume_ml for image in images}
+    assert merge_parts(out, num_processes=2, classes=deployed.classes, volumes=volumes) == (48, 2)
     one, two = read_csv(single.predictions), read_csv(out)
     pd.testing.assert_frame_equal(one.drop(columns=["p1", "p2", "p3"]), two.drop(columns=["p1", "p2", "p3"]))
     np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=2e-6)
     pd.testing.assert_frame_equal(read_csv(single.counts), read_csv(out.with_name("counts.csv")))
     pd.testing.assert_frame_equal(read_csv(single.skipped), read_csv(out.with_name("skipped.csv")))
-    assert sorted(p.name for p in out.parent.iterdir()) == ["counts.csv", "predictions.csv", "skipped.csv"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "counts.csv",
+        "counts_wide.csv",
+        "predictions.csv",
+        "skipped.csv",
+    ]
 
 
 @needs_ifcb
@@ -308,11 +347,21 @@ def test_predict_on_ifcb_bins_through_the_cli(model, run_cli, tmp_path):
     assert [s.rsplit("::", 1)[1] for s in rows["source"]] == [str(n) for n in range(2, 9)]
     assert (rows["true_label"] == "").all()
     counts = read_csv(tmp_path / "counts.csv")
-    assert set(counts["sample"]) == {SMHI_BIN} and counts["count"].sum() == 7
-    # Each damaged or empty bin is one line of skipped.csv, and the run went on.
+    empty = "D20150411T205456_IFCB012"  # a readable bin without a single ROI: a sample counting zero
+    assert set(counts["sample"]) == {SMHI_BIN, empty} and counts["count"].sum() == 7
+    assert (counts[counts["sample"] == empty]["count"] == 0).all()
+    assert len(counts) == 2 * (4 + 1)  # every class and `unclassified`, zeros kept
+    # Each damaged bin is one line of skipped.csv, and the run went on.
     skipped = read_csv(tmp_path / "skipped.csv")
-    assert len(skipped) == 3 and (skipped["reason"] != "").all()
-    assert "7 images" in result.output and "3 skipped" in result.output
+    assert len(skipped) == 2 and (skipped["reason"] != "").all() and empty not in set(skipped["sample"])
+    assert "7 images" in result.output and "2 skipped" in result.output
+    wide = read_csv(tmp_path / "counts_wide.csv").set_index("sample")
+    assert wide.loc[SMHI_BIN, "n_images"] == 7 and wide.loc[empty, "n_images"] == 0
+    ml = {SMHI_BIN: 4.860635326244212, empty: (0.621083 - 0.037422) * 0.25 / 60}
+    for sample, volume in ml.items():
+        assert wide.loc[sample, "volume_ml"] == pytest.approx(volume, rel=1e-6)
+        for name in load_classifier(model).classes:
+            assert wide.loc[sample, f"{name}_per_ml"] == pytest.approx(wide.loc[sample, name] / volume)
 
 
 # -- abstention ----------------------------------------------------------------------------------
@@ -425,4 +474,142 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
 
 def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path):
     result = run_cli("predict", model, image_folder, "--out", tmp_path, "--sample-by", "week")
-    assert result.exit_code == 2 and "--sample-by must be one of input, day" in result.output
+    assert result.exit_code == 2 and "--sample-by must be one of input, folder, day" in result.output
+
+
+# -- samples, tables, and hostile or interrupted runs ---------------------------------------------
+
+
+def copy_images(source: Path, target: Path, classes: int = 2) -> Path:
+    """The first `classes` class folders of `source`, as `<class>/<image>` under `target`."""
+    for folder in sorted(p for p in source.iterdir() if p.is_dir())[:classes]:
+        shutil.copytree(folder, target / folder.name, ignore=shutil.ignore_patterns("broken.jpg"))
+    return target
+
+
+def test_folders_named_alike_stay_two_samples_and_predict_returns_tables(model, image_folder, tmp_path):
+    first = copy_images(image_folder, tmp_path / "a" / "station")
+    second = copy_images(image_folder, tmp_path / "b" / "station", classes=1)
+    run = predict(
+        load_classifier(model), [first, second], tmp_path / "out" / "predictions.csv", show_progress=False
+    )
+    frame = run.frame()
+    sizes = {"a/station": len(list(first.glob("*/*"))), "b/station": len(list(second.glob("*/*")))}
+    assert frame["sample"].value_counts().to_dict() == sizes
+    table = run.table
+    assert isinstance(table, pd.DataFrame) and list(table["sample"]) == sorted(sizes)
+    classes = load_classifier(model).classes
+    assert list(table.columns) == ["sample", "volume_ml", "n_images", *classes, UNCLASSIFIED]
+    assert dict(zip(table["sample"], table["n_images"], strict=True)) == sizes
+    assert (table[[*classes, UNCLASSIFIED]].sum(axis=1) == table["n_images"]).all()
+    # The two class folders of a/station were pooled into one sample: the run says so.
+    assert len(run.notes) == 1 and run.notes[0].startswith("a/station: images of 2 subfolders")
+    by_folder = predict(
+        load_classifier(model),
+        [first],
+        tmp_path / "f" / "predictions.csv",
+        show_progress=False,
+        sample_by="folder",
+    )
+    folders = sorted(p.name for p in first.iterdir())
+    assert sorted(by_folder.table["sample"]) == [f"station/{name}" for name in folders]
+
+
+def test_a_killed_run_leaves_no_output_that_looks_current(model, image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    deployed = load_classifier(model)
+    predict(deployed, [image_folder], out / "predictions.csv", show_progress=False)
+    assert (out / "predictions.csv").exists() and (out / "counts.csv").exists()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for SIGKILL between two batches
+
+    monkeypatch.setattr(type(deployed), "predict_proba", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict(deployed, [image_folder], out / "predictions.csv", show_progress=False)
+    finals = {"predictions.csv", "counts.csv", "counts_wide.csv", "skipped.csv"}
+    assert not finals & {p.name for p in out.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "member, attributes, cause",
+    [
+        ("../escape.png", 0, "climbs out"),
+        ("/etc/abs.png", 0, "absolute path"),
+        ("link.png", 0o120777 << 16, "link"),
+    ],
+)
+def test_predict_refuses_unsafe_zip_members(
+    model, image_folder, run_cli, tmp_path, member, attributes, cause
+):
+    archive = tmp_path / "hostile.zip"
+    image = next(image_folder.glob("*/*.jpg")).read_bytes()
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("cls/ok.jpg", image)
+        info = zipfile.ZipInfo(member)
+        info.external_attr = attributes
+        handle.writestr(info, image)
+    result = run_cli("predict", model, archive, "--out", tmp_path / "out")
+    assert result.exit_code == 1 and cause in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_zip_bomb_member_is_skipped_with_bounded_memory(model, image_folder, tmp_path):
+    import tracemalloc
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        handle.writestr("cls/ok.jpg", next(image_folder.glob("*/*.jpg")).read_bytes())
+        with handle.open("cls/bomb.png", "w", force_zip64=True) as member:
+            for _ in range(160):
+                member.write(bytes(1 << 20))  # 160 MiB of zeros, a few hundred kB compressed
+    tracemalloc.start()
+    try:
+        run = predict(
+            load_classifier(model), [archive], tmp_path / "out" / "predictions.csv", show_progress=False
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (run.n_predicted, run.n_skipped) == (1, 1)
+    skipped = read_csv(run.skipped)
+    assert skipped["source"].str.endswith("cls/bomb.png").all() and "MiB" in skipped["reason"][0]
+    assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB: the member was read whole"
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_fixes_overconfidence_without_changing_the_argmax():
+    from plankdiff.deploy.calibrate import apply_temperature, expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 3000)
+    logits = rng.normal(size=(3000, 4))
+    logits[np.arange(3000), labels] += 1.0
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    overconfident = apply_temperature(calibrated, 0.25)  # the same ranking, four times too sharp
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(4.0, rel=0.15)
+    fixed = apply_temperature(overconfident, temperature)
+    assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    assert (
+        expected_calibration_error(fixed, labels) < 0.03 < expected_calibration_error(overconfident, labels)
+    )
+
+
+def test_card_records_temperature_and_ece_and_predict_applies_it(model, dataset):
+    card = json.loads((model / "card.json").read_text())
+    calibration = card["calibration"]
+    assert calibration["temperature"] > 0 and calibration["temperature"] != 1.0
+    assert set(calibration["ece_15_bins"]) == {"val_before", "val_after", "test_before", "test_after"}
+    assert calibration["ece_15_bins"]["val_after"] <= calibration["ece_15_bins"]["val_before"] + 1e-9
+    deployed = load_classifier(model)
+    seeds = np.array([image_seed(p) for p in dataset.meta["path"]])
+    pixels = np.asarray(dataset.images)
+    raw = deployed.probe.predict_proba(deployed.features(pixels, seeds))
+    from plankdiff.deploy.calibrate import apply_temperature
+
+    np.testing.assert_allclose(
+        deployed.predict_proba(pixels, seeds), apply_temperature(raw, calibration["temperature"]), atol=1e-6
+    )

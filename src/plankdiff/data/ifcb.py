@@ -10,6 +10,12 @@ time; ROI geometry in 0-based ADC columns 9-13) and `D20130526T095207_IFCB013` (
 instrument; columns 13-17). When the header's `ADCFileFormat` names the columns, those names
 win over the generation's default. Bins are listed without reading them; a damaged bin raises
 `IfcbError` (naming the file and the problem) when it is first read.
+
+A *target* is one organism. Early instruments (IFCB1-6, old names) sometimes write one organism as
+two overlapping ROIs of one trigger; like WHOI's reference reader (pyifcb's `InfilledImages`),
+`targets()` merges such a pair into one image under the first ROI's number, and the second number
+is no target. New-format bins have one target per ROI. `ml_analyzed` is the volume of sample the
+bin looked at, the denominator of a concentration (see `IfcbBin.ml_analyzed`).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -39,6 +47,18 @@ _ROI_NAME = re.compile(r"^(.+)_(\d+)$")
 # ROI x, y, width, height, byte offset: 0-based ADC columns, and the header names that mark them.
 _GEOMETRY = {"old": (9, 10, 11, 12, 13), "new": (13, 14, 15, 16, 17)}
 _GEOMETRY_NAMES = ("roix", "roiy", "roiwidth", "roiheight", "startbyte")
+# Old ADC rows: 0-based columns of the trigger number, trigger-open and frame-grab times (s).
+_OLD_TRIGGER, _OLD_TRIGGER_OPEN, _OLD_FRAME_GRAB = 0, 7, 8
+# New ADC rows end with the run time and inhibit time (s) accumulated since the bin started.
+_NEW_TIMES_NAMES = ("runtime", "inhibittime")
+_NEW_TIMES_DEFAULT = (22, 23)
+# Old instruments: a syringe step is 5/48000 mL at 40 steps/s; a trigger costs at least 0.073 s of
+# processing during which the camera does not look (the constants of WHOI's processing code).
+_OLD_ML_PER_S = 5 / 48000 * 40
+_OLD_MIN_PROC_S = 0.073
+NEW_FLOW_ML_PER_MIN = 0.25  # the standard syringe pump of IFCB 7 and later
+# Two ROIs of one trigger are one organism when their boxes overlap by more than this many pixels.
+_STITCH_OVERLAP = 2
 
 
 class IfcbError(SourceError):
@@ -175,6 +195,117 @@ class IfcbBin:
         table.index = pd.RangeIndex(1, len(table) + 1, name="roi")
         return table
 
+    def _key_index(self, keys: Sequence[str], default: tuple[int, ...]) -> tuple[int, ...]:
+        """0-based ADC columns of `keys` by the header's column names, else the given defaults."""
+        names = [re.sub(r"[^a-z0-9]", "", n.lower()) for n in (self._columns[0] or [])]
+        return tuple(names.index(k) for k in keys) if all(k in names for k in keys) else default
+
+    @cached_property
+    def _positions(self) -> dict[int, tuple[int, int]]:
+        """ROI number -> (x, y) of its box in the camera frame."""
+        x, y = self._columns[1][:2]
+        values = self.adc.to_numpy()
+        return {n: (int(values[n - 1, x]), int(values[n - 1, y])) for n in self._geometry}
+
+    @cached_property
+    def _stitched(self) -> dict[int, tuple[int, tuple[int, int, int, int]]]:
+        """First ROI number -> (second ROI number, stitched box x1, y1, x2, y2), old bins only.
+
+        Consecutive image ROIs of one trigger whose boxes overlap by more than `_STITCH_OVERLAP`
+        pixels each way are one organism (the reference reader's rule).
+        """
+        if self.name.generation != "old" or not self._geometry:
+            return {}
+        triggers = self.adc.iloc[:, _OLD_TRIGGER].to_numpy()
+        numbers = list(self._geometry)
+        pairs = {}
+        for a, b in pairwise(numbers):
+            if triggers[a - 1] != triggers[b - 1]:
+                continue
+            (ax, ay), (bx, by) = self._positions[a], self._positions[b]
+            (_, aw, ah), (_, bw, bh) = self._geometry[a], self._geometry[b]
+            if (
+                ax < bx + bw - _STITCH_OVERLAP
+                and ax + aw > bx + _STITCH_OVERLAP
+                and ay < by + bh - _STITCH_OVERLAP
+                and ay + ah > by + _STITCH_OVERLAP
+            ):
+                pairs[a] = (b, (min(ax, bx), min(ay, by), max(ax + aw, bx + bw), max(ay + ah, by + bh)))
+        return pairs
+
+    def targets(self) -> list[int]:
+        """Target numbers: every ROI number except the second ROI of a stitched pair."""
+        seconds = {second for second, _ in self._stitched.values()}
+        return [n for n in self._geometry if n not in seconds]
+
+    def target_size(self, number: int) -> tuple[int, int]:
+        """(width, height) of target `number` (the stitched box for a stitched pair)."""
+        if number in self._stitched:
+            x1, y1, x2, y2 = self._stitched[number][1]
+            return x2 - x1, y2 - y1
+        return self.size(number)
+
+    def read_target(self, number: int) -> np.ndarray:
+        """Target `number` as uint8 `[height, width]`: the ROI, or a stitched pair with its gap infilled.
+
+        Stitched: each ROI's pixels at its place in the box (the second over the first where they
+        overlap); the pixels neither covers take one value, the rounded mean of the covered pixels
+        on the boundary of the uncovered region (the reference reader's infill, pixel for pixel).
+        """
+        if number not in self._stitched:
+            return self.read_roi(number)
+        second, (x1, y1, x2, y2) = self._stitched[number]
+        image = np.zeros((y2 - y1, x2 - x1), np.uint8)
+        uncovered = np.ones(image.shape, bool)
+        for roi in (number, second):
+            (x, y), pixels = self._positions[roi], self.read_roi(roi)
+            rows, cols = slice(y - y1, y - y1 + pixels.shape[0]), slice(x - x1, x - x1 + pixels.shape[1])
+            image[rows, cols], uncovered[rows, cols] = pixels, False
+        if uncovered.any():
+            boundary = _inner_boundary(_dilate(uncovered))
+            # The reference copies the second row/column onto the first (and last) ones.
+            boundary[:, 0], boundary[:, -1] = boundary[:, 1], boundary[:, -2]
+            boundary[0, :], boundary[-1, :] = boundary[1, :], boundary[-2, :]
+            edge = image[boundary & ~uncovered]
+            image[uncovered] = round(float(edge.mean())) if edge.size else 0
+        return image
+
+    @cached_property
+    def ml_analyzed(self) -> float:
+        """Millilitres of sample analysed in this bin (run time minus inhibit time, times the flow rate).
+
+        New bins: from the ADC's last row (its run and inhibit time), or the header's `runTime` and
+        `inhibitTime` when the ADC has no rows. Old bins: the last frame grab is the run time, and
+        each trigger's processing time (at least 0.073 s) from the frame grab before it to its
+        trigger open is time the camera did not look; the syringe moves 5/48000 mL per step, 40
+        steps/s. Matches WHOI's reference reader to 1e-6 (tests). NaN when it cannot be known
+        (an old bin without triggers).
+        """
+        table = self.adc.to_numpy()
+        if self.name.generation == "old":
+            if not len(table):
+                return float("nan")
+            _, first = np.unique(table[:, _OLD_TRIGGER], return_index=True)
+            rows = table[np.sort(first)]
+            # A bin that spans midnight has negative clock times after it; add a day to those.
+            grab = rows[:, _OLD_FRAME_GRAB] + (rows[:, _OLD_FRAME_GRAB] < 0) * 86400.0
+            opened = rows[:, _OLD_TRIGGER_OPEN] + (rows[:, _OLD_TRIGGER_OPEN] < 0) * 86400.0
+            processing = np.maximum(opened[1:] - grab[:-1], _OLD_MIN_PROC_S)
+            look = grab[-1] - processing.sum() - _OLD_MIN_PROC_S
+            return float(look * _OLD_ML_PER_S)
+        run_col, inhibit_col = self._key_index(_NEW_TIMES_NAMES, _NEW_TIMES_DEFAULT)
+        look = None
+        if len(table) and table.shape[1] > max(run_col, inhibit_col):
+            look = table[-1, run_col] - table[-1, inhibit_col]
+        if look is None or look <= 0:
+            try:
+                look = float(self.header["runTime"]) - float(self.header["inhibitTime"])
+            except (KeyError, ValueError):
+                raise IfcbError(
+                    f"{self.file('.hdr')}: no runTime/inhibitTime, so the volume analysed is unknown"
+                ) from None
+        return float(look * NEW_FLOW_ML_PER_MIN / 60)
+
     @cached_property
     def _geometry(self) -> dict[int, tuple[int, int, int]]:
         """ROI number -> (byte offset, width, height), checked against the `.roi` file's size."""
@@ -245,6 +376,19 @@ class IfcbBin:
         return f"IfcbBin({str(self.stem_path)!r})"
 
 
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation by the 4-neighbour cross (outside the image counts as False)."""
+    padded = np.pad(mask, 1)
+    return mask | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+
+
+def _inner_boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` with a 4-neighbour outside it (outside the image counts as outside)."""
+    padded = np.pad(mask, 1)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
+
+
 def find_bins(folder: Path | str) -> list[IfcbBin]:
     """Every bin under `folder` (recursive), sorted by stem; files not named like a bin are ignored.
 
@@ -287,7 +431,8 @@ def _read_labels(path: Path) -> dict[tuple[str, int], str]:
 
 
 class IfcbCollection:
-    """IFCB bins seen as a `Collection`: one item per ROI, named `<bin>_<roi:05d>`.
+    """IFCB bins seen as a `Collection`: one item per target (a ROI, or a stitched pair of them),
+    named as the IFCB dashboard names it, `<bin>_<roi:05d>` (`D20220522T000439_IFCB134_00002`).
 
     `source` is one bin (any of its files, or its stem) or a folder searched recursively. With
     `labels_csv`, ROIs take its `class_name`; the others are `unlabelled`, or dropped when
@@ -313,11 +458,11 @@ class IfcbCollection:
         self.empty_classes: list = []
         self.items: list[SourceItem] = []
         for ifcb_bin in self.bins:
-            for number in ifcb_bin.roi_numbers():
+            for number in ifcb_bin.targets():
                 label = labels.pop((ifcb_bin.name.stem, number), None)
                 if label is None and labelled_only:
                     continue
-                width, height = ifcb_bin.size(number)
+                width, height = ifcb_bin.target_size(number)
                 path = f"{ifcb_bin.name.stem}_{number:05d}"
                 self.items.append(SourceItem(path, label or UNLABELLED, width, height))
         stray = [key for key in labels if key[0] in self._by_stem]
@@ -331,11 +476,11 @@ class IfcbCollection:
             )
 
     def read_image(self, path: str) -> Image.Image:
-        """ROI `path` (`<bin>_<roi>`) as an 'L' image, pixels as stored."""
+        """Target `path` (`<bin>_<roi>`) as an 'L' image, pixels as stored (stitched where split)."""
         name, number = parse_roi_name(path)
         if name.stem not in self._by_stem:
             raise IfcbError(f"{self.source}: no bin {name.stem}")
-        pixels = self._by_stem[name.stem].read_roi(number)
+        pixels = self._by_stem[name.stem].read_target(number)
         height, width = pixels.shape
         if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
             raise ImageRejected(f"ROI size {width}×{height} px outside [{MIN_SIDE}, {MAX_SIDE}]")

@@ -24,6 +24,8 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 _BLOCK = 1024 * 1024
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
 MANIFEST_NAME = "manifest.csv"
+# No plankton image file comes near this; a member that inflates past it is a zip bomb or not an image.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
 class SourceError(ValueError):
@@ -58,6 +60,21 @@ def _check_member(archive: Path, info: zipfile.ZipInfo) -> None:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeArchiveError(f"{archive}: member {name!r} is a symbolic link; links are not followed")
+
+
+def read_member(archive: zipfile.ZipFile, name: str, *, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """A zip member's bytes, read in chunks and refused (`ImageRejected`) past `limit` bytes.
+
+    The header's declared size can lie, so the limit is checked on what actually inflates.
+    """
+    chunks, total = [], 0
+    with archive.open(name) as member:
+        while chunk := member.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise ImageRejected(f"member inflates past {limit // (1 << 20)} MiB; not read further")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Collection:

@@ -167,3 +167,45 @@ def selective_scores(proba: np.ndarray, labels: np.ndarray, thresholds: np.ndarr
         "n_decided": int(kept.sum()),
         "accuracy_when_decided": float(hits.mean()) if kept.any() else None,
     }
+
+
+# -- temperature scaling ------------------------------------------------------------------------
+
+
+def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T): T > 1 softens over-confident posteriors, T < 1 sharpens them."""
+    logits = np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-12, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(proba: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the validation negative log-likelihood (Guo et al. 2017), in [0.05, 20].
+
+    One parameter, so the argmax (and accuracy) never changes; only the confidence does.
+    """
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        raise ValueError("temperature scaling needs validation images; the split has none")
+
+    def nll(log_t: float) -> float:
+        scaled = apply_temperature(proba, float(np.exp(log_t)))
+        return float(-np.log(np.clip(scaled[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:
+    """Top-label ECE: |accuracy − mean confidence| per equal-width confidence bin, weighted by its size."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(labels)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    gaps = [
+        abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
+        for b in np.unique(bins)
+    ]
+    return float(np.sum(gaps))

@@ -78,7 +78,9 @@ def predict_command(
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="auto (accelerate's choice) | cpu | cuda"),
     sample_by: str = typer.Option(
-        "input", "--sample-by", help="what counts.csv counts per: input | day (capture day in file names)"
+        "input",
+        "--sample-by",
+        help="what counts.csv counts per: input | folder (each image's folder) | day (capture day in file names)",
     ),
     captured_from: datetime = typer.Option(
         None, "--captured-from", formats=["%Y-%m-%d"], help="keep images captured on or after this day"
@@ -113,6 +115,8 @@ def predict_command(
         raise typer.Exit(1) from None
     if not PartialState().is_main_process:
         return  # one summary per run, not one per process
+    for note in run.notes or []:
+        console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
     skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""
     console.print(
         f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"

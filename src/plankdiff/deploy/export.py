@@ -36,8 +36,11 @@ from plankdiff.data.splits import SPLITS, Split
 from plankdiff.deploy.calibrate import (
     DEFAULT_TARGET_PRECISION,
     Abstention,
+    apply_temperature,
     calibrate_thresholds,
     decide,
+    expected_calibration_error,
+    fit_temperature,
     selective_scores,
 )
 from plankdiff.diffusion.model import load_backbone
@@ -46,10 +49,10 @@ from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash,
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
-from plankdiff.provenance import git_sha, read_json, sha256_file, write_json
+from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
 CARD_FORMAT = "plankdiff-classifier"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: the card's content is hashed with the weights (`content_sha256`)
 CARD_FILE = "card.json"
 PROBE_FILE = "probe.safetensors"
 UNET_DIR = "unet"
@@ -62,6 +65,13 @@ HASHED_FILES = (
     PROBE_FILE,
 )
 UNCLASSIFIED = "unclassified"
+# The card entries that change what a prediction says: hashed together with the weight hashes, so
+# renamed or swapped class names, zeroed thresholds or edited pairs are refused at load.
+HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "calibration", "sha256")
+
+
+def card_content_hash(card: Mapping[str, Any]) -> str:
+    return sha256_json({key: card.get(key) for key in HASHED_CARD_KEYS})
 
 
 class ModelCardError(ValueError):
@@ -130,6 +140,7 @@ def export_classifier(
     out: Path,
     classes: Sequence[str] | None = None,
     extraction: ExtractionRequest | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
@@ -139,6 +150,8 @@ def export_classifier(
     extraction: the request the training features were extracted with (pooling, noise draws,
     orientations are copied to the card; default: the features stage's defaults). The folder is
     written beside `out` and renamed into place, so a crash never leaves a half-written model.
+    calibration: `{"temperature": T, ...}` applied to the probe's posteriors before abstention
+    (default none: T = 1).
     """
     out = Path(out)
     parsed = [Pair.parse(p) for p in pairs]
@@ -191,6 +204,7 @@ def export_classifier(
         "preprocess": dataset.info["preprocess"],
         "classes": classes,
         "abstention": abstention.to_card() if abstention is not None else None,
+        "calibration": dict(calibration) if calibration is not None else {"temperature": 1.0},
         "training_data": {
             "name": dataset.name,
             "key": dataset.key,
@@ -200,6 +214,7 @@ def export_classifier(
         "metrics": dict(metrics),
         "sha256": {name: sha256_file(staging / name) for name in HASHED_FILES},
     }
+    card["content_sha256"] = card_content_hash(card)
     write_json(staging / CARD_FILE, card)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
@@ -264,13 +279,26 @@ def export_from_store(
         progress=progress,
     )
     classifier = grid.classifier()
+    # Temperature-scale on validation first: the thresholds are then set on calibrated posteriors.
+    raw_val, raw_test = classifier.predict_proba(x["val"]), classifier.predict_proba(x["test"])
+    temperature = fit_temperature(raw_val, y["val"])
+    val_proba, test_proba = apply_temperature(raw_val, temperature), apply_temperature(raw_test, temperature)
+    calibration = {
+        "temperature": temperature,
+        "method": "temperature scaling, NLL on the split's val rows",
+        "ece_15_bins": {
+            "val_before": expected_calibration_error(raw_val, y["val"]),
+            "val_after": expected_calibration_error(val_proba, y["val"]),
+            "test_before": expected_calibration_error(raw_test, y["test"]),
+            "test_after": expected_calibration_error(test_proba, y["test"]),
+        },
+    }
     abstention = calibrate_thresholds(
-        classifier.predict_proba(x["val"]),
+        val_proba,
         y["val"],
         classes=chosen.classes,
         target_precision=target_precision,
     )
-    test_proba = classifier.predict_proba(x["test"])
     scores = classification_metrics(y["test"], test_proba.argmax(axis=1), len(chosen.classes), chosen.classes)
     best = grid.best_per_pair().iloc[0]
     metrics = {
@@ -299,6 +327,7 @@ def export_from_store(
             noise_draws=request["noise_draws"],
             orientations=request["orientations"],
         ),
+        calibration=calibration,
     )
 
 
@@ -320,6 +349,13 @@ def read_card(path: Path) -> dict[str, Any]:
         raise ModelCardError(
             f"{card_path}: written by plankdiff {written_by}, this is plankdiff {__version__}; features "
             f"and preprocessing may differ across major versions, so re-export with plankdiff {__version__}"
+        )
+    if card.get("content_sha256") != card_content_hash(card):
+        raise ModelCardError(
+            f"{card_path}: its classes, thresholds, pairs or preprocessing differ from what was exported "
+            "with these weights (content_sha256 does not match"
+            + ("" if card.get("content_sha256") else ", or is missing: an older export; re-export it")
+            + "); refusing to load it"
         )
     hashes = card.get("sha256", {})
     for name in HASHED_FILES:
@@ -400,7 +436,10 @@ class DeployedClassifier:
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def predict_proba(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        return self.probe.predict_proba(self.features(pixels, seeds))
+        """Posteriors [N, C], temperature-scaled as calibrated at export (cards without it: T = 1)."""
+        proba = self.probe.predict_proba(self.features(pixels, seeds))
+        temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
+        return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
 
     def decisions(self, proba: np.ndarray) -> list[str]:
         """The top-1 class name per row, or `unclassified` below that class's threshold."""

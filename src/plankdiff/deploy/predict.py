@@ -7,13 +7,21 @@ the image's path inside its input, so the noise an image gets does not depend on
 the number of processes or where the folder was copied to.
 
 Inputs and what they give (`sample` is what counts.csv counts per):
-- a folder or `.zip` (any depth): sample = its name; `true_label` = the top-level folder an image
+- a folder or `.zip` (any depth): sample = its path relative to the inputs' root, shortened to its
+  name when that is unique among the inputs (`a/x` and `b/x` stay two samples; a folder is never
+  pooled with another named alike); `true_label` = the top-level folder an image
   sits in (the `<class>/<image>` layout `plankdiff data prepare` reads), blank for images at the
   top level. A `manifest.csv` (as in the shared datasets) supplies labels and original sizes;
   without one, an image's own size is its original size (right for files as the camera wrote them).
-  Pass one input per sample to get counts per sample.
+  Pass one input per sample to get counts per sample, or `sample_by="folder"`: each image's folder
+  (relative to its input) is a sample. Images of several subfolders pooled into one sample are
+  reported in `PredictionRun.notes` (are they classes or samples? the run cannot tell).
+  Zip members with `..`, absolute paths or links refuse the whole archive (as `data prepare`
+  does); a member over `MAX_MEMBER_BYTES` (read streamed) is skipped, never held in memory.
 - IFCB bins (one bin, or a folder searched recursively; bins win over any image files beside them):
-  sample = the bin; a bin that cannot be read is one line of skipped.csv, and the others go on.
+  sample = the bin id, images = its targets (split ROIs of old instruments stitched), with its
+  `ml_analyzed` as the sample's volume; an empty bin is a sample with zero counts; a bin that
+  cannot be read is one line of skipped.csv, and the others go on.
 
 `sample_by="day"` splits each input's sample by the UTC capture day in the file names (SPC and
 IFCB name their images with it; see `plankdiff.data.timestamps`): `<input>/2020-03-14`, and
@@ -21,8 +29,12 @@ IFCB name their images with it; see `plankdiff.data.timestamps`): `<input>/2020-
 images captured in that date range (inclusive); images without a capture time are then left out.
 
 Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (sample, class,
-count; `unclassified` is a class of its own) and `skipped.csv` (every image or bin that could not
-be read, with the reason). Under `accelerate launch`, process i takes images i, i+n, i+2n, … and
+count, every class of every sample, zeros kept; `unclassified` is a class of its own),
+`counts_wide.csv` (one row per sample: volume_ml where known, n_images, a count column per class
+and, where the volume is known, a `<class>_per_ml` column each) and `skipped.csv` (every image or
+bin that could not be read, with the reason). The previous run's outputs are removed when a run
+starts and the new ones moved into place at the end, so a killed run never leaves old files that
+look current. Under `accelerate launch`, process i takes images i, i+n, i+2n, … and
 writes its own parts; the main process merges them back into input order.
 """
 
@@ -40,24 +52,41 @@ from datetime import date
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from PIL import Image
 
-from plankdiff.data.ifcb import IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
+from plankdiff.data.ifcb import IfcbBin, IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
 from plankdiff.data.preprocess import ImageRejected, decode, preprocess
-from plankdiff.data.sources import IMAGE_SUFFIXES, MANIFEST_NAME, Collection, SourceError
+from plankdiff.data.sources import (
+    IMAGE_SUFFIXES,
+    MANIFEST_NAME,
+    Collection,
+    SourceError,
+    _check_member,
+    read_member,
+)
 from plankdiff.data.timestamps import capture_time
-from plankdiff.deploy.export import DeployedClassifier, image_seed
+from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
 from plankdiff.progress import progress_bar
 
 TOP_K = 3
-SAMPLE_BY = ("input", "day")
+SAMPLE_BY = ("input", "folder", "day")
 UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
 COUNT_COLUMNS = ["sample", "class", "count"]
+# Every file a run writes into its folder: removed when a run starts, so none is left from an older one.
+OUTPUT_FILES = (
+    "predictions.csv",
+    "counts.csv",
+    "counts_wide.csv",
+    "skipped.csv",
+    "score.json",
+    "count_comparison.csv",
+)
 # What a damaged file can raise on its way to pixels; anything else is a bug and stops the run.
 READ_ERRORS = (ImageRejected, OSError, KeyError, ValueError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -70,7 +99,10 @@ class _Tree:
         self.is_archive = source.is_file()
         self._zip: zipfile.ZipFile | None = None
         if self.is_archive:
-            names = [n for n in self.archive.namelist() if not n.endswith("/")]
+            infos = self.archive.infolist()
+            for info in infos:
+                _check_member(source, info)  # `..`, absolute and link members refuse the archive
+            names = [info.filename for info in infos if not info.filename.endswith("/")]
         else:
             names = [
                 p.relative_to(source).as_posix()
@@ -91,7 +123,7 @@ class _Tree:
 
     def read_image(self, name: str) -> Image.Image:
         if self.is_archive:
-            return decode(self.archive.read(self.prefix + name))
+            return decode(read_member(self.archive, self.prefix + name))
         return decode((self.source / name).read_bytes())
 
     def reopen(self) -> None:
@@ -142,12 +174,17 @@ class InputImage:
     member: str  # what the reader reads
     orig_size: tuple[int, int] | None = None
     problem: str = ""
+    volume_ml: float | None = None  # of the sample it belongs to (an IFCB bin's ml_analyzed)
+    placeholder: bool = False  # no image: stands for a sample with nothing in it (an empty bin)
 
 
 def _ifcb_images(source: Path, readers: list) -> list[InputImage]:
     """One item per ROI; a bin that cannot be read becomes one `problem` item, and the others go on."""
     images = []
     for stem in [b.stem_path for b in find_bins(source)] if source.is_dir() else [source]:
+        if (empty := _empty_bin(stem)) is not None:
+            images.append(empty)
+            continue
         try:
             collection = IfcbCollection(stem)
         except IfcbError as error:
@@ -156,24 +193,65 @@ def _ifcb_images(source: Path, readers: list) -> list[InputImage]:
             )
             continue
         readers.append(_Bin(stem))
-        roi_file = collection.bins[0].file(".roi")
+        ifcb_bin = collection.bins[0]
+        roi_file, volume = ifcb_bin.file(".roi"), _volume(ifcb_bin)
         for item in collection.items:
             name, roi = parse_roi_name(item.path)
             size = (item.orig_width, item.orig_height)
             images.append(
-                InputImage(name.stem, f"{roi_file}::{roi}", item.path, "", len(readers) - 1, item.path, size)
-            )
+                InputImage(
+                    name.stem, f"{roi_file}::{roi}", item.path, "", len(readers) - 1, item.path, size,
+                    volume_ml=volume,
+                )
+            )  # fmt: skip
     return images
 
 
-def _tree_images(source: Path, readers: list) -> list[InputImage]:
-    """A folder or zip; with a manifest, `Collection` reads it (labels and original sizes from there)."""
-    sample = source.stem if source.is_file() else source.resolve().name
+def _volume(ifcb_bin: IfcbBin) -> float | None:
+    """The bin's ml_analyzed, or None where the files do not give it (counts stay, per mL does not)."""
+    try:
+        volume = ifcb_bin.ml_analyzed
+    except IfcbError:
+        return None
+    return volume if np.isfinite(volume) and volume > 0 else None
+
+
+def _empty_bin(stem: Path) -> InputImage | None:
+    """A placeholder for a readable bin without a single target, else None (let the reader decide)."""
+    try:
+        ifcb_bin = IfcbBin(stem)
+        if ifcb_bin.targets():
+            return None
+    except IfcbError:
+        return None
+    name = ifcb_bin.name.stem
+    return InputImage(
+        name, str(stem), f"{name}_00000", "", -1, "", volume_ml=_volume(ifcb_bin), placeholder=True
+    )
+
+
+def _sample_ids(inputs: Sequence[Path]) -> list[str]:
+    """Each input's path relative to the inputs' root, cut to the fewest trailing parts that keep
+    every id unique (`x` alone; `a/x` and `b/x` for two folders named alike)."""
+    parts = [
+        Path(p).resolve().with_suffix("").parts if Path(p).is_file() else Path(p).resolve().parts
+        for p in inputs
+    ]
+    for depth in range(1, max(map(len, parts), default=1) + 1):
+        ids = ["/".join(p[-depth:]) for p in parts]
+        clashes = {i for i in ids if ids.count(i) > 1}
+        if not clashes or all(len(p) < depth + 1 for p, i in zip(parts, ids, strict=True) if i in clashes):
+            return ids
+    return ids
+
+
+def _tree_images(source: Path, readers: list, sample: str) -> list[InputImage]:
+    """A folder or zip; with a manifest, `Collection` lists it (labels and original sizes from there)."""
     tree = _Tree(source)
     tree.reopen()  # listing is done; reading opens the archive again, in the process that reads
     if tree.has_manifest:
         collection = Collection(source)
-        readers.append(collection)
+        readers.append(tree)  # reads members streamed and bounded, under the same wrapper folder
         images = []
         for item in collection.items:
             size = (item.orig_width, item.orig_height) if item.orig_width and item.orig_height else None
@@ -200,14 +278,18 @@ def list_inputs(
     sample_by: str = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[list[InputImage], list]:
     """Every image of every input, in a fixed order (the same on every process), and their readers.
 
     An input that is missing or of an unknown kind stops the run here, before any work: that is a
     typo, not a damaged image.
     """
-    assert sample_by in SAMPLE_BY, f"sample_by must be one of {SAMPLE_BY}, got {sample_by!r}"
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"sample_by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}")
     images, readers = _list_all(inputs)
+    if notes is not None and sample_by == "input":
+        notes += _pooled_subfolders(images)
     if sample_by == "input" and captured_from is None and captured_to is None:
         return images, readers
     kept = []
@@ -219,10 +301,28 @@ def list_inputs(
         )
         if (captured_from or captured_to) and not image.problem and outside:
             continue
+        if sample_by == "folder" and not image.problem and not image.placeholder and "/" in image.key:
+            image = replace(image, sample=f"{image.sample}/{image.key.rsplit('/', 1)[0]}")
         if sample_by == "day" and not image.problem:
             image = replace(image, sample=f"{image.sample}/{day.isoformat() if day else UNKNOWN_TIME}")
         kept.append(image)
     return kept, readers
+
+
+def _pooled_subfolders(images: list[InputImage]) -> list[str]:
+    """One note per folder/zip sample whose images sit in several subfolders (no manifest says what
+    they are): they are read as class folders and pooled into one sample, which is wrong if they
+    are samples."""
+    folders: dict[str, set[str]] = {}
+    for image in images:
+        if "/" in image.key and image.key.split("/")[0] == image.true_label:  # `<class>/<image>` layout
+            folders.setdefault(image.sample, set()).add(image.true_label)
+    return [
+        f"{sample}: images of {len(names)} subfolders ({', '.join(sorted(names)[:3])}{', …' if len(names) > 3 else ''}) "
+        "counted as one sample, the subfolders read as classes; if they are samples, use --sample-by folder"
+        for sample, names in folders.items()
+        if len(names) > 1
+    ]
 
 
 def _list_all(inputs: Sequence[Path]) -> tuple[list[InputImage], list]:
@@ -231,10 +331,11 @@ def _list_all(inputs: Sequence[Path]) -> tuple[list[InputImage], list]:
     for source in map(Path, inputs):
         if not source.exists():
             raise SourceError(f"{source}: no such file or folder")
+    for source, sample in zip(map(Path, inputs), _sample_ids(list(map(Path, inputs))), strict=True):
         if is_ifcb_source(source):
             images += _ifcb_images(source, readers)
         elif source.is_dir() or zipfile.is_zipfile(source):
-            images += _tree_images(source, readers)
+            images += _tree_images(source, readers, sample)
         else:
             raise SourceError(f"{source}: not a folder, a zip archive or an IFCB bin")
     return images, readers
@@ -248,6 +349,16 @@ class PredictionRun:
     n_predicted: int
     n_skipped: int
     seconds: float
+    table: pd.DataFrame | None = None  # counts_wide.csv: one row per sample (None off the main process)
+    notes: list[str] | None = None  # what the run could not decide for you (ambiguous sample grouping)
+
+    @property
+    def counts_wide(self) -> Path:
+        return self.counts.with_name("counts_wide.csv")
+
+    def frame(self) -> pd.DataFrame:
+        """predictions.csv as a DataFrame (one row per image)."""
+        return pd.read_csv(self.predictions, keep_default_na=False)
 
 
 def _batches(items: list[tuple[int, InputImage]], size: int) -> Iterator[list[tuple[int, InputImage]]]:
@@ -289,6 +400,9 @@ def predict_share(
         for batch in _batches(mine, batch_size):
             pixels, kept = [], []
             for position, image in batch:
+                if image.placeholder:
+                    counts[image.sample, UNCLASSIFIED] += 0  # the sample exists, with nothing in it
+                    continue
                 if image.problem:
                     skipped.writerow([position, image.sample, image.source, image.problem])
                     continue
@@ -335,6 +449,11 @@ def predict_share(
         writer.writerows([sample, name, count] for (sample, name), count in counts.items())
 
 
+def _staged(path: Path) -> Path:
+    """Where a final file is written before it is moved into place."""
+    return path.with_name(f".{path.name}.staged")
+
+
 def _merge(path: Path, columns: list[str], num_processes: int) -> int:
     """Interleave the parts back into input order (each is sorted by position); returns the row count."""
     parts = [_part(path, i) for i in range(num_processes)]
@@ -342,7 +461,7 @@ def _merge(path: Path, columns: list[str], num_processes: int) -> int:
     try:
         readers = [((int(row[0]), row[1:]) for row in csv.reader(h)) for h in handles]
         rows = 0
-        with open(path, "w", newline="") as out:
+        with open(_staged(path), "w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(columns)
             for _, row in heapq.merge(*readers, key=lambda entry: entry[0]):
@@ -356,8 +475,33 @@ def _merge(path: Path, columns: list[str], num_processes: int) -> int:
     return rows
 
 
-def merge_parts(out_csv: Path, *, num_processes: int) -> tuple[int, int]:
-    """Write predictions.csv, skipped.csv and counts.csv from every process's parts; remove the parts."""
+def wide_table(
+    counts: pd.DataFrame, volumes: dict[str, float | None], classes: Sequence[str]
+) -> pd.DataFrame:
+    """Samples × classes: volume_ml, n_images, one count column per class, and `<class>_per_ml`
+    columns where any sample's volume is known (empty for the samples whose volume is not)."""
+    table = counts.pivot_table(index="sample", columns="class", values="count", aggfunc="sum", fill_value=0)
+    table = table.reindex(columns=list(classes), fill_value=0).astype(int)
+    table.columns.name = None
+    volume = pd.Series({s: volumes.get(s) for s in table.index}, dtype=float)
+    wide = pd.concat([volume.rename("volume_ml"), table.sum(axis=1).rename("n_images"), table], axis=1)
+    if volume.notna().any():
+        per_ml = table.div(volume, axis=0).add_suffix("_per_ml")
+        wide = pd.concat([wide, per_ml], axis=1)
+    return wide.rename_axis("sample").reset_index()
+
+
+def merge_parts(
+    out_csv: Path,
+    *,
+    num_processes: int,
+    classes: Sequence[str] | None = None,
+    volumes: dict[str, float | None] | None = None,
+) -> tuple[int, int]:
+    """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
+    remove the parts. With `classes` (the classifier's, `unclassified` added), every sample gets a
+    row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table.
+    Each file is written under a temporary name and moved into place at the end."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
     n_skipped = _merge(out_csv.with_name("skipped.csv"), SKIPPED_COLUMNS, num_processes)
     counts_path = out_csv.with_name("counts.csv")
@@ -368,11 +512,21 @@ def merge_parts(out_csv: Path, *, num_processes: int) -> tuple[int, int]:
             for sample, name, count in csv.reader(handle):
                 counts[sample, name] += int(count)
         part.unlink()
-    with open(counts_path, "w", newline="") as handle:
+    all_classes = list(dict.fromkeys([*(classes or []), UNCLASSIFIED, *(name for _, name in counts)]))
+    if classes is not None:
+        for sample in {sample for sample, _ in counts}:
+            for name in all_classes:
+                counts[sample, name] += 0
+    with open(_staged(counts_path), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COUNT_COLUMNS)
         ordered = sorted(counts.items(), key=lambda entry: (entry[0][0], -entry[1], entry[0][1]))
         writer.writerows([sample, name, count] for (sample, name), count in ordered)
+    long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
+    wide_path = out_csv.with_name("counts_wide.csv")
+    wide_table(long, volumes or {}, all_classes).to_csv(_staged(wide_path), index=False)
+    for path in (out_csv.with_name("skipped.csv"), counts_path, wide_path, out_csv):
+        os.replace(_staged(path), path)
     return n_predicted, n_skipped
 
 
@@ -388,12 +542,15 @@ def predict(
     captured_from: date | None = None,
     captured_to: date | None = None,
 ) -> PredictionRun:
-    """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv and skipped.csv.
+    """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv, counts_wide.csv
+    and skipped.csv; the returned run's `table` is counts_wide.csv as a DataFrame, `frame()` reads
+    predictions.csv.
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,
     else CUDA when present, else CPU). On one process this is a plain run.
     """
-    assert batch_size >= 1, f"batch_size must be at least 1, got {batch_size}"
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     # Without cpu=True accelerate ignores a multi-process CPU launch and every process thinks it is alone.
@@ -405,9 +562,14 @@ def predict(
     )
     classifier.to(device if device is not None else state.device)
     started = time.perf_counter()
+    notes: list[str] = []
     images, readers = list_inputs(
-        inputs, sample_by=sample_by, captured_from=captured_from, captured_to=captured_to
+        inputs, sample_by=sample_by, captured_from=captured_from, captured_to=captured_to, notes=notes
     )
+    if state.is_main_process:  # an older run's files must not pass for this one's if it is killed
+        for name in {out_csv.name, *OUTPUT_FILES}:
+            out_csv.with_name(name).unlink(missing_ok=True)
+    state.wait_for_everyone()
     predict_share(
         classifier,
         images,
@@ -419,8 +581,15 @@ def predict(
         show_progress=show_progress and state.is_main_process,
     )
     state.wait_for_everyone()
-    totals = [merge_parts(out_csv, num_processes=state.num_processes) if state.is_main_process else None]
+    volumes = {image.sample: image.volume_ml for image in images if not image.problem}
+    totals = [
+        merge_parts(out_csv, num_processes=state.num_processes, classes=classifier.classes, volumes=volumes)
+        if state.is_main_process
+        else None
+    ]
     n_predicted, n_skipped = broadcast_object_list(totals)[0]
+    wide = out_csv.with_name("counts_wide.csv")
+    table = pd.read_csv(wide, keep_default_na=False) if state.is_main_process else None
     return PredictionRun(
         predictions=out_csv,
         counts=out_csv.with_name("counts.csv"),
@@ -428,4 +597,6 @@ def predict(
         n_predicted=n_predicted,
         n_skipped=n_skipped,
         seconds=time.perf_counter() - started,
+        table=table,
+        notes=notes,
     )
