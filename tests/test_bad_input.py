@@ -77,6 +77,7 @@ def store_for(dataset: PreparedDataset, root: Path, *, dim: int = 4) -> FeatureS
     rows = np.arange(len(dataset))
     info = {
         "dataset": dataset.name,
+        "dataset_root": str(dataset.root),
         "dataset_key": dataset.key,
         "rows": rows.tolist(),
         "pairs": [{"name": "x", "block": "x"}],

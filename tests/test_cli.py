@@ -144,7 +144,7 @@ def test_diffusion_train_and_sample(run_cli, ndsb_copy, tmp_path):
     assert (run / "checkpoints" / "latest").read_text() == "step_0000002"
     assert json.loads((run / "config.json").read_text())["training_rows"] == 36  # train rows only
 
-    again = run_cli(*args)
+    again = run_cli(*args, "--split", "long-tailed-s0")
     assert again.exit_code == 1
     assert "holds a run already; pass --resume" in again.text
 

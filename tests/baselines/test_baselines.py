@@ -289,6 +289,8 @@ class Unlabelled:
 
     def __init__(self, dataset: PreparedDataset):
         self.images, self.key, self.name, self.root = dataset.images, dataset.key, dataset.name, dataset.root
+        # What the training-image record needs (source hash, paths): no label column.
+        self.info, self.meta = dataset.info, dataset.meta[["path"]]
 
     def __len__(self) -> int:
         return len(self.images)

@@ -229,14 +229,20 @@ def test_cross_domain_splits(tmp_path):
     target = fake_prepared(tmp_path / "pwssc", ["Acartia"] * 6 + ["Blob"] * 7 + ["Parasagitta"] * 5)
     assert unmapped_labels(source, mapping, "ndsb") == ["fish_larvae_myctophids"]
     assert unmapped_labels(target, mapping, "pwssc") == ["Blob"]
+    base = long_tailed_split(source, seed=0)
     source_split, target_split = cross_domain_splits(
-        source, target, mapping, source_key="ndsb", target_key="pwssc"
+        source, target, mapping, source_key="ndsb", target_key="pwssc", base=base
     )
     assert source_split.classes == target_split.classes == ["chaetognath", "copepod"]
-    assert source_split.name == target_split.name == "cross-ndsb-pwssc-s0"
+    assert source_split.name == target_split.name == "cross-ndsb-pwssc-from-long-tailed-s0"
     used = np.concatenate([source_split.indices(s) for s in SPLITS])
     assert sorted(used) == list(range(30))  # copepods and chaetognaths only
     assert_partition(source_split)
+    # Every mapped image keeps the part it has in the pre-training partition: a backbone trained
+    # on `base`'s train rows never sees a source validation or test image.
+    for part in SPLITS:
+        mapped = [r for r in base.indices(part) if r < 30]
+        assert sorted(source_split.indices(part)) == mapped
     assert counts(source_split, "test") == {"copepod": 4, "chaetognath": 2}
     assert len(target_split.indices("train")) == len(target_split.indices("val")) == 0
     test_labels = np.array(target.meta["label"])[target_split.indices("test")]

@@ -119,6 +119,7 @@ def extract_baseline_features(
         **identity,
         "key": sha256_json(identity),
         "dataset": dataset.name,
+        "dataset_root": str(dataset.root),
         "rows": rows.tolist(),
         "classes": dataset.classes,
         "pairs": pairs,

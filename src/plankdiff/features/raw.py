@@ -38,6 +38,7 @@ def raw_pixel_store(
         "model_hash": "raw-pixels",
         "dataset_key": dataset.key,
         "dataset": dataset.name,
+        "dataset_root": str(dataset.root),
         "rows": rows.tolist(),
         "classes": dataset.classes,
         "pairs": [{"name": RAW_PAIR, "block": RAW_PAIR, "t": None, "dim": size}],

@@ -64,7 +64,10 @@ class FeatureStore:
     def dataset(self) -> PreparedDataset:
         """The prepared dataset the store was extracted from, refused when it was prepared again:
         store rows are positions in one preparation, and another one puts other images there."""
-        dataset = PreparedDataset.open(self.info["dataset"])
+        info = self.info
+        # The folder it was extracted from; by name (the cache) for stores written before it was recorded.
+        root = info.get("dataset_root")
+        dataset = PreparedDataset.open(root if root and Path(root).exists() else info["dataset"])
         self.check_dataset(dataset)
         return dataset
 
