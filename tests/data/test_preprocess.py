@@ -388,6 +388,15 @@ def test_polarity_is_still_right_on_white_and_black():
         assert prepared.pixels[0, 0, 0] == 0 and prepared.pixels[0, 16, 16] == 255
 
 
+def test_polarity_falls_back_to_the_level_where_the_object_fills_the_border(shared_datasets):
+    # A real NDSB crop whose dark object fills 65 % of the frame and much of the border: the border
+    # spread (126) leaves nothing beyond the noise band, and the white level must decide.
+    with zipfile.ZipFile(shared_datasets / "ndsb.zip") as archive:
+        image = decode(archive.read("ndsb/tunicate_partial/160426.jpg"))
+    assert preprocess(image, NORMALISE).inverted
+    assert preprocess(image, PreprocessParams(size=32)).inverted
+
+
 @pytest.mark.parametrize("level", [0, 128, 255])
 @pytest.mark.parametrize("noise", [0.0, 6.0])
 def test_blank_image_does_not_divide_by_zero(level, noise):

@@ -181,11 +181,15 @@ def object_is_darker(gray: np.ndarray, level: float, spread: float) -> bool:
     """Polarity from the object, not from the background's absolute level: a mid-grey background
     (an instrument's other processing) sits on both sides of any fixed threshold, but the object
     still departs from it mostly one way. Compares the summed departures below and above the
-    background beyond the noise band."""
+    background beyond the noise band. Where nothing departs beyond it (a blank frame, or an object
+    covering so much of the border that the spread is huge), the background's level decides, as
+    without normalisation (found on an NDSB tunicate_partial crop filling 65 % of its frame)."""
     step = object_step(spread)
     departure = gray.astype(np.float64) - level
     below = np.clip(-departure - step, 0, None).sum()
     above = np.clip(departure - step, 0, None).sum()
+    if below == above:
+        return level > 127.5
     return bool(below > above)
 
 
