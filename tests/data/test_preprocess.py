@@ -413,6 +413,16 @@ def test_blank_image_does_not_divide_by_zero(level, noise):
     assert (prepared.pixels > 0).mean() < 0.1
 
 
+def test_a_bright_marker_in_a_corner_does_not_set_the_objects_contrast():
+    plain = blob(60, 60, background=0, value=150, box=(15, 15, 45, 45))
+    marked = np.asarray(plain).copy()
+    marked[3:9, 50:56] = 255  # a scale marker, brighter than the organism
+    params = PreprocessParams(size=60, background="normalise")
+    with_marker = preprocess(Image.fromarray(marked, "L"), params).pixels[0]
+    assert preprocess(plain, params).pixels[0, 30, 30] == with_marker[30, 30] == 255
+    assert with_marker[5, 52] == 255  # the marker itself stays (clipped)
+
+
 def test_gain_is_capped_on_a_faint_object():
     faint = blob(20, 20, background=0, value=10, box=(7, 7, 13, 13))  # 10 levels above the background
     prepared = preprocess(faint, PreprocessParams(size=20, background="normalise"))

@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
@@ -204,8 +205,12 @@ def normalise_background(array: np.ndarray) -> np.ndarray:
     is_object = above > object_step(spread)
     if not is_object.any():
         return np.zeros_like(array)
+    # The brightness reference is the largest connected part of the object: a scale marker or a
+    # speck elsewhere in the frame must not set the contrast of the organism.
+    parts, count = ndimage.label(is_object, structure=np.ones((3, 3)))
+    largest = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])) if count > 1 else is_object
     # > object_step >= MIN_OBJECT_STEP > 0, so the division is safe.
-    peak = float(np.percentile(above[is_object], OBJECT_PERCENTILE))
+    peak = float(np.percentile(above[largest], OBJECT_PERCENTILE))
     gain = min(255.0 / peak, MAX_GAIN)
     channel_levels = np.median(
         np.stack([border_values(array[:, :, c]) for c in range(array.shape[2])], axis=1), axis=0
