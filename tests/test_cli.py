@@ -92,6 +92,21 @@ def test_data_prepare_of_a_missing_source_fails(run_cli, tmp_path):
     assert "nowhere.zip: no such file or folder" in result.text
 
 
+def test_data_prepare_background_option(run_cli, small_ndsb_zip, tmp_path):
+    clash = run_cli(
+        "data", "prepare", small_ndsb_zip, "--name", "x", "--background", "normalise", "--no-polarity"
+    )
+    assert clash.exit_code == 1
+    assert "error: background normalisation needs polarity normalisation" in clash.text
+    assert "Traceback" not in clash.output
+    plain = run_cli(
+        "data", "prepare", small_ndsb_zip, "--name", "plain", "--size", "16", "--background", "none"
+    )
+    assert plain.exit_code == 0, plain.output
+    record = PreparedDataset(tmp_path / "cache" / "prepared" / "plain").info["preprocess"]
+    assert "background" not in record  # the record an older preparation would have written
+
+
 def test_data_info_json_and_contact_sheet(run_cli, ndsb_copy, tmp_path):
     sheet = tmp_path / "sheet.png"
     result = run_cli("data", "info", ndsb_copy.root, "--json", "--sheet", sheet, "--per-class", "4")

@@ -63,7 +63,7 @@ def test_array_dtype_and_shape(prepared_small_ndsb):
     assert images.dtype == np.uint8
     assert images.shape == (48, 1, 16, 16)
     assert isinstance(images, np.memmap)
-    assert prepared_small_ndsb.params == PreprocessParams(size=16)
+    assert prepared_small_ndsb.params == PreprocessParams(size=16, background="normalise")  # the default
 
 
 def test_meta_columns(prepared_small_ndsb, small_ndsb_zip):
@@ -88,7 +88,7 @@ def test_rows_hold_the_right_images(prepared_small_ndsb, small_ndsb_zip):
         item = collection.items[row]
         expected = preprocess(
             decode(collection.read_bytes(item.path)),
-            PreprocessParams(size=16),
+            PreprocessParams(size=16, background="normalise"),
             orig_size=(item.orig_width, item.orig_height),
         )
         np.testing.assert_array_equal(prepared_small_ndsb.images[row], expected.pixels)

@@ -13,9 +13,11 @@ from plankdiff.data.preprocess import (
     ImageRejected,
     PreprocessParams,
     decode,
+    default_background,
     describe,
     keep_scale_factor,
     log_size_features,
+    params_record,
     preprocess,
 )
 
@@ -298,4 +300,157 @@ def test_log_size_features_and_describe():
     np.testing.assert_allclose(features, np.log1p([[0, 1, 0], [9, 99, 999]]), rtol=1e-6)
     assert describe(PreprocessParams(size=32, mode="keep-scale", scale_factor=0.5)) == (
         "32×32 keep-scale, 1 channel(s), dark background, common factor 0.5"
+    )
+
+
+# -- background and contrast normalisation ---------------------------------------------------------
+
+NORMALISE = PreprocessParams(size=32, background="normalise")
+
+
+def organism(height: int = 120, width: int = 90) -> np.ndarray:
+    """An object brightness map u in [0, 255] on background 0: an ellipse brighter at its centre
+    (120 at the rim to 255 in the middle) with a thin bright appendage, as an organism looks after
+    polarity normalisation."""
+    yy, xx = np.mgrid[:height, :width]
+    radius = ((yy - height / 2) / (height * 0.35)) ** 2 + ((xx - width / 2) / (width * 0.3)) ** 2
+    u = np.where(radius < 1, 120 + 135 * (1 - radius), 0.0)
+    limb = (np.abs(yy - height / 2) < 2) & (xx > 5) & (xx < width - 5)
+    u[limb] = np.maximum(u[limb], 200)
+    return u
+
+
+def on_backgrounds(u: np.ndarray, seed: int = 0) -> dict[str, Image.Image]:
+    """The same object as three instruments would record it: dark on white (a shadowgraph), bright
+    on black (a dark-field camera), and dark on a mid-grey background with sensor noise (σ = 10),
+    whose contrast is then only half of the range."""
+    rng = np.random.default_rng(seed)
+    grey = 128 - u * 128 / 255 + rng.normal(0, 10, u.shape)
+    return {
+        "white": Image.fromarray(np.clip(255 - u, 0, 255).astype(np.uint8), "L"),
+        "black": Image.fromarray(u.astype(np.uint8), "L"),
+        "grey-noisy": Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), "L"),
+    }
+
+
+def test_same_object_on_white_grey_and_black_normalises_to_nearly_the_same_image():
+    images = on_backgrounds(organism())
+    out = {name: preprocess(image, NORMALISE) for name, image in images.items()}
+    reference = out["white"].pixels.astype(int)
+    assert reference.max() == 255 and reference[0, 0, 0] == 0
+    for name in ("black", "grey-noisy"):
+        difference = np.abs(out[name].pixels.astype(int) - reference)
+        # Measured: mean 0.1 / 0.9 grey levels, largest 1 / 11 (noise at the object's edge).
+        assert difference.mean() < 2.5, name
+        assert difference.max() < 40, name
+        assert out[name].object_area == pytest.approx(out["white"].object_area, rel=0.02)
+    # Without the normalisation the grey background stays grey: far apart (measured mean 103).
+    plain = {name: preprocess(image, PreprocessParams(size=32)) for name, image in images.items()}
+    assert np.abs(plain["grey-noisy"].pixels.astype(int) - plain["white"].pixels.astype(int)).mean() > 50
+
+
+def test_normalisation_keeps_the_objects_relative_brightness_and_undoes_halved_contrast():
+    u = np.zeros((60, 60))
+    u[10:30, 10:50] = 200  # a bright part
+    u[30:50, 10:50] = 100  # a part half as bright
+    full = preprocess(
+        Image.fromarray(u.astype(np.uint8), "L"), PreprocessParams(size=60, background="normalise")
+    )
+    half = preprocess(
+        Image.fromarray((u / 2).astype(np.uint8), "L"), PreprocessParams(size=60, background="normalise")
+    )
+    pixels = full.pixels[0].astype(int)
+    assert pixels[20, 30] == 255 and abs(pixels[40, 30] - 128) <= 1  # 200 -> 255, 100 -> half of it
+    assert np.abs(half.pixels.astype(int) - full.pixels.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize(("background", "ink", "inverted"), [(131, 40, True), (124, 215, False)])
+def test_polarity_follows_the_object_on_a_mid_grey_background(background, ink, inverted):
+    # Backgrounds on either side of 127.5: the plain rule would invert the first and keep the second
+    # whatever the object; the normalisation reads polarity from the object.
+    rng = np.random.default_rng(1)
+    array = np.clip(background + rng.normal(0, 8, (40, 40)), 0, 255)
+    array[12:28, 12:28] = ink
+    prepared = preprocess(
+        Image.fromarray(array.astype(np.uint8), "L"), PreprocessParams(size=40, background="normalise")
+    )
+    assert prepared.inverted is inverted
+    pixels = prepared.pixels[0]
+    assert pixels[20, 20] == 255  # the object is bright
+    assert np.median(pixels[:8]) == 0  # the background is dark
+
+
+def test_polarity_is_still_right_on_white_and_black():
+    dark_on_white = preprocess(blob(20, 20, background=250, value=30, box=(7, 7, 13, 13)), NORMALISE)
+    bright_on_dark = preprocess(blob(20, 20, background=10, value=220, box=(7, 7, 13, 13)), NORMALISE)
+    assert dark_on_white.inverted and not bright_on_dark.inverted
+    for prepared in (dark_on_white, bright_on_dark):
+        assert prepared.pixels[0, 0, 0] == 0 and prepared.pixels[0, 16, 16] == 255
+
+
+def test_polarity_falls_back_to_the_level_where_the_object_fills_the_border(shared_datasets):
+    # A real NDSB crop whose dark object fills 65 % of the frame and much of the border: the border
+    # spread (126) leaves nothing beyond the noise band, and the white level must decide.
+    with zipfile.ZipFile(shared_datasets / "ndsb.zip") as archive:
+        image = decode(archive.read("ndsb/tunicate_partial/160426.jpg"))
+    assert preprocess(image, NORMALISE).inverted
+    assert preprocess(image, PreprocessParams(size=32)).inverted
+
+
+@pytest.mark.parametrize("level", [0, 128, 255])
+@pytest.mark.parametrize("noise", [0.0, 6.0])
+def test_blank_image_does_not_divide_by_zero(level, noise):
+    rng = np.random.default_rng(2)
+    array = np.clip(level + rng.normal(0, noise, (30, 40)), 0, 255).astype(np.uint8)
+    with np.errstate(all="raise"):
+        prepared = preprocess(Image.fromarray(array, "L"), NORMALISE)
+    assert prepared.pixels.dtype == np.uint8
+    # Flat: nothing at all; noisy (clipped at 0 or 255 included): only the rare noise pixel beyond
+    # 3 spreads survives, as isolated specks (measured mean <= 1.4), not a frame of amplified noise.
+    if noise == 0:
+        assert prepared.pixels.max() == 0
+    assert prepared.pixels.mean() < 3.0
+    assert (prepared.pixels > 0).mean() < 0.1
+
+
+def test_a_bright_marker_in_a_corner_does_not_set_the_objects_contrast():
+    plain = blob(60, 60, background=0, value=150, box=(15, 15, 45, 45))
+    marked = np.asarray(plain).copy()
+    marked[3:9, 50:56] = 255  # a scale marker, brighter than the organism
+    params = PreprocessParams(size=60, background="normalise")
+    with_marker = preprocess(Image.fromarray(marked, "L"), params).pixels[0]
+    assert preprocess(plain, params).pixels[0, 30, 30] == with_marker[30, 30] == 255
+    assert with_marker[5, 52] == 255  # the marker itself stays (clipped)
+
+
+def test_gain_is_capped_on_a_faint_object():
+    faint = blob(20, 20, background=0, value=10, box=(7, 7, 13, 13))  # 10 levels above the background
+    prepared = preprocess(faint, PreprocessParams(size=20, background="normalise"))
+    assert prepared.pixels[0, 10, 10] == 80  # 10 × MAX_GAIN 8, not 255
+
+
+def test_rgb_background_is_removed_per_channel():
+    array = np.zeros((10, 30, 3), np.uint8)
+    array[:] = (5, 30, 60)
+    array[3:7, 10:20] = (200, 200, 200)
+    prepared = preprocess(
+        Image.fromarray(array, "RGB"), PreprocessParams(size=15, channels=3, background="normalise")
+    )
+    assert tuple(prepared.pixels[:, 0, 0]) == (0, 0, 0)
+    centre = prepared.pixels[:, 7, 7].astype(int)
+    assert centre.max() == 255 and centre[0] > centre[2]  # 195 / 170 / 140 above each background
+
+
+def test_background_option_is_validated_and_recorded():
+    with pytest.raises(ValueError, match="background must be"):
+        PreprocessParams(background="white")
+    with pytest.raises(ValueError, match="needs polarity"):
+        PreprocessParams(background="normalise", normalise_polarity=False)
+    assert default_background(True) == "normalise" and default_background(False) == "none"
+    # Records made before the option existed lack it and must read back as "none".
+    assert "background" not in params_record(PreprocessParams())
+    record = params_record(NORMALISE)
+    assert record["background"] == "normalise" and PreprocessParams(**record) == NORMALISE
+    assert (
+        describe(NORMALISE) == "32×32 fit, 1 channel(s), dark background, background and contrast normalised"
     )

@@ -326,7 +326,9 @@ def test_two_processes_write_what_one_writes(model, image_folder, tmp_path):
     assert merge_parts(out, num_processes=2, classes=deployed.classes, volumes=volumes) == (48, 2)
     one, two = read_csv(single.predictions), read_csv(out)
     pd.testing.assert_frame_equal(one.drop(columns=["p1", "p2", "p3"]), two.drop(columns=["p1", "p2", "p3"]))
-    np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=2e-6)
+    # float32 convolutions depend on the batch's shape (the CPU library picks kernels per shape), and
+    # the shards run batches of 7: probabilities agree to 1e-3 (1.8e-4 seen on normalised images).
+    np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=1e-3)
     pd.testing.assert_frame_equal(read_csv(single.counts), read_csv(out.with_name("counts.csv")))
     pd.testing.assert_frame_equal(read_csv(single.skipped), read_csv(out.with_name("skipped.csv")))
     assert sorted(p.name for p in out.parent.iterdir()) == [

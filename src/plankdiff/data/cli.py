@@ -12,6 +12,7 @@ from rich.table import Table
 from plankdiff.data.info import contact_sheet, summarise
 from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
 from plankdiff.data.prepare import PreparedDataset, prepare
+from plankdiff.data.preprocess import Background
 from plankdiff.data.sources import SourceError
 from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
 
@@ -33,6 +34,12 @@ def prepare_command(
     labels: Path = typer.Option(
         None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name)"
     ),
+    background: Background | None = typer.Option(
+        None,
+        "--background",
+        help="normalise (default with --polarity): subtract the border's background level, drop its "
+        "noise, scale the object's contrast; none: as before",
+    ),
 ) -> None:
     """Decode every image once into a memory-mappable array, with metadata and a skip report."""
     try:
@@ -45,6 +52,7 @@ def prepare_command(
             normalise_polarity=polarity,
             workers=workers or None,
             labels_csv=labels,
+            background=background,
         )
     except ValueError as error:  # SourceError, or a bad --size / --channels / --mode
         console.print(f"[red]error:[/red] {error}")

@@ -21,7 +21,6 @@ import shutil
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,12 @@ from plankdiff import __version__
 from plankdiff.data.ifcb import open_collection
 from plankdiff.data.preprocess import (
     MAX_PIXELS,
+    Background,
     ImageRejected,
     PreprocessParams,
+    default_background,
     keep_scale_factor,
+    params_record,
     preprocess,
 )
 from plankdiff.data.sources import Collection, SourceError
@@ -167,14 +169,22 @@ def prepare(
     out_dir: Path | None = None,
     show_progress: bool = True,
     labels_csv: Path | str | None = None,
+    background: Background | None = None,
 ) -> PreparedDataset:
-    """Decode and preprocess `source` once; reuse the result when nothing it depends on changed."""
+    """Decode and preprocess `source` once; reuse the result when nothing it depends on changed.
+
+    `background` None: normalised where polarity is normalised (`default_background`)."""
     collection = open_collection(source, labels_csv)
     factor = 1.0
     if mode == "keep-scale":
         factor = keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
     params = PreprocessParams(
-        size=size, mode=mode, channels=channels, normalise_polarity=normalise_polarity, scale_factor=factor
+        size=size,
+        mode=mode,
+        channels=channels,
+        normalise_polarity=normalise_polarity,
+        scale_factor=factor,
+        background=background or default_background(normalise_polarity),
     )
     config = {
         "format_version": FORMAT_VERSION,
@@ -182,7 +192,7 @@ def prepare(
         "source": str(Path(source).resolve()),
         "source_hash": source_hash(collection),
         "n_listed": len(collection),
-        "preprocess": asdict(params),
+        "preprocess": params_record(params),
         "keep_scale_quantile": keep_scale_quantile if mode == "keep-scale" else None,
     }
     key = sha256_json({k: v for k, v in config.items() if k != "source"})

@@ -3,7 +3,12 @@
 Plankton crops are one object on a flat background, in any orientation, and the object's
 size in pixels means something (ISIIS and SPC images are taken at a fixed magnification).
 So preprocessing (1) decodes any common mode to 8-bit, (2) makes the background dark and the
-object bright whatever the instrument, (3) pads to a square with the background value, and
+object bright whatever the instrument, (2b) optionally (`background="normalise"`, the default of
+new preparations) removes what the instrument and its processing add to the background: the
+border's median level is subtracted, pixels within a few robust spreads of it (sensor noise,
+JPEG ringing) become background, and the object is scaled so that a high percentile of its
+pixels lands on 255, so a white, grey or noisy background gives the same dark background and the
+object keeps its relative brightness, (3) pads to a square with the background value, and
 (4) either fits the square to S×S (`fit`) or keeps native pixel size on an S×S canvas,
 shrinking every image of the dataset by one common factor (`keep-scale`), so relative size
 survives.
@@ -12,11 +17,12 @@ survives.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
@@ -25,6 +31,26 @@ MAX_SIDE = 10_000
 # (plankton crops are far smaller; a 10,000² PNG of a few KB would otherwise take GBs).
 MAX_PIXELS = 16_000_000
 SizeMode = Literal["fit", "keep-scale"]
+Background = Literal["none", "normalise"]
+# What new preparations use (`prepare`, `data prepare --background`), through `default_background`.
+# `PreprocessParams` itself defaults to "none" because that is what a record written before the
+# field existed means: an old prepare.json or classifier card read back must keep preprocessing
+# exactly as it was trained.
+DEFAULT_BACKGROUND: Background = "normalise"
+# Background normalisation constants (see `normalise_background`).
+# Pixels within NOISE_SPREADS robust standard deviations of the border median are background: 3
+# keeps 99.9 % of Gaussian noise pixels out of the object (one-sided) while a faint object part
+# a few noise levels above the background survives.
+NOISE_SPREADS = 3.0
+# On a flat border (spread 0) this many grey levels above it are still background: JPEG ringing
+# and the last bit of a resampled edge, not object.
+MIN_OBJECT_STEP = 4.0
+# The object's brightness reference: a high percentile of its pixels rather than the maximum, so
+# a few hot pixels or a small marker do not set the scale.
+OBJECT_PERCENTILE = 99.0
+# At most this gain: a nearly blank image (an empty frame, a faint speck) is not blown up into
+# full-range noise. 8 still restores an object whose contrast was cut to an eighth.
+MAX_GAIN = 8.0
 
 
 class ImageRejected(ValueError):
@@ -40,6 +66,8 @@ class PreprocessParams:
     # keep-scale: every image is multiplied by this one factor (<= 1) before pasting;
     # objects still larger than the canvas are shrunk to fit and flagged.
     scale_factor: float = 1.0
+    # "none" here, not DEFAULT_BACKGROUND: see the comment at DEFAULT_BACKGROUND.
+    background: Background = "none"
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 1024:
@@ -50,6 +78,29 @@ class PreprocessParams:
             raise ValueError(f"--mode {self.mode!r}: must be 'fit' or 'keep-scale'")
         if not 0 < self.scale_factor <= 1:
             raise ValueError(f"scale_factor {self.scale_factor}: must be in (0, 1]")
+        if self.background not in ("none", "normalise"):
+            raise ValueError(f"background must be 'none' or 'normalise', got {self.background!r}")
+        if self.background == "normalise" and not self.normalise_polarity:
+            # The normalisation keeps what is brighter than the background: it needs a dark background.
+            raise ValueError("background normalisation needs polarity normalisation (drop --no-polarity)")
+
+
+def default_background(normalise_polarity: bool) -> Background:
+    """The background setting of a new preparation that did not choose one: normalised, except
+    where polarity is kept as recorded (the normalisation needs a dark background, and a
+    no-polarity ablation should change one thing only)."""
+    return DEFAULT_BACKGROUND if normalise_polarity else "none"
+
+
+def params_record(params: PreprocessParams) -> dict:
+    """The parameters as stored in prepare.json (and so in the preparation's key and a classifier's
+    card). `background="none"` is left out, as records made before the field existed lack it: those
+    preparations keep their key, and reading any record back with `PreprocessParams(**record)` gives
+    the preprocessing it was made with."""
+    record = asdict(params)
+    if params.background == "none":
+        del record["background"]
+    return record
 
 
 @dataclass
@@ -117,6 +168,70 @@ def border_values(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
+def border_level(gray: np.ndarray) -> tuple[float, float]:
+    """The background read from the image border: median and robust spread (a Gaussian σ), both
+    unmoved by an object touching up to half of the border (median, 1.4826 × MAD).
+
+    Where the background sits on 0 or 255 its noise is clipped on one side, and the MAD (then mostly
+    zeros) misses it: where a quarter of the border is at the clip value, the spread is read from the
+    other side (the 75th percentile's distance from the median, / 0.6745)."""
+    border = border_values(gray).astype(np.float64)
+    level = float(np.median(border))
+    spread = 1.4826 * float(np.median(np.abs(border - level)))
+    if np.mean(border <= 0) >= 0.25:
+        spread = max(spread, float(np.percentile(border, 75) - level) / 0.6745)
+    elif np.mean(border >= 255) >= 0.25:
+        spread = max(spread, float(level - np.percentile(border, 25)) / 0.6745)
+    return level, spread
+
+
+def object_step(spread: float) -> float:
+    """How far above the background level a pixel must be to count as object."""
+    return max(NOISE_SPREADS * spread, MIN_OBJECT_STEP)
+
+
+def object_is_darker(gray: np.ndarray, level: float, spread: float) -> bool:
+    """Polarity from the object, not from the background's absolute level: a mid-grey background
+    (an instrument's other processing) sits on both sides of any fixed threshold, but the object
+    still departs from it mostly one way. Compares the summed departures below and above the
+    background beyond the noise band. Where nothing departs beyond it (a blank frame, or an object
+    covering so much of the border that the spread is huge), the background's level decides, as
+    without normalisation (found on an NDSB tunicate_partial crop filling 65 % of its frame)."""
+    step = object_step(spread)
+    departure = gray.astype(np.float64) - level
+    below = np.clip(-departure - step, 0, None).sum()
+    above = np.clip(departure - step, 0, None).sum()
+    if below == above:
+        return level > 127.5
+    return bool(below > above)
+
+
+def normalise_background(array: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, C] with a dark background (after polarity) -> the same with background 0 and a
+    high object percentile at 255: subtract each channel's border median, set what lies within the
+    noise band of the background to 0, scale by 255 / the object's `OBJECT_PERCENTILE` percentile
+    (gain at most `MAX_GAIN`). A blank image (no pixel beyond the noise band) becomes all zeros."""
+    gray = array.mean(axis=2)
+    level, spread = border_level(gray)
+    above = gray - level
+    is_object = above > object_step(spread)
+    if not is_object.any():
+        return np.zeros_like(array)
+    # The brightness reference is the largest connected part of the object: a scale marker or a
+    # speck elsewhere in the frame must not set the contrast of the organism.
+    parts, count = ndimage.label(is_object, structure=np.ones((3, 3)))
+    largest = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:])) if count > 1 else is_object
+    # > object_step >= MIN_OBJECT_STEP > 0, so the division is safe.
+    peak = float(np.percentile(above[largest], OBJECT_PERCENTILE))
+    gain = min(255.0 / peak, MAX_GAIN)
+    channel_levels = np.median(
+        np.stack([border_values(array[:, :, c]) for c in range(array.shape[2])], axis=1), axis=0
+    )
+    scaled = (array.astype(np.float32) - channel_levels.astype(np.float32)) * gain
+    scaled[~is_object] = 0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def preprocess(
     image: Image.Image, params: PreprocessParams, orig_size: tuple[int, int] | None = None
 ) -> Prepared:
@@ -129,11 +244,18 @@ def preprocess(
         array = array[:, :, None]
     gray = array.mean(axis=2)
     background = float(np.median(border_values(gray)))
-    inverted = params.normalise_polarity and background > 127.5
+    if params.background == "normalise":
+        inverted = params.normalise_polarity and object_is_darker(gray, *border_level(gray))
+    else:
+        inverted = params.normalise_polarity and background > 127.5
     if inverted:
         array = 255 - array
         gray = 255.0 - gray
         background = 255.0 - background
+    if params.background == "normalise":
+        # Before the object area is measured, so that noise on a grey background is not counted.
+        array = normalise_background(array)
+        gray, background = array.mean(axis=2), 0.0
     foreground = np.abs(gray - background) > 24
     object_area = float(foreground.sum()) * (orig_w * orig_h) / (width * height)
     fill = tuple(int(np.median(border_values(array[:, :, c]))) for c in range(array.shape[2]))
@@ -182,16 +304,24 @@ def log_size_features(width: np.ndarray, height: np.ndarray, area: np.ndarray) -
 def describe(params: PreprocessParams) -> str:
     extra = f", common factor {params.scale_factor:.4g}" if params.mode == "keep-scale" else ""
     polarity = "dark background" if params.normalise_polarity else "polarity as recorded"
+    if params.background == "normalise":
+        polarity += ", background and contrast normalised"
     return f"{params.size}×{params.size} {params.mode}, {params.channels} channel(s), {polarity}{extra}"
 
 
 __all__ = [
+    "DEFAULT_BACKGROUND",
+    "Background",
     "ImageRejected",
     "PreprocessParams",
     "Prepared",
+    "border_level",
     "decode",
+    "default_background",
+    "normalise_background",
     "preprocess",
     "keep_scale_factor",
     "log_size_features",
+    "params_record",
     "describe",
 ]

@@ -23,6 +23,8 @@ class DatasetSpec(Strict):
     mode: Literal["fit", "keep-scale"] = "fit"
     channels: int = 1
     polarity: bool = True
+    # Background and contrast normalisation after polarity; None: on where polarity is normalised.
+    background: Literal["none", "normalise"] | None = None
 
 
 class PretrainSpec(Strict):

@@ -27,6 +27,7 @@ from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, 
 from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.lineage import readouts
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
+from plankdiff.data.preprocess import default_background
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import load_backbone
@@ -115,7 +116,11 @@ class Study:
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
             # The source's content is part of the key: a changed zip or folder is prepared again.
-            inputs = spec.model_dump() | {"name": name, "source_hash": source_fingerprint(source)}
+            inputs = spec.model_dump() | {
+                "name": name,
+                "source_hash": source_fingerprint(source),
+                "background": spec.background or default_background(spec.polarity),
+            }
             done = self.stage(
                 f"prepare/{name}", inputs, lambda s=spec, src=source, n=name: self._prepare_one(n, s, src)
             )
@@ -134,6 +139,7 @@ class Study:
             mode=spec.mode,
             channels=spec.channels,
             normalise_polarity=spec.polarity,
+            background=spec.background,
         )
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}
 

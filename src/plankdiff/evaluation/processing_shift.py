@@ -1,0 +1,348 @@
+"""A processing-shift benchmark: the same test organisms as another instrument's processing chain
+would publish them, built from the raw files (not from prepared arrays, which have already been
+through polarity and background normalisation).
+
+Each shift is a named, seeded, typed transform of one decoded PIL image:
+
+| name | what it does |
+|---|---|
+| `grey-background` | background raised (or lowered) to mid-grey by a linear map that keeps the far extreme, plus Gaussian sensor noise |
+| `inverted` | polarity inverted (dark-field ↔ shadowgraph) |
+| `jpeg` | re-encoded as JPEG at a quality drawn from 50–75 |
+| `rescaled` | downscaled (default to half) then upscaled back to its size: a resized thumbnail |
+| `corner-disc` | a small disc in one corner (drawn), in the object's ink: bright after polarity normalisation, like a scale marker |
+| `half-contrast` | the contrast around the background level halved |
+
+`build_shift_zips` writes one zip per shift in the layout of the shared zips
+(`<name>-<shift>/<class>/<file>.png` and `manifest.csv` with the original sizes), so `prepare` reads
+it as it reads the clean one; images are stored as PNG, so a shift adds nothing of its own but the
+transform (the `jpeg` shift's loss is in the pixels it returns). Each image's random draws come from
+(seed, its path), so a shift is the same whatever order or subset it is built in.
+
+Scoring: `shifted_sets` turns the feature stores of the prepared shift zips into `probe.run.Shifted`
+test sets labelled with the clean split's classes; `probe_features(clean_store, clean_split,
+shifted=...)` applies the probe selected on clean validation to each; `processing_shift_table` gives
+accuracy and macro-F1 per shift and the drop from the clean test.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import ClassVar, Literal, get_args
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.preprocess import border_values, decode
+from plankdiff.data.sources import MANIFEST_NAME, Collection
+from plankdiff.data.splits import Split
+from plankdiff.features.store import FeatureStore
+from plankdiff.probe.run import ProbeResult, Shifted
+
+ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
+SHIFT_NAMES: tuple[str, ...] = get_args(ShiftName)
+SPLIT_NAME = "processing-shift"
+# The issue's goal: no single shift may cost more than this many points of accuracy.
+GOAL_MAX_DROP = 0.10
+
+
+def _level(array: np.ndarray) -> float:
+    """The background level: the median of the border over all channels."""
+    return float(np.median(border_values(array.mean(axis=2))))
+
+
+def _ink(level: float) -> int:
+    """The extreme farthest from the background: the object's side (0 on white, 255 on black)."""
+    return 0 if level > 127.5 else 255
+
+
+def _as_array(image: Image.Image) -> np.ndarray:
+    array = np.asarray(image, dtype=np.float64)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def _to_image(array: np.ndarray, mode: str) -> Image.Image:
+    pixels = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transform:
+    """One shift: `__call__(image, rng)` takes a decoded 8-bit 'L' or 'RGB' image, returns the same mode."""
+
+    name: ClassVar[str]
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class GreyBackground(Transform):
+    """Background moved to `level` by a linear map that keeps the far extreme (black stays black on
+    a white-background image), so the object keeps its order of brightness at reduced contrast;
+    then Gaussian noise of `noise_std` grey levels on every pixel."""
+
+    name: ClassVar[str] = "grey-background"
+    level: float = 128.0
+    noise_std: float = 12.0
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        array = _as_array(image)
+        background = _level(array)
+        far = float(_ink(background))
+        if abs(background - far) < 1:  # a blank image at the far extreme: nothing to anchor on
+            mapped = np.full_like(array, self.level)
+        else:
+            mapped = far + (array - far) * (self.level - far) / (background - far)
+        return _to_image(mapped + rng.normal(0.0, self.noise_std, array.shape), image.mode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvertedPolarity(Transform):
+    name: ClassVar[str] = "inverted"
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        return _to_image(255.0 - _as_array(image), image.mode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JpegRecompression(Transform):
+    """JPEG at a quality drawn uniformly from [quality_low, quality_high] for each image."""
+
+    name: ClassVar[str] = "jpeg"
+    quality_low: int = 50
+    quality_high: int = 75
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality_low <= self.quality_high <= 95:
+            raise ValueError(f"JPEG qualities must satisfy 1 <= low <= high <= 95, got {self}")
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        quality = int(rng.integers(self.quality_low, self.quality_high + 1))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rescaled(Transform):
+    """Down to `factor` of the size (area averaging, as thumbnailers do), back up bilinearly."""
+
+    name: ClassVar[str] = "rescaled"
+    factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor < 1:
+            raise ValueError(f"rescale factor must be in (0, 1), got {self.factor}")
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        width, height = image.size
+        small = (max(1, round(width * self.factor)), max(1, round(height * self.factor)))
+        down = image.resize(small, Image.Resampling.BOX)
+        return down.resize((width, height), Image.Resampling.BILINEAR)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CornerDisc(Transform):
+    """A filled disc of radius `radius_fraction` of the shorter side (at least 2 px), inset from a
+    corner drawn at random by half its radius, in the object's ink (`_ink`): a scale marker, bright
+    once polarity is normalised. It stays off the border rows, so it does not move the background
+    estimate; it is what a classifier must learn to ignore."""
+
+    name: ClassVar[str] = "corner-disc"
+    radius_fraction: float = 0.08
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        width, height = image.size
+        radius = max(2, round(min(width, height) * self.radius_fraction))
+        inset = 1 + radius // 2
+        right, bottom = bool(rng.integers(2)), bool(rng.integers(2))
+        cx = width - 1 - inset - radius if right else inset + radius
+        cy = height - 1 - inset - radius if bottom else inset + radius
+        ink = _ink(_level(_as_array(image)))
+        out = image.copy()
+        fill = ink if image.mode == "L" else (ink, ink, ink)
+        ImageDraw.Draw(out).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=fill)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class HalfContrast(Transform):
+    """Every pixel's distance from the background level multiplied by `factor`."""
+
+    name: ClassVar[str] = "half-contrast"
+    factor: float = 0.5
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        array = _as_array(image)
+        level = _level(array)
+        return _to_image(level + (array - level) * self.factor, image.mode)
+
+
+DEFAULT_SHIFTS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        GreyBackground(),
+        InvertedPolarity(),
+        JpegRecompression(),
+        Rescaled(),
+        CornerDisc(),
+        HalfContrast(),
+    )
+}
+assert tuple(DEFAULT_SHIFTS) == SHIFT_NAMES, "ShiftName and DEFAULT_SHIFTS list the shifts in one order"
+
+
+def image_rng(seed: int, shift: str, path: str) -> np.random.Generator:
+    """The draws of one image under one shift: from (seed, shift, path), never from the order."""
+    return np.random.default_rng([seed, zlib.crc32(shift.encode()), zlib.crc32(path.encode())])
+
+
+def apply_shift(transform: Transform, image: Image.Image, *, seed: int, path: str) -> Image.Image:
+    return transform(image, image_rng(seed, transform.name, path))
+
+
+def build_shift_zips(
+    source: Path | str,
+    *,
+    out_dir: Path | str,
+    paths: Sequence[str] | None = None,
+    shifts: Mapping[str, Transform] | Sequence[ShiftName] = SHIFT_NAMES,
+    seed: int = 0,
+    name: str | None = None,
+) -> dict[str, Path]:
+    """One zip per shift, `<out_dir>/<name>-<shift>.zip`, of the raw images `paths` of `source` (a
+    zip or folder in the shared layout; default every image; for the benchmark, the clean test
+    split's, see `split_test_paths`). Returns {shift: zip path}. Unreadable images are left out (prepare
+    lists them for the clean set). An existing zip is rewritten."""
+    if not isinstance(shifts, Mapping):
+        unknown = sorted(set(shifts) - set(SHIFT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown shift(s) {unknown}; known: {', '.join(SHIFT_NAMES)}")
+        shifts = {s: DEFAULT_SHIFTS[s] for s in shifts}
+    collection = Collection(source)
+    name = name or Path(source).stem
+    items = {item.path: item for item in collection.items}
+    wanted = list(items) if paths is None else list(paths)
+    missing = [p for p in wanted if p not in items]
+    if missing:
+        raise ValueError(f"{source}: {len(missing)} requested image(s) not in it, e.g. {missing[0]!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for path in wanted:
+        try:
+            images[path] = decode(collection.read_bytes(path))
+        except ValueError:  # ImageRejected: prepare reports these for the clean set
+            continue
+    written = {}
+    for shift, transform in shifts.items():
+        top = f"{name}-{shift}"
+        target = out_dir / f"{top}.zip"
+        manifest = io.StringIO()
+        fields = ["path", "label", "orig_width", "orig_height", "downscaled", "source_path"]
+        writer = csv.DictWriter(manifest, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        with zipfile.ZipFile(target.with_suffix(".tmp"), "w", zipfile.ZIP_STORED) as archive:
+            for path, image in images.items():
+                item = items[path]
+                shifted = apply_shift(transform, image, seed=seed, path=path)
+                member = str(PurePosixPath(path).with_suffix(".png"))
+                buffer = io.BytesIO()
+                shifted.save(buffer, format="PNG")
+                archive.writestr(f"{top}/{member}", buffer.getvalue())
+                writer.writerow(
+                    {
+                        "path": member,
+                        "label": item.label,
+                        # The original size travels, so size features and keep-scale see the
+                        # organism's size, not the packager's.
+                        "orig_width": item.orig_width or image.size[0],
+                        "orig_height": item.orig_height or image.size[1],
+                        "downscaled": int(bool(item.orig_width) and item.orig_width != image.size[0]),
+                        "source_path": path,
+                    }
+                )
+            archive.writestr(f"{top}/{MANIFEST_NAME}", manifest.getvalue())
+        target.with_suffix(".tmp").replace(target)
+        written[shift] = target
+    return written
+
+
+def split_test_paths(dataset: PreparedDataset, split: Split) -> list[str]:
+    """The source paths of a split's test rows: what `build_shift_zips` should shift."""
+    return dataset.meta["path"].iloc[split.indices("test")].tolist()
+
+
+def shift_split(shifted: PreparedDataset, clean_split: Split) -> Split:
+    """Every image of a prepared shift zip as test, labelled with the clean split's class list
+    (images of classes outside it are left out), named `processing-shift`."""
+    lookup = {c: i for i, c in enumerate(clean_split.classes)}
+    targets = shifted.meta["label"].map(lookup).fillna(-1).to_numpy(np.int64)
+    empty = np.array([], dtype=np.int64)
+    rows = {"train": empty, "val": empty, "test": np.flatnonzero(targets >= 0)}
+    return Split(name=SPLIT_NAME, rows=rows, targets=targets, classes=list(clean_split.classes))
+
+
+def shifted_sets(stores: Mapping[str, FeatureStore], clean_split: Split) -> list[Shifted]:
+    """`Shifted` test sets for `probe_features`, from {shift: feature store of its prepared zip}."""
+    sets = []
+    for shift, store in stores.items():
+        dataset = PreparedDataset.open(store.info["dataset"])
+        sets.append(Shifted(name=shift, store=store, split=shift_split(dataset, clean_split)))
+    return sets
+
+
+def processing_shift_table(result: ProbeResult, shifts: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row for the clean test and one per shift: accuracy, macro-F1, their drops from the clean
+    test (fractions; positive = worse) and whether the drop meets the goal (<= 10 points)."""
+    names = list(result.shifted) if shifts is None else list(shifts)
+    missing = [s for s in names if s not in result.shifted]
+    if missing:
+        raise ValueError(f"the probe result was not scored on shift(s) {missing}")
+    clean = result.test
+    rows = [{"set": "clean", **_scores(clean)}]
+    for shift in names:
+        rows.append({"set": shift, **_scores(result.shifted[shift])})
+    table = pd.DataFrame(rows)
+    table["accuracy_drop"] = clean["accuracy"] - table["accuracy"]
+    table["macro_f1_drop"] = clean["macro_f1"] - table["macro_f1"]
+    table["meets_goal"] = table["accuracy_drop"] <= GOAL_MAX_DROP
+    return table
+
+
+def _scores(metrics: Mapping) -> dict:
+    return {
+        "n": int(metrics["n"]),
+        "accuracy": float(metrics["accuracy"]),
+        "macro_f1": float(metrics["macro_f1"]),
+    }
+
+
+__all__ = [
+    "DEFAULT_SHIFTS",
+    "GOAL_MAX_DROP",
+    "SHIFT_NAMES",
+    "CornerDisc",
+    "GreyBackground",
+    "HalfContrast",
+    "InvertedPolarity",
+    "JpegRecompression",
+    "Rescaled",
+    "ShiftName",
+    "Transform",
+    "apply_shift",
+    "build_shift_zips",
+    "processing_shift_table",
+    "shift_split",
+    "shifted_sets",
+    "split_test_paths",
+]
