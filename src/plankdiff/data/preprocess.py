@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from plankdiff.choices import SizeMode
+
 MIN_SIDE = 2
 MAX_SIDE = 10_000
-SizeMode = Literal["fit", "keep-scale"]
 
 
 class ImageRejected(ValueError):

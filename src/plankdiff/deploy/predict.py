@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path, PurePosixPath
+from typing import get_args
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from PIL import Image
 
+from plankdiff.choices import SampleBy
 from plankdiff.data.ifcb import IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
 from plankdiff.data.preprocess import ImageRejected, decode, preprocess
 from plankdiff.data.sources import IMAGE_SUFFIXES, MANIFEST_NAME, Collection, SourceError
@@ -53,7 +55,7 @@ from plankdiff.deploy.export import DeployedClassifier, image_seed
 from plankdiff.progress import progress_bar
 
 TOP_K = 3
-SAMPLE_BY = ("input", "day")
+SAMPLE_BY: tuple[str, ...] = get_args(SampleBy)
 UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
@@ -197,7 +199,7 @@ def _tree_images(source: Path, readers: list) -> list[InputImage]:
 def list_inputs(
     inputs: Sequence[Path],
     *,
-    sample_by: str = "input",
+    sample_by: SampleBy = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
 ) -> tuple[list[InputImage], list]:
@@ -384,7 +386,7 @@ def predict(
     batch_size: int = 64,
     device: str | None = None,
     show_progress: bool = True,
-    sample_by: str = "input",
+    sample_by: SampleBy = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
 ) -> PredictionRun:

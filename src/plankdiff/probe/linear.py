@@ -29,18 +29,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from plankdiff.choices import Loss
 from plankdiff.probe.metrics import macro_f1_rows
 from plankdiff.progress import progress_bar
 
-Loss = Literal["ce", "class-balanced", "logit-adjusted"]
-LOSSES: tuple[str, ...] = ("ce", "class-balanced", "logit-adjusted")
+LOSSES: tuple[str, ...] = get_args(Loss)
 # Defaults sized for 2 CPU cores: 6 probes per pair, 40 epochs of batch 512 (~1,700 steps at
 # N_train = 21k). They were first chosen on synthetic data (10 epochs, lr 3e-3/1e-2, wd 1e-4/0.5),
 # where they matched sklearn; on real NDSB diffusion features that setting under-fitted: best-pair

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from plankdiff.choices import Loss, Protocol
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
@@ -28,8 +29,6 @@ from plankdiff.probe.metrics import (
     save_metrics,
 )
 from plankdiff.provenance import git_sha, write_json
-
-Protocol = Literal["linear", "knn"]
 
 
 @dataclass
@@ -86,7 +85,7 @@ def probe_features(
     split: Split,
     *,
     protocol: Protocol = "linear",
-    loss: str = "ce",
+    loss: Loss = "ce",
     pairs: list[str] | None = None,
     with_size: bool = False,
     fuse_top: int = 0,
@@ -97,6 +96,8 @@ def probe_features(
     config: dict | None = None,
     probe_options: dict | None = None,
 ) -> ProbeResult:
+    if protocol not in get_args(Protocol):  # any other value used to run kNN under its own name
+        raise ValueError(f"protocol must be one of {', '.join(get_args(Protocol))}, not {protocol!r}")
     pairs = pairs or store.pairs
     positions = split_positions(store, split)
     order = np.concatenate([positions["train"], positions["val"], positions["test"]])
