@@ -3,7 +3,7 @@
 from plankdiff._lazy import lazy_exports
 
 _EXPORTS = {
-    "app": "render",
+    "app": "cli",
     "headline_table": "tables",
     "render_report": "render",
     "to_markdown": "tables",
