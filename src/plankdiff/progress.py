@@ -36,12 +36,12 @@ class Budget:
     clock: Callable[[], float] | None = None
     started: float = field(default_factory=time.perf_counter)
     done: int = 0
-    _rate_from: tuple[float, int] | None = None  # (time, steps) the step rate is measured from
+    _rate_from: tuple[float, int] | None = None  # (spent, steps) the step rate is measured from
 
     def advance(self, n: int) -> None:
         self.done += n
         if self._rate_from is None:  # the first call may jump to a resumed step: not a rate
-            self._rate_from = (time.perf_counter(), self.done)
+            self._rate_from = (self.spent(), self.done)
 
     @property
     def elapsed(self) -> float:
@@ -67,7 +67,7 @@ class Budget:
         by_steps = math.inf
         if self.total and self._rate_from is not None:
             since, steps = self._rate_from
-            rate = (self.done - steps) / max(time.perf_counter() - since, 1e-9)
+            rate = (self.done - steps) / max(self.spent() - since, 1e-9)
             if rate > 0:
                 by_steps = (self.total - self.done) / rate
         if by_time == by_steps == math.inf:

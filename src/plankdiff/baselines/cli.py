@@ -26,7 +26,7 @@ def train_command(
         None,
         "--max-minutes",
         min=0.0,
-        help="training-time budget in minutes, summed over resumes (give it, --max-steps or both)",
+        help="training-time budget in minutes, summed over resumes (default: none; give it, --max-steps or both)",
     ),
     split: str = typer.Option(
         "", "--split", help="train on this split's train rows (required for supervised; default: every image)"

@@ -119,7 +119,9 @@ def split_command(
     seed: int = typer.Option(0, "--seed", help="the split is named <kind>-s<seed>"),
     train_years: str = typer.Option("2018,2019", "--train-years", help="temporal: comma-separated years"),
     test_years: str = typer.Option("2020", "--test-years", help="temporal: comma-separated years"),
-    target: str = typer.Option("", "--target", help="cross-domain: the shifted dataset"),
+    target: str = typer.Option(
+        "", "--target", help="cross-domain: the shifted prepared dataset (required there; default: none)"
+    ),
     hold_out: float = typer.Option(
         0.0,
         "--hold-out",

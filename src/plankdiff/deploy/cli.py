@@ -40,7 +40,7 @@ def export_command(
         help="per-class precision the abstention aims for, a fraction",
     ),
     loss: Loss = typer.Option("ce", "--loss", help="linear probe loss (as `plankdiff probe --loss`)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the probe fit"),
 ) -> None:
     """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder.
 
@@ -97,10 +97,16 @@ def predict_command(
         help="what counts.csv counts per: input (folder, zip, IFCB bin) or day (UTC capture day in file names)",
     ),
     captured_from: datetime = typer.Option(
-        None, "--captured-from", formats=["%Y-%m-%d"], help="keep images captured on or after this day"
+        None,
+        "--captured-from",
+        formats=["%Y-%m-%d"],
+        help="keep images captured on or after this day (UTC, from file names; default: no limit)",
     ),
     captured_to: datetime = typer.Option(
-        None, "--captured-to", formats=["%Y-%m-%d"], help="keep images captured on or before this day"
+        None,
+        "--captured-to",
+        formats=["%Y-%m-%d"],
+        help="keep images captured on or before this day (UTC, from file names; default: no limit)",
     ),
     score: bool = switch(
         False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"

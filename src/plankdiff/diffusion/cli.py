@@ -108,7 +108,7 @@ def sample_command(
     run: Path = typer.Argument(..., help="diffusion run folder, or a diffusers UNet2DModel folder"),
     n: int = typer.Option(64, "--n", min=1, help="number of images"),
     steps: int = typer.Option(50, "--steps", min=1, max=1000, help="DDIM denoising steps (1–1000)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the sampling noise"),
     out: Path = typer.Option(None, "--out", help="PNG path (default: RUN/samples/final.png)"),
 ) -> None:
     """Draw a PNG grid of samples with the EMA denoiser.

@@ -34,7 +34,7 @@ def probe_command(
     shifted: list[str] = typer.Option(
         [], "--shifted", help="FEATURES:SPLIT of a shifted test set (repeatable; default: none)"
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the probe fits"),
 ) -> None:
     """Fit probes on every pair, select on validation, report the selected pair on test (once).
 
