@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
+import typer
 from PIL import Image
 from rich.console import Console
-import typer
 from typer.testing import CliRunner
 
 from plankdiff import __version__
@@ -273,7 +273,7 @@ def test_cli_defaults_kept_here_agree_with_the_library():
     from plankdiff.features import cli as features_cli
     from plankdiff.features import extract
 
-    assert features_cli.DEFAULT_TIMESTEPS == ",".join(map(str, extract.DEFAULT_TIMESTEPS))
+    assert ",".join(map(str, extract.DEFAULT_TIMESTEPS)) == features_cli.DEFAULT_TIMESTEPS
     assert deploy_cli.DEFAULT_TARGET_PRECISION == calibrate.DEFAULT_TARGET_PRECISION
 
 
