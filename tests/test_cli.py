@@ -6,15 +6,19 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
+import typer
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
+from plankdiff import __version__
 from plankdiff.cli import app
 from plankdiff.data.prepare import PreparedDataset
 
@@ -23,7 +27,15 @@ from plankdiff.data.prepare import PreparedDataset
 def run_cli(tmp_path, monkeypatch):
     """Invoke `plankdiff …` with a private cache and consoles wide enough not to wrap messages."""
     monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / "cache"))
-    for module in ("plankdiff.data.cli", "plankdiff.diffusion.cli"):
+    monkeypatch.setenv("COLUMNS", "400")  # typer's usage-error panels and help, unwrapped
+    for module in (
+        "plankdiff.data.cli",
+        "plankdiff.diffusion.cli",
+        "plankdiff.features.cli",
+        "plankdiff.probe.cli",
+        "plankdiff.deploy.cli",
+        "plankdiff.baselines.cli",
+    ):
         monkeypatch.setattr(importlib.import_module(module), "console", Console(width=400, color_system=None))
     runner = CliRunner()
 
@@ -145,7 +157,8 @@ def test_data_split_long_tailed_writes_the_csv(run_cli, ndsb_copy):
 def test_data_split_unknown_kind(run_cli, ndsb_copy):
     result = run_cli("data", "split", ndsb_copy.root, "--kind", "random")
     assert result.exit_code == 2
-    assert "unknown split kind 'random'" in result.text
+    assert "'random' is not one of 'long-tailed', 'balanced', 'temporal', 'cross-domain'" in result.text
+    assert not (ndsb_copy.root / "splits").exists()
 
 
 def test_diffusion_train_and_sample(run_cli, ndsb_copy, tmp_path):
@@ -155,6 +168,7 @@ def test_diffusion_train_and_sample(run_cli, ndsb_copy, tmp_path):
     result = run_cli(*args, "--split", "long-tailed-s0")
     assert result.exit_code == 0, result.output
     assert re.search(rf"tiny: \d+\.\d\dM parameters, 36 images → {re.escape(str(run))}", result.text)
+    assert re.search(r"device: cpu \(\d+ threads\)", result.text)
     assert "done (steps): step 2" in result.text
     assert (run / "checkpoints" / "latest").read_text() == "step_0000002"
     assert json.loads((run / "config.json").read_text())["training_rows"] == 36  # train rows only
@@ -182,3 +196,120 @@ def test_diffusion_sample_to_a_chosen_file(run_cli, tiny_run, tmp_path):
         assert grid.size == (68, 68)
         assert grid.mode == "L"
     assert not (tiny_run / "samples").exists()
+
+
+HEAVY = ("torch", "diffusers", "lightly", "sklearn", "matplotlib")
+
+
+def test_importing_the_cli_loads_no_heavy_library():
+    """`plankdiff --help` is instant because the verbs import the library inside the commands."""
+    code = f"import sys, plankdiff.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"plankdiff {__version__}"
+
+
+# every choice option, each with a typo: refused by the command line (exit 2) before anything runs
+TYPOS = [
+    (("data", "prepare", "src", "--name", "n", "--mode", "fitt"), "--mode"),
+    (("data", "split", "ds", "--kind", "longtailed"), "--kind"),
+    (("diffusion", "train", "ds", "--out", "o", "--preset", "tinny"), "--preset"),
+    (("features", "extract", "run", "ds", "--out", "o", "--pooling", "max"), "--pooling"),
+    (("features", "extract", "run", "ds", "--out", "o", "--precision", "fp16"), "--precision"),
+    (("features", "extract", "run", "ds", "--out", "o", "--device", "tpu"), "--device"),
+    (("features", "search", "run", "ds", "--split", "s", "--out", "o", "--precision", "bf32"), "--precision"),
+    (("probe", "store", "--split", "s", "--protocol", "svm"), "--protocol"),
+    (("probe", "store", "--split", "s", "--loss", "focal"), "--loss"),
+    (
+        ("export", "--backbone", "b", "--features", "f", "--split", "s", "--pair", "p", "--out", "o")
+        + ("--loss", "focal"),
+        "--loss",
+    ),
+    (("predict", "model", "in", "--out", "o", "--sample-by", "week"), "--sample-by"),
+    (("predict", "model", "in", "--out", "o", "--device", "tpu"), "--device"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), TYPOS, ids=[f"{a[0]}-{o}" for a, o in TYPOS])
+def test_a_typo_in_a_choice_is_refused(run_cli, args, option):
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.text
+    assert "Traceback" not in result.output
+
+
+def test_switches_take_no_value(run_cli):
+    result = run_cli("probe", "store", "--split", "s", "--with-size", "true")
+    assert result.exit_code == 2
+    assert "unexpected extra argument" in result.text
+    help_text = run_cli("predict", "--help").text
+    assert "--score" in help_text and not re.search(r"--score\s*<bool>", help_text)
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_option_shows_its_default_and_every_verb_an_example():
+    verbs = list(_commands(typer.main.get_command(app)))
+    assert len(verbs) >= 17
+    for path, command in verbs:
+        assert "Example: plankdiff " + " ".join(path) in (command.help or ""), path
+        for param in command.params:
+            if param.param_type_name != "option" or param.name == "help" or param.required:
+                continue
+            assert param.help, (path, param.name)
+            shown = param.show_default is not False and param.default not in (None, "", [])
+            said = "default" in param.help or "(0:" in param.help
+            assert shown or said or param.is_flag, (path, param.name, param.default)
+
+
+def test_help_shows_defaults_and_units(run_cli):
+    text = run_cli("diffusion", "train", "--help").text
+    assert "[default: cpu]" in text and "budget in minutes" in text
+    text = run_cli("features", "extract", "--help").text
+    assert "0–999" in text and "[default: 1,5,10,25,50,100,200,400,700]" in text
+    assert "pixels" in run_cli("data", "prepare", "--help").text
+    assert "a fraction" in run_cli("export", "--help").text
+
+
+def test_cli_defaults_kept_here_agree_with_the_library():
+    from plankdiff.deploy import calibrate
+    from plankdiff.deploy import cli as deploy_cli
+    from plankdiff.features import cli as features_cli
+    from plankdiff.features import extract
+
+    assert ",".join(map(str, extract.DEFAULT_TIMESTEPS)) == features_cli.DEFAULT_TIMESTEPS
+    assert deploy_cli.DEFAULT_TARGET_PRECISION == calibrate.DEFAULT_TARGET_PRECISION
+
+
+def test_a_split_without_its_seed_or_unknown_lists_the_splits(run_cli, ndsb_copy, tmp_path):
+    assert run_cli("data", "split", ndsb_copy.root, "--seed", "3").exit_code == 0
+    args = ("diffusion", "train", ndsb_copy.root, "--preset", "tiny", "--out", tmp_path / "r")
+    result = run_cli(*args, "--split", "long-tailed")
+    assert result.exit_code == 1
+    assert (
+        f"error: --split 'long-tailed': no such split on {ndsb_copy.name}; did you mean long-tailed-s3? "
+        "existing splits: long-tailed-s3" in result.text
+    )
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
+    unknown = run_cli(*args, "--split", "seasonal")
+    assert unknown.exit_code == 1
+    assert "no such split" in unknown.text and "existing splits: long-tailed-s3" in unknown.text
+    assert "did you mean" not in unknown.text
+    assert "Traceback" not in unknown.output
+
+
+def test_extract_timesteps_outside_the_schedule_are_refused(run_cli, tmp_path):
+    result = run_cli("features", "extract", tmp_path, "ds", "--out", tmp_path / "o", "--timesteps", "5,1000")
+    assert result.exit_code == 2
+    assert "give timesteps in 0–999" in result.text

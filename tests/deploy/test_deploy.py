@@ -474,9 +474,13 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
     assert "Bray–Curtis per sample" in result.output
 
 
-def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path):
-    result = run_cli("predict", model, image_folder, "--out", tmp_path, "--sample-by", "week")
-    assert result.exit_code == 2 and "--sample-by must be one of input, folder, day" in result.output
+def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # typer's usage-error panel, unwrapped
+    result = run_cli("predict", model, image_folder, "--out", tmp_path / "out", "--sample-by", "week")
+    assert result.exit_code == 2
+    assert "Invalid value for '--sample-by'" in result.output
+    assert "'week' is not one of 'input', 'folder', 'day'" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 # -- samples, tables, and hostile or interrupted runs ---------------------------------------------

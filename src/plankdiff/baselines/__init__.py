@@ -2,8 +2,17 @@
 and four self-supervised methods (SimCLR, BYOL, DINO, MAE), whose frozen features go through the
 same feature store and linear probe as the diffusion features. See `registry` for the method API."""
 
-from plankdiff.baselines.registry import METHODS, Method, get_method, load_methods, register
+from plankdiff._lazy import lazy_exports
 
-load_methods()
 
-__all__ = ["METHODS", "Method", "get_method", "load_methods", "register"]
+def _register_every_method() -> None:
+    # `METHODS` is filled as the method modules are imported; do it before handing it out, as the
+    # eager import of this package used to
+    from plankdiff.baselines.registry import load_methods
+
+    load_methods()
+
+
+_EXPORTS = dict.fromkeys(["METHODS", "Method", "get_method", "load_methods", "register"], "registry")
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, on_load=_register_every_method)

@@ -15,7 +15,6 @@ channel count; at 32 px, 4 px patches give an 8×8 token grid (65 tokens with th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.models.vision_transformer import VisionTransformer
 
-Pooling = Literal["avg", "avg2x2"]
+from plankdiff.choices import Pooling
 
 
 @dataclass(frozen=True)

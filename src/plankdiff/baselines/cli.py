@@ -8,9 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.baselines.registry import get_method, load_methods
-from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
-from plankdiff.data.prepare import PreparedDataset
+from plankdiff.cli_support import check_split, fail, open_dataset, say_device, switch
 from plankdiff.diffusion.cli import train_and_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -25,20 +23,36 @@ def train_command(
     data: str = typer.Argument(..., help="prepared dataset name or folder"),
     out: Path = typer.Option(..., "--out", help="run folder"),
     max_minutes: float = typer.Option(
-        None, "--max-minutes", help="training-time budget, summed over resumes"
+        None,
+        "--max-minutes",
+        min=0.0,
+        help="training-time budget in minutes, summed over resumes (default: none; give it, --max-steps or both)",
     ),
     split: str = typer.Option("", "--split", help="train on this split's train rows (or give --all-rows)"),
-    all_rows: bool = typer.Option(
+    all_rows: bool = switch(
         False, "--all-rows", help="self-supervised only: every image, test images included (transductive)"
     ),
-    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out"),
-    max_steps: int = typer.Option(None, "--max-steps"),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    width: int = typer.Option(None, "--width", help="ResNet base width or ViT width (default: the method's)"),
-    lr: float = typer.Option(None, "--lr", help="peak learning rate (default: the method's)"),
-    seed: int = typer.Option(None, "--seed"),
+    resume: bool = switch(False, "--resume", help="continue from the newest checkpoint in --out"),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="step cap (default: none)"),
+    batch_size: int = typer.Option(
+        None, "--batch-size", min=1, help="images per step (default: the method's)"
+    ),
+    width: int = typer.Option(
+        None, "--width", min=1, help="ResNet base width or ViT width, channels (default: the method's)"
+    ),
+    lr: float = typer.Option(None, "--lr", min=0.0, help="peak learning rate (default: the method's)"),
+    seed: int = typer.Option(None, "--seed", help="(default: the method's)"),
 ) -> None:
-    """Train a baseline on the same images as the DDPM, under a time budget."""
+    """Train a baseline on the same images as the DDPM, under a time budget.
+
+    Example: plankdiff baseline train simclr ndsb --max-minutes 20 --split long-tailed-s0 --out runs/simclr
+    """
+    from plankdiff.baselines.registry import get_method
+    from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
+
+    dataset = open_dataset(console, data)
+    if split:
+        check_split(console, dataset, split)
     try:
         get_method(method)
         config = BaselineConfig.for_method(
@@ -50,7 +64,6 @@ def train_command(
             lr=lr,
             seed=seed,
         )
-        dataset = PreparedDataset.open(data)
         trainer = BaselineTrainer(
             config=config,
             dataset=dataset,
@@ -59,9 +72,9 @@ def train_command(
             resume=resume,
         )
     except (KeyError, ValueError, FileNotFoundError) as error:  # ValueError covers invalid configs
-        console.print(f"[red]error:[/red] {error.args[0] if isinstance(error, KeyError) else error}")
-        raise typer.Exit(1) from None
+        fail(console, error.args[0] if isinstance(error, KeyError) else error)
     counts = trainer.method.parameter_counts()
+    say_device(console, trainer.device)
     console.print(
         f"{method}: {counts['backbone'] / 1e6:.2f}M backbone parameters ({counts['trainable'] / 1e6:.2f}M trained), "
         f"{len(trainer.images)} images → {out}"
@@ -71,7 +84,12 @@ def train_command(
 
 @app.command("list")
 def list_command() -> None:
-    """The methods, with their backbones and parameter counts at 32 px, 1 channel."""
+    """The methods, with their backbones and parameter counts at 32 px, 1 channel.
+
+    Example: plankdiff baseline list
+    """
+    from plankdiff.baselines.registry import load_methods
+
     table = Table(
         title=f"baselines at {LIST_SIZE} px, {LIST_CHANNELS} channel ({LIST_CLASSES} classes for a head)"
     )

@@ -293,7 +293,13 @@ class BaselineTrainer:
         try:
             with (
                 stop_signals() as stop_requested,
-                progress_bar(description, total=config.max_steps, enabled=self.show_progress) as advance,
+                progress_bar(
+                    description,
+                    total=config.max_steps,
+                    enabled=self.show_progress,
+                    budget_s=budget,
+                    clock=lambda: self.elapsed,
+                ) as advance,
             ):
                 advance(self.step)
                 while self.step < max_steps:

@@ -1,20 +1,19 @@
 """Data stage: read plankton collections, prepare them once, split them."""
 
-from plankdiff.data.mapping import cross_domain_splits, load_mapping
-from plankdiff.data.prepare import PreparedDataset, prepare
-from plankdiff.data.sources import Collection, SourceError, UnsafeArchiveError
-from plankdiff.data.splits import Split, balanced_split, long_tailed_split, temporal_split
+from plankdiff._lazy import lazy_exports
 
-__all__ = [
-    "Collection",
-    "PreparedDataset",
-    "SourceError",
-    "Split",
-    "UnsafeArchiveError",
-    "balanced_split",
-    "cross_domain_splits",
-    "load_mapping",
-    "long_tailed_split",
-    "prepare",
-    "temporal_split",
-]
+_EXPORTS = {
+    "Collection": "sources",
+    "PreparedDataset": "prepare",
+    "SourceError": "sources",
+    "Split": "splits",
+    "UnsafeArchiveError": "sources",
+    "balanced_split": "splits",
+    "cross_domain_splits": "mapping",
+    "load_mapping": "mapping",
+    "long_tailed_split": "splits",
+    "prepare": "prepare",
+    "temporal_split": "splits",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

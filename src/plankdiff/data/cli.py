@@ -9,12 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.data.info import contact_sheet, summarise
-from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
-from plankdiff.data.prepare import PreparedDataset, prepare
-from plankdiff.data.preprocess import Background
-from plankdiff.data.sources import SourceError
-from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
+from plankdiff.choices import Background, SizeMode, SplitKind
+from plankdiff.cli_support import fail, int_list, open_dataset, switch
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
@@ -26,22 +22,30 @@ def prepare_command(
     name: str = typer.Option(
         ..., "--name", help="name of the prepared dataset (folder under cache/prepared)"
     ),
-    size: int = typer.Option(32, "--size", help="side S of the S×S output"),
-    mode: str = typer.Option("fit", "--mode", help="fit | keep-scale"),
-    channels: int = typer.Option(1, "--channels", help="1 (default) or 3"),
-    polarity: bool = typer.Option(True, "--polarity/--no-polarity", help="make every background dark"),
-    workers: int = typer.Option(0, "--workers", help="decoding processes (0: one per core)"),
-    labels: Path = typer.Option(
-        None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name)"
+    size: int = typer.Option(32, "--size", min=2, help="side S of the S×S output, pixels"),
+    mode: SizeMode = typer.Option(
+        "fit", "--mode", help="fit: resize to S×S; keep-scale: native size, one common factor per dataset"
     ),
+    channels: int = typer.Option(1, "--channels", min=1, max=3, help="1 (grayscale) or 3 (RGB)"),
+    polarity: bool = switch(True, "--polarity/--no-polarity", help="make every background dark"),
     background: Background | None = typer.Option(
         None,
         "--background",
         help="normalise (default with --polarity): subtract the border's background level, drop its "
         "noise, scale the object's contrast; none: as before",
     ),
+    workers: int = typer.Option(0, "--workers", min=0, help="decoding processes (0: one per core)"),
+    labels: Path = typer.Option(
+        None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name); default: none"
+    ),
 ) -> None:
-    """Decode every image once into a memory-mappable array, with metadata and a skip report."""
+    """Decode every image once into a memory-mappable array, with metadata and a skip report.
+
+    Example: plankdiff data prepare ../shared/datasets/ndsb.zip --name ndsb --size 32 --mode fit
+    """
+    from plankdiff.data.prepare import prepare
+    from plankdiff.data.sources import SourceError
+
     try:
         dataset = prepare(
             source,
@@ -50,13 +54,12 @@ def prepare_command(
             mode=mode,
             channels=channels,
             normalise_polarity=polarity,
+            background=background,
             workers=workers or None,
             labels_csv=labels,
-            background=background,
         )
-    except ValueError as error:  # SourceError, or a bad --size / --channels / --mode
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    except (SourceError, AssertionError) as error:
+        fail(console, error)
     info = dataset.info
     console.print(
         f"[green]prepared[/green] {dataset.name}: {info['n_images']} images, {len(info['classes'])} classes "
@@ -78,11 +81,16 @@ def info_command(
     sheet: Path = typer.Option(
         None, "--sheet", help="contact sheet PNG (default: <dataset>/contact_sheet.png)"
     ),
-    per_class: int = typer.Option(8, "--per-class"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    per_class: int = typer.Option(8, "--per-class", min=1, help="images per class on the contact sheet"),
+    as_json: bool = switch(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Classes, counts, sizes, capture-time range, and a PNG contact sheet."""
-    dataset = _open(name)
+    """Classes, counts, sizes, capture-time range, and a PNG contact sheet.
+
+    Example: plankdiff data info ndsb --per-class 8
+    """
+    from plankdiff.data.info import contact_sheet, summarise
+
+    dataset = open_dataset(console, name)
     summary = summarise(dataset)
     path = contact_sheet(dataset, sheet or dataset.root / "contact_sheet.png", per_class=per_class)
     if as_json:
@@ -109,38 +117,50 @@ def info_command(
 @app.command("split")
 def split_command(
     name: str = typer.Argument(..., help="prepared dataset name or folder"),
-    kind: str = typer.Option(
-        "long-tailed", "--kind", help="long-tailed | balanced | temporal | cross-domain"
+    kind: SplitKind = typer.Option(
+        "long-tailed",
+        "--kind",
+        help="long-tailed: stratified 70/10/20; balanced: ≥ 60 train images per class, capped at 100; "
+        "temporal: by capture year; cross-domain: two datasets through a class mapping",
     ),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="the split is named <kind>-s<seed>"),
     train_years: str = typer.Option("2018,2019", "--train-years", help="temporal: comma-separated years"),
     test_years: str = typer.Option("2020", "--test-years", help="temporal: comma-separated years"),
-    target: str = typer.Option("", "--target", help="cross-domain: the shifted dataset"),
+    target: str = typer.Option(
+        "", "--target", help="cross-domain: the shifted prepared dataset (required there; default: none)"
+    ),
     hold_out: float = typer.Option(
         0.0,
         "--hold-out",
-        help="temporal: also write -within/-across splits testing this share of the train period",
+        min=0.0,
+        help="temporal: also write -within/-across splits testing this fraction of the train period (0: no)",
     ),
     mapping: str = typer.Option("ndsb_pwssc", "--mapping", help="cross-domain: shipped name or CSV path"),
-    source_key: str = typer.Option("ndsb", "--source-key"),
-    target_key: str = typer.Option("pwssc", "--target-key"),
+    source_key: str = typer.Option("ndsb", "--source-key", help="cross-domain: mapping column of NAME"),
+    target_key: str = typer.Option("pwssc", "--target-key", help="cross-domain: mapping column of --target"),
 ) -> None:
-    """Write a train/val/test assignment under <dataset>/splits/."""
-    dataset = _open(name)
+    """Write a train/val/test assignment under <dataset>/splits/.
+
+    Example: plankdiff data split ndsb --kind long-tailed --seed 0
+    """
+    from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
+    from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
+
+    dataset = open_dataset(console, name)
     if kind == "long-tailed":
         splits = [(dataset, long_tailed_split(dataset, seed=seed))]
     elif kind == "balanced":
         splits = [(dataset, balanced_split(dataset, seed=seed))]
     elif kind == "temporal":
-        years = tuple(int(y) for y in train_years.split(",")), tuple(int(y) for y in test_years.split(","))
+        years = int_list("--train-years", train_years), int_list("--test-years", test_years)
         temporal = temporal_split(dataset, train_years=years[0], test_years=years[1], seed=seed)
         splits = [(dataset, temporal)]
         if hold_out:
             splits += [(dataset, s) for s in in_and_out_of_period(temporal, fraction=hold_out, seed=seed)]
-    elif kind == "cross-domain":
+    else:  # cross-domain
         if not target:
             raise typer.BadParameter("cross-domain needs --target, the prepared shifted dataset")
-        shifted = _open(target)
+        shifted = open_dataset(console, target)
         table = load_mapping(mapping)
         pair = cross_domain_splits(
             dataset, shifted, table, source_key=source_key, target_key=target_key, seed=seed
@@ -150,16 +170,6 @@ def split_command(
             console.print(
                 f"{ds.name}: unmapped classes left out: {', '.join(unmapped_labels(ds, table, key))}"
             )
-    else:
-        raise typer.BadParameter(f"unknown split kind {kind!r}")
     for ds, split in splits:
         path = split.save(ds)
         console.print(f"[green]{split.name}[/green] on {ds.name}: {split.summary()} → {path}")
-
-
-def _open(name: str) -> PreparedDataset:
-    try:
-        return PreparedDataset.open(name)
-    except SourceError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
+
+from plankdiff.choices import Background, SizeMode
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
@@ -30,8 +31,6 @@ MAX_SIDE = 10_000
 # preprocessing holds a few float copies of an image, so 16 Mpx keeps one worker under ~1 GB
 # (plankton crops are far smaller; a 10,000² PNG of a few KB would otherwise take GBs).
 MAX_PIXELS = 16_000_000
-SizeMode = Literal["fit", "keep-scale"]
-Background = Literal["none", "normalise"]
 # What new preparations use (`prepare`, `data prepare --background`), through `default_background`.
 # `PreprocessParams` itself defaults to "none" because that is what a record written before the
 # field existed means: an old prepare.json or classifier card read back must keep preprocessing

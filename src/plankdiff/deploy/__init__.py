@@ -1,26 +1,19 @@
 """Deployment: export a trained probe with its backbone as one checked folder, and classify new images."""
 
-from plankdiff.deploy.calibrate import Abstention, calibrate_thresholds, decide
-from plankdiff.deploy.export import (
-    DeployedClassifier,
-    ModelCardError,
-    export_classifier,
-    export_from_store,
-    load_classifier,
-)
-from plankdiff.deploy.predict import PredictionRun, predict
-from plankdiff.deploy.score import score_predictions
+from plankdiff._lazy import lazy_exports
 
-__all__ = [
-    "Abstention",
-    "DeployedClassifier",
-    "ModelCardError",
-    "PredictionRun",
-    "calibrate_thresholds",
-    "decide",
-    "export_classifier",
-    "export_from_store",
-    "load_classifier",
-    "predict",
-    "score_predictions",
-]
+_EXPORTS = {
+    "Abstention": "calibrate",
+    "DeployedClassifier": "export",
+    "ModelCardError": "export",
+    "PredictionRun": "predict",
+    "calibrate_thresholds": "calibrate",
+    "decide": "calibrate",
+    "export_classifier": "export",
+    "export_from_store": "export",
+    "load_classifier": "export",
+    "predict": "predict",
+    "score_predictions": "score",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

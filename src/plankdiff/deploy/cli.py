@@ -6,15 +6,14 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
-from accelerate import PartialState
 from rich.console import Console
 
-from plankdiff.data.sources import SourceError
-from plankdiff.deploy.calibrate import DEFAULT_TARGET_PRECISION
-from plankdiff.deploy.export import ModelCardError, export_from_store, load_classifier
-from plankdiff.deploy.predict import SAMPLE_BY, predict
-from plankdiff.deploy.score import score_predictions
+from plankdiff.choices import Device, Loss, SampleBy
+from plankdiff.cli_support import check_split, fail, open_dataset, resolve_device, say_device, switch
 
+# kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
+# tests/test_cli.py checks that the two agree.
+DEFAULT_TARGET_PRECISION = 0.9
 console = Console()
 
 
@@ -24,7 +23,9 @@ def export_command(
         ..., "--features", help="feature store folder (plankdiff features extract)"
     ),
     split: str = typer.Option(
-        ..., "--split", help="split name: probe fits on train, selects and calibrates on val"
+        ...,
+        "--split",
+        help="split name, e.g. long-tailed-s0: the probe fits on train, selects and calibrates on val",
     ),
     pair: list[str] = typer.Option(
         ..., "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate"
@@ -32,12 +33,24 @@ def export_command(
     out: Path = typer.Option(..., "--out", help="classifier folder to write"),
     data: str = typer.Option("", "--data", help="prepared dataset name or folder (default: the store's)"),
     target_precision: float = typer.Option(
-        DEFAULT_TARGET_PRECISION, "--target-precision", help="per-class precision the abstention aims for"
+        DEFAULT_TARGET_PRECISION,
+        "--target-precision",
+        min=0.0,
+        max=1.0,
+        help="per-class precision the abstention aims for, a fraction",
     ),
-    loss: str = typer.Option("ce", "--loss", help="ce | class-balanced | logit-adjusted"),
-    seed: int = typer.Option(0, "--seed"),
+    loss: Loss = typer.Option("ce", "--loss", help="linear probe loss (as `plankdiff probe --loss`)"),
+    seed: int = typer.Option(0, "--seed", help="random seed of the probe fit"),
 ) -> None:
-    """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder."""
+    """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder.
+
+    Example: plankdiff export --backbone runs/ddpm --features cache/features/ddpm --split long-tailed-s0 --pair dec2@16/t=5 --out models/ndsb
+    """
+    from plankdiff.deploy.export import export_from_store, load_classifier
+    from plankdiff.features.store import FeatureStore
+
+    if (features / "store.json").is_file():  # else export_from_store names the missing store
+        check_split(console, open_dataset(console, data or FeatureStore(features).info["dataset"]), split)
     try:
         path = export_from_store(
             backbone_run=backbone,
@@ -51,8 +64,7 @@ def export_command(
             seed=seed,
         )
     except (FileNotFoundError, KeyError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        fail(console, error)
     card = load_classifier(path).card
     test, abstention = card["metrics"]["test"], card["abstention"]
     decided = test["abstention"]["accuracy_when_decided"]
@@ -75,29 +87,49 @@ def predict_command(
         ..., help="image folders, zip archives, IFCB bins or folders of bins"
     ),
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv, counts.csv and skipped.csv"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    device: str = typer.Option("auto", "--device", help="auto (accelerate's choice) | cpu | cuda"),
-    sample_by: str = typer.Option(
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
+    device: Device = typer.Option(
+        "auto", "--device", help="auto: accelerate's choice (CUDA when there is one)"
+    ),
+    sample_by: SampleBy = typer.Option(
         "input",
         "--sample-by",
-        help="what counts.csv counts per: input | folder (each image's folder) | day (capture day in file names)",
+        help="what counts.csv counts per: input (folder, zip, IFCB bin), folder (each image's folder) or day (UTC capture day in file names)",
     ),
     captured_from: datetime = typer.Option(
-        None, "--captured-from", formats=["%Y-%m-%d"], help="keep images captured on or after this day"
+        None,
+        "--captured-from",
+        formats=["%Y-%m-%d"],
+        help="keep images captured on or after this day (UTC, from file names; default: no limit)",
     ),
     captured_to: datetime = typer.Option(
-        None, "--captured-to", formats=["%Y-%m-%d"], help="keep images captured on or before this day"
+        None,
+        "--captured-to",
+        formats=["%Y-%m-%d"],
+        help="keep images captured on or before this day (UTC, from file names; default: no limit)",
     ),
-    score: bool = typer.Option(
+    score: bool = switch(
         False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"
     ),
 ) -> None:
-    """Classify images; run under `accelerate launch` to spread them over processes."""
-    if sample_by not in SAMPLE_BY:
-        console.print(
-            f"[red]error:[/red] --sample-by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}"
-        )
-        raise typer.Exit(2)
+    """Classify images; run under `accelerate launch` to spread them over processes.
+
+    Example: plankdiff predict models/ndsb samples/2024-06.zip --out predictions/2024-06 --sample-by day
+    """
+    from accelerate import PartialState
+
+    from plankdiff.data.sources import SourceError
+    from plankdiff.deploy.export import ModelCardError, load_classifier
+    from plankdiff.deploy.predict import predict
+    from plankdiff.deploy.score import score_predictions
+
+    if device != "auto":
+        resolve_device(console, device)  # refuses cuda where there is none
+    import torch
+
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())  # as predict() makes it
+    if state.is_main_process:
+        say_device(console, device if device != "auto" else state.device)
     try:
         classifier = load_classifier(model)
         run = predict(
@@ -111,9 +143,8 @@ def predict_command(
             captured_to=captured_to.date() if captured_to else None,
         )
     except (ModelCardError, SourceError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
-    if not PartialState().is_main_process:
+        fail(console, error)
+    if not state.is_main_process:
         return  # one summary per run, not one per process
     for note in run.notes or []:
         console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
@@ -125,8 +156,7 @@ def predict_command(
         try:
             summary = score_predictions(run.predictions, classifier.card["classes"])
         except ValueError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
+            fail(console, error)
         known, novel = summary["known"], summary["novel"]
 
         def percent(value):

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path, PurePosixPath
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from PIL import Image
 
+from plankdiff.choices import SampleBy
 from plankdiff.data.ifcb import IfcbBin, IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
 from plankdiff.data.preprocess import ImageRejected, decode, preprocess
 from plankdiff.data.sources import (
@@ -73,7 +75,7 @@ from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
 from plankdiff.progress import progress_bar
 
 TOP_K = 3
-SAMPLE_BY = ("input", "folder", "day")
+SAMPLE_BY: tuple[str, ...] = get_args(SampleBy)
 UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
@@ -275,7 +277,7 @@ def _tree_images(source: Path, readers: list, sample: str) -> list[InputImage]:
 def list_inputs(
     inputs: Sequence[Path],
     *,
-    sample_by: str = "input",
+    sample_by: SampleBy = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
     notes: list[str] | None = None,
@@ -538,7 +540,7 @@ def predict(
     batch_size: int = 64,
     device: str | None = None,
     show_progress: bool = True,
-    sample_by: str = "input",
+    sample_by: SampleBy = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
 ) -> PredictionRun:

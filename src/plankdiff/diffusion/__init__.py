@@ -1,16 +1,16 @@
 """Diffusion stage: a DDPM denoiser (diffusers' UNet2DModel + DDPMScheduler) trained without labels."""
 
-from plankdiff.diffusion.config import DiffusionConfig, load_config
-from plankdiff.diffusion.model import build_scheduler, build_unet, load_backbone
-from plankdiff.diffusion.train import DiffusionTrainer, TrainingDiverged, sample_images
+from plankdiff._lazy import lazy_exports
 
-__all__ = [
-    "DiffusionConfig",
-    "DiffusionTrainer",
-    "TrainingDiverged",
-    "build_scheduler",
-    "build_unet",
-    "load_backbone",
-    "load_config",
-    "sample_images",
-]
+_EXPORTS = {
+    "DiffusionConfig": "config",
+    "DiffusionTrainer": "train",
+    "TrainingDiverged": "train",
+    "build_scheduler": "model",
+    "build_unet": "model",
+    "load_backbone": "model",
+    "load_config": "config",
+    "sample_images": "train",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

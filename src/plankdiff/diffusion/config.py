@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plankdiff.choices import Preset
 
 
 class Strict(BaseModel):
@@ -59,7 +61,7 @@ class DiffusionConfig(Strict):
     train: TrainConfig = TrainConfig()
 
 
-PRESETS = ("tiny", "cpu", "paper")
+PRESETS: tuple[str, ...] = get_args(Preset)
 
 
 def load_config(preset_or_path: str | Path, **train_overrides) -> DiffusionConfig:

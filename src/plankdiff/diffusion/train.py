@@ -267,7 +267,13 @@ class DiffusionTrainer:
         try:
             with (
                 stop_signals() as stop_requested,
-                progress_bar("diffusion train", total=train.max_steps, enabled=self.show_progress) as advance,
+                progress_bar(
+                    "diffusion train",
+                    total=train.max_steps,
+                    enabled=self.show_progress,
+                    budget_s=budget,
+                    clock=lambda: self.elapsed,
+                ) as advance,
             ):
                 advance(self.step)
                 while self.step < train.max_steps:

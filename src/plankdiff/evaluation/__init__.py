@@ -1,5 +1,7 @@
 """Evaluation stage: clustering of frozen features, distribution shift, label efficiency."""
 
-from plankdiff.evaluation.clustering import cluster_scores, kmeans_scores
+from plankdiff._lazy import lazy_exports
 
-__all__ = ["cluster_scores", "kmeans_scores"]
+_EXPORTS = {"cluster_scores": "clustering", "kmeans_scores": "clustering"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

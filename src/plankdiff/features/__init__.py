@@ -1,16 +1,16 @@
 """Features stage: pooled activations of a frozen denoiser at every (block, timestep) pair."""
 
-from plankdiff.features.blocks import Block, list_blocks
-from plankdiff.features.extract import DEFAULT_TIMESTEPS, ExtractionRequest, Extractor, extract_features
-from plankdiff.features.store import FeatureStore, pair_name
+from plankdiff._lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_TIMESTEPS",
-    "Block",
-    "ExtractionRequest",
-    "Extractor",
-    "FeatureStore",
-    "extract_features",
-    "list_blocks",
-    "pair_name",
-]
+_EXPORTS = {
+    "DEFAULT_TIMESTEPS": "extract",
+    "Block": "blocks",
+    "ExtractionRequest": "extract",
+    "Extractor": "extract",
+    "FeatureStore": "store",
+    "extract_features": "extract",
+    "list_blocks": "blocks",
+    "pair_name": "store",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,13 +14,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
+from plankdiff.choices import Pooling, Precision
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.blocks import Block, list_blocks
@@ -29,10 +30,6 @@ from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, sha256_file, sha256_json
 
 DEFAULT_TIMESTEPS = (1, 5, 10, 25, 50, 100, 200, 400, 700)
-Pooling = Literal["avg", "avg2x2"]
-# auto: bfloat16 autocast on CUDA, float32 on the CPU. bf16 on the CPU pays only where the CPU has
-# bfloat16 matrix units (AMX, AVX512-BF16); see bench/results/extract.md.
-Precision = Literal["auto", "fp32", "bf16"]
 
 
 class _StopForward(Exception):

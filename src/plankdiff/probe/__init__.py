@@ -6,36 +6,22 @@
 - `metrics`: scores with bootstrap CIs, the files they are saved to, heatmap and confusion figures.
 """
 
-from plankdiff.probe.knn import knn_predict
-from plankdiff.probe.linear import (
-    LOSSES,
-    LinearClassifier,
-    ProbeGrid,
-    fit_probe_grid,
-    fit_single,
-    sklearn_crosscheck,
-    train_statistics,
-)
-from plankdiff.probe.metrics import (
-    classification_metrics,
-    heatmap_grid,
-    plot_confusion,
-    plot_heatmap,
-    save_metrics,
-)
+from plankdiff._lazy import lazy_exports
 
-__all__ = [
-    "LOSSES",
-    "LinearClassifier",
-    "ProbeGrid",
-    "classification_metrics",
-    "fit_probe_grid",
-    "fit_single",
-    "heatmap_grid",
-    "knn_predict",
-    "plot_confusion",
-    "plot_heatmap",
-    "save_metrics",
-    "sklearn_crosscheck",
-    "train_statistics",
-]
+_EXPORTS = {
+    "LOSSES": "linear",
+    "LinearClassifier": "linear",
+    "ProbeGrid": "linear",
+    "classification_metrics": "metrics",
+    "fit_probe_grid": "linear",
+    "fit_single": "linear",
+    "heatmap_grid": "metrics",
+    "knn_predict": "knn",
+    "plot_confusion": "metrics",
+    "plot_heatmap": "metrics",
+    "save_metrics": "metrics",
+    "sklearn_crosscheck": "linear",
+    "train_statistics": "linear",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -36,8 +36,9 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from plankdiff.choices import Loss
 from plankdiff.probe.metrics import macro_f1_rows
-from plankdiff.probe.protocol import LOSSES, Loss
+from plankdiff.probe.protocol import LOSSES
 from plankdiff.probe.selection import rank
 from plankdiff.progress import progress_bar
 

@@ -1,6 +1,6 @@
 """The evaluation protocol: one typed object that applies identically to every method's features.
 
-The study's `protocol:` block and the command-line verbs build the same `Protocol`, with one set of
+The study's `protocol:` block and the command-line verbs build the same `EvaluationProtocol`, with one set of
 defaults. Everything a protocol chooses between (probe loss, learning rate, weight decay, the pair,
 fusion or not) is selected on validation rows with `plankdiff.probe.selection.rank`; test rows are
 read once, for the selected configuration.
@@ -14,13 +14,13 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Loss = Literal["ce", "class-balanced", "logit-adjusted"]
+from plankdiff.choices import Loss, Precision
+
 LOSSES: tuple[str, ...] = get_args(Loss)
-Precision = Literal["auto", "fp32", "bf16"]
 Orientations = Literal[1, 8]
 
 
-class Protocol(BaseModel):
+class EvaluationProtocol(BaseModel):
     """How features become a probe result, for every method alike."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,4 +43,4 @@ class Protocol(BaseModel):
         return {"epochs": self.epochs, "min_steps": self.min_steps}
 
 
-__all__ = ["LOSSES", "Loss", "Orientations", "Precision", "Protocol"]
+__all__ = ["LOSSES", "EvaluationProtocol", "Loss", "Orientations", "Precision"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
 
+from plankdiff.choices import Loss, Protocol
 from plankdiff.data.lineage import check_unseen, log_readout, read_training_images
 from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
@@ -28,11 +29,8 @@ from plankdiff.probe.metrics import (
     plot_heatmap,
     save_metrics,
 )
-from plankdiff.probe.protocol import Loss
 from plankdiff.probe.selection import best, better, rank
 from plankdiff.provenance import git_sha, write_json
-
-Protocol = Literal["linear", "knn"]
 
 
 @dataclass
@@ -107,6 +105,8 @@ def probe_features(
     lineage = check_lineage(store, split, ("val", "test"), transductive=transductive)
     for shift in shifted:
         check_lineage(shift.store, shift.split, ("test",), transductive=transductive)
+    if protocol not in get_args(Protocol):  # any other value used to run kNN under its own name
+        raise ValueError(f"protocol must be one of {', '.join(get_args(Protocol))}, not {protocol!r}")
     pairs = pairs or store.pairs
     positions = split_positions(store, split)
     order = np.concatenate([positions["train"], positions["val"], positions["test"]])

@@ -1,6 +1,13 @@
 """Report stage: the headline table and one self-contained HTML report per results folder."""
 
-from plankdiff.report.render import app, render_report
-from plankdiff.report.tables import headline_table, to_markdown, write_tables
+from plankdiff._lazy import lazy_exports
 
-__all__ = ["app", "headline_table", "render_report", "to_markdown", "write_tables"]
+_EXPORTS = {
+    "app": "cli",
+    "headline_table": "tables",
+    "render_report": "render",
+    "to_markdown": "tables",
+    "write_tables": "tables",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import typer
-
 from plankdiff.provenance import atomic_write
 from plankdiff.report.tables import headline_table, read_headline
 
@@ -243,28 +241,3 @@ def render_report(results_dir: Path) -> Path:
     out = results_dir / "report.html"
     atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out
-
-
-app = typer.Typer(no_args_is_help=True, add_completion=False)
-
-
-@app.callback()
-def _report() -> None:
-    """Turn a results folder into a single self-contained HTML report."""
-
-
-@app.command("render")
-def render_command(
-    results_dir: Path = typer.Argument(..., help="results/<NAME> folder with study.json and headline.csv"),
-) -> None:
-    """Write RESULTS_DIR/report.html and print its path."""
-    try:
-        report = render_report(results_dir)
-    except (
-        FileNotFoundError,
-        ValueError,
-        json.JSONDecodeError,
-    ) as error:  # not a results folder, or bad data
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(report)

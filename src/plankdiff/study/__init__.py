@@ -1,6 +1,7 @@
 """The study: every stage tied into one resumable run with one report."""
 
-from plankdiff.study.config import ExperimentConfig, load_experiment
-from plankdiff.study.runner import Study
+from plankdiff._lazy import lazy_exports
 
-__all__ = ["ExperimentConfig", "Study", "load_experiment"]
+_EXPORTS = {"ExperimentConfig": "config", "Study": "runner", "load_experiment": "config"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,23 +7,27 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.study.config import load_experiment
-from plankdiff.study.runner import Study, StudyInterrupted
+from plankdiff.cli_support import fail, switch
 
 console = Console()
 
 
 def run_command(
-    experiment: str = typer.Argument(..., help="quick | cpu | gpu, or an experiment YAML file"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list the stages that would run, run nothing"),
+    experiment: str = typer.Argument(..., help="quick | cpu | gpu | compare, or an experiment YAML file"),
+    dry_run: bool = switch(False, "--dry-run", help="list the stages that would run, run nothing"),
     results: Path = typer.Option(Path("results"), "--results", help="where results/<name>/ is written"),
 ) -> None:
-    """Run the whole study: prepare, pretrain, extract, probe, evaluate under shift, report."""
+    """Run the whole study: prepare, pretrain, extract, probe, evaluate under shift, report.
+
+    Example: plankdiff run quick --dry-run
+    """
+    from plankdiff.study.config import load_experiment
+    from plankdiff.study.runner import Study, StudyInterrupted
+
     try:
         config = load_experiment(experiment)
     except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        fail(console, error)
     study = Study(config, results_root=results, dry_run=dry_run, console=console)
     try:
         report = study.run()

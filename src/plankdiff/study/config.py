@@ -10,7 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plankdiff.probe.protocol import Protocol
+from plankdiff.probe.protocol import EvaluationProtocol
 
 
 class Strict(BaseModel):
@@ -84,7 +84,7 @@ class ExperimentConfig(Strict):
     features: FeatureSpec = FeatureSpec()
     # One protocol for every method's features (orientations, object size, fusion, probe losses
     # and grid, precision); every choice in it is made on validation rows.
-    protocol: Protocol = Protocol()
+    protocol: EvaluationProtocol = EvaluationProtocol()
     caps: Caps | None = None
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True

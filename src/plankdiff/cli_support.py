@@ -1,0 +1,100 @@
+"""What every `plankdiff` verb shares: switches, one-line errors, datasets and splits opened with a
+useful message, and the device line.
+
+Nothing heavy is imported at module level (torch, pandas, …): the CLI modules import this to build
+`--help`, which must stay instant; the library is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from plankdiff.choices import Device
+
+if TYPE_CHECKING:
+    from plankdiff.data.prepare import PreparedDataset
+    from plankdiff.data.splits import Split
+
+
+def switch(default: bool, *flags: str, help: str) -> Any:
+    """A boolean option shown as a bare switch: typer otherwise prints `<bool>` after it, which
+    reads as if it took a value (`--score true`)."""
+    return typer.Option(default, *flags, metavar="", help=help)
+
+
+def int_list(option: str, text: str) -> tuple[int, ...]:
+    """`1,5,10` → (1, 5, 10); anything else is refused naming the option."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a comma-separated list of integers", param_hint=option
+        ) from None
+
+
+def fail(console: Console, message: object, code: int = 1) -> NoReturn:
+    """One line naming the cause, a non-zero exit code, no traceback."""
+    console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def open_dataset(console: Console, name: str) -> PreparedDataset:
+    from plankdiff.data.prepare import PreparedDataset
+    from plankdiff.data.sources import SourceError
+
+    try:
+        return PreparedDataset.open(name)
+    except SourceError as error:
+        fail(console, error)
+
+
+def split_names(dataset: PreparedDataset) -> list[str]:
+    return sorted(path.stem for path in (dataset.root / "splits").glob("*.csv"))
+
+
+def check_split(console: Console, dataset: PreparedDataset, name: str) -> None:
+    """Refuse a split that does not exist on `dataset`, listing those that do; a name given without
+    its seed suffix (`long-tailed` for `long-tailed-s0`) or misspelt gets the likely ones first."""
+    names = split_names(dataset)
+    if name in names:
+        return
+    likely = [n for n in names if n.startswith(f"{name}-")] or difflib.get_close_matches(name, names, n=3)
+    hint = f"did you mean {' or '.join(likely)}? " if likely else ""
+    existing = ", ".join(names) if names else "none yet (make one with `plankdiff data split`)"
+    fail(console, f"--split {name!r}: no such split on {dataset.name}; {hint}existing splits: {existing}")
+
+
+def load_split(console: Console, dataset: PreparedDataset, name: str) -> Split:
+    from plankdiff.data.splits import Split
+
+    check_split(console, dataset, name)
+    return Split.load(dataset, name)
+
+
+def resolve_device(console: Console, choice: Device) -> str:
+    """`auto`: CUDA when there is a device, else the CPU; `cuda` without one is refused."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        fail(console, "--device cuda: no CUDA device is visible to torch")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def say_device(console: Console, device: object) -> None:
+    """The one line at the start of a training, extraction or prediction: where it runs."""
+    import torch
+
+    device = torch.device(str(device))
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    console.print(f"device: {where}", highlight=False)
