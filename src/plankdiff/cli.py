@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from plankdiff.baselines.cli import app as baseline_app
 from plankdiff.data.cli import app as data_app
@@ -13,7 +18,35 @@ from plankdiff.probe.cli import probe_command
 from plankdiff.report import app as report_app
 from plankdiff.study.cli import run_command
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# What the library raises for input a person can fix: every project error (SourceError,
+# SplitMismatch, StoreMismatch, LeakError, ModelCardError, CheckpointError, pydantic's
+# ValidationError) derives from ValueError; missing and already-present paths are OS errors.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+# Set to see the traceback of a user error too (when the message is not enough to find the cause).
+TRACEBACK_ENV = "PLANKDIFF_TRACEBACK"
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (pydantic and a few libraries write several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class UserErrors(TyperGroup):
+    """The root group: every verb (and sub-verb) runs inside its `invoke`, so this is the one place
+    where a user error becomes `error: <message>` on stderr and exit code 1, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            click.echo(f"error: {one_line(error)}", err=True)
+            sys.stderr.flush()
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=UserErrors, no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Read, prepare, split and inspect plankton image collections.")
 app.add_typer(diffusion_app, name="diffusion", help="Train the DDPM denoiser without labels; draw samples.")
 app.add_typer(features_app, name="features", help="List blocks; extract frozen features per (block, t).")

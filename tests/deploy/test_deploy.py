@@ -176,7 +176,7 @@ def test_export_refuses_a_probe_that_does_not_fit_the_pairs(tiny_run, store, dat
     classifier = fit_single(
         x, dataset.labels, train=np.arange(0, 48, 2), val=np.arange(1, 48, 2), n_classes=4, min_steps=10
     ).classifier()
-    with pytest.raises(AssertionError, match="probe takes 16 features, but pairs .* give 48"):
+    with pytest.raises(ValueError, match="probe takes 16 features, but pairs .* give 48"):
         export_classifier(
             backbone_run=tiny_run,
             dataset=dataset,

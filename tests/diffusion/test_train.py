@@ -192,7 +192,7 @@ def test_training_on_selected_rows_only(prepared_small_ndsb, make_trainer, tmp_p
         show_progress=False,
     )
     assert torch.equal(trainer.images, torch.from_numpy(np.asarray(prepared_small_ndsb.images[[1, 5, 40]])))
-    with pytest.raises(AssertionError, match="no images selected"):
+    with pytest.raises(ValueError, match="no images selected"):
         DiffusionTrainer(
             config=load_config("tiny"), dataset=prepared_small_ndsb, out=tmp_path / "none", rows=[]
         )
@@ -240,7 +240,7 @@ def test_cpu_preset_is_the_documented_size():
 
 
 def test_too_many_levels_for_the_image_size():
-    with pytest.raises(AssertionError, match="below 2 px"):
+    with pytest.raises(ValueError, match="below 2 px"):
         build_unet(load_config("cpu"), image_size=4, channels=1)
 
 

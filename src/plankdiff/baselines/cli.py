@@ -39,28 +39,24 @@ def train_command(
     seed: int = typer.Option(None, "--seed"),
 ) -> None:
     """Train a baseline on the same images as the DDPM, under a time budget."""
-    try:
-        get_method(method)
-        config = BaselineConfig.for_method(
-            method,
-            max_minutes=max_minutes,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            width=width,
-            lr=lr,
-            seed=seed,
-        )
-        dataset = PreparedDataset.open(data)
-        trainer = BaselineTrainer(
-            config=config,
-            dataset=dataset,
-            data=training_rows(dataset, method=method, split=split or None, all_rows=all_rows),
-            out=out,
-            resume=resume,
-        )
-    except (KeyError, ValueError, FileNotFoundError) as error:  # ValueError covers invalid configs
-        console.print(f"[red]error:[/red] {error.args[0] if isinstance(error, KeyError) else error}")
-        raise typer.Exit(1) from None
+    get_method(method)
+    config = BaselineConfig.for_method(
+        method,
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        width=width,
+        lr=lr,
+        seed=seed,
+    )
+    dataset = PreparedDataset.open(data)
+    trainer = BaselineTrainer(
+        config=config,
+        dataset=dataset,
+        data=training_rows(dataset, method=method, split=split or None, all_rows=all_rows),
+        out=out,
+        resume=resume,
+    )
     counts = trainer.method.parameter_counts()
     console.print(
         f"{method}: {counts['backbone'] / 1e6:.2f}M backbone parameters ({counts['trainable'] / 1e6:.2f}M trained), "

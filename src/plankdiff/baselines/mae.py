@@ -55,9 +55,8 @@ class MAE(Method):
         self.backbone = MaskedVisionTransformerTorchvision(vit=vit)
         self.sequence_length = vit.seq_length
         decoder_width = 2 * width // 3  # 128 at width 192; a multiple of DECODER_HEADS for widths of 3·2^k
-        assert decoder_width % DECODER_HEADS == 0, (
-            f"width {width}: decoder width {decoder_width} must split into 4 heads"
-        )
+        if decoder_width % DECODER_HEADS != 0:
+            raise ValueError(f"width {width}: decoder width {decoder_width} must split into 4 heads")
         self.decoder = MAEDecoder(
             seq_length=vit.seq_length,
             num_layers=DECODER_DEPTH,

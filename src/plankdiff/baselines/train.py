@@ -70,15 +70,13 @@ class BaselineConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known(cls, name: str) -> str:
-        try:
-            get_method(name)
-        except KeyError as error:
-            raise ValueError(error.args[0]) from None
+        get_method(name)  # a ValueError naming the known methods
         return name
 
     @model_validator(mode="after")
     def _bounded(self) -> BaselineConfig:
-        assert self.max_steps or self.max_minutes, "give a time budget (max_minutes), max_steps, or both"
+        if not (self.max_steps or self.max_minutes):
+            raise ValueError("give a time budget (max_minutes), max_steps, or both")
         return self
 
     @classmethod
@@ -141,15 +139,17 @@ class BaselineTrainer:
         recipe = get_method(config.method)
         order = np.argsort(data.rows, kind="stable")
         self.rows = np.asarray(data.rows)[order]
-        assert len(self.rows) > 1, f"{dataset.root}: fewer than 2 images selected for training"
+        if len(self.rows) <= 1:
+            raise ValueError(f"{dataset.root}: fewer than 2 images selected for training")
         if recipe.uses_labels:
-            assert data.labels is not None and len(data.labels) == len(data.rows) and data.classes, (
-                f"{config.method} needs one label per training row and the class names"
-            )
+            if not (data.labels is not None and len(data.labels) == len(data.rows) and data.classes):
+                raise ValueError(f"{config.method} needs one label per training row and the class names")
             self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)[order])
-            assert self.labels.min() >= 0, f"{config.method}: some training rows have no label (-1)"
+            if self.labels.min() < 0:
+                raise ValueError(f"{config.method}: some training rows have no label (-1)")
         else:
-            assert data.labels is None, f"{config.method} is self-supervised: it must not be given labels"
+            if data.labels is not None:
+                raise ValueError(f"{config.method} is self-supervised: it must not be given labels")
             self.labels = None
         self.data = data
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

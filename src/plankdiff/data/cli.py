@@ -12,7 +12,6 @@ from rich.table import Table
 from plankdiff.data.info import contact_sheet, summarise
 from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
 from plankdiff.data.prepare import PreparedDataset, prepare
-from plankdiff.data.sources import SourceError
 from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -35,20 +34,16 @@ def prepare_command(
     ),
 ) -> None:
     """Decode every image once into a memory-mappable array, with metadata and a skip report."""
-    try:
-        dataset = prepare(
-            source,
-            name=name,
-            size=size,
-            mode=mode,
-            channels=channels,
-            normalise_polarity=polarity,
-            workers=workers or None,
-            labels_csv=labels,
-        )
-    except ValueError as error:  # SourceError, or a bad --size / --channels / --mode
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    dataset = prepare(
+        source,
+        name=name,
+        size=size,
+        mode=mode,
+        channels=channels,
+        normalise_polarity=polarity,
+        workers=workers or None,
+        labels_csv=labels,
+    )
     info = dataset.info
     console.print(
         f"[green]prepared[/green] {dataset.name}: {info['n_images']} images, {len(info['classes'])} classes "
@@ -150,8 +145,4 @@ def split_command(
 
 
 def _open(name: str) -> PreparedDataset:
-    try:
-        return PreparedDataset.open(name)
-    except SourceError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    return PreparedDataset.open(name)

@@ -9,9 +9,8 @@ import typer
 from accelerate import PartialState
 from rich.console import Console
 
-from plankdiff.data.sources import SourceError
 from plankdiff.deploy.calibrate import DEFAULT_TARGET_PRECISION
-from plankdiff.deploy.export import ModelCardError, export_from_store, load_classifier
+from plankdiff.deploy.export import export_from_store, load_classifier
 from plankdiff.deploy.predict import SAMPLE_BY, predict
 from plankdiff.deploy.score import score_predictions
 
@@ -38,21 +37,17 @@ def export_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder."""
-    try:
-        path = export_from_store(
-            backbone_run=backbone,
-            features=features,
-            split=split,
-            pairs=pair,
-            out=out,
-            data=data or None,
-            target_precision=target_precision,
-            loss=loss,
-            seed=seed,
-        )
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    path = export_from_store(
+        backbone_run=backbone,
+        features=features,
+        split=split,
+        pairs=pair,
+        out=out,
+        data=data or None,
+        target_precision=target_precision,
+        loss=loss,
+        seed=seed,
+    )
     card = load_classifier(path).card
     test, abstention = card["metrics"]["test"], card["abstention"]
     decided = test["abstention"]["accuracy_when_decided"]
@@ -98,21 +93,17 @@ def predict_command(
             f"[red]error:[/red] --sample-by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}"
         )
         raise typer.Exit(2)
-    try:
-        classifier = load_classifier(model)
-        run = predict(
-            classifier,
-            inputs,
-            out / "predictions.csv",
-            batch_size=batch_size,
-            device=None if device == "auto" else device,
-            sample_by=sample_by,
-            captured_from=captured_from.date() if captured_from else None,
-            captured_to=captured_to.date() if captured_to else None,
-        )
-    except (ModelCardError, SourceError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    classifier = load_classifier(model)
+    run = predict(
+        classifier,
+        inputs,
+        out / "predictions.csv",
+        batch_size=batch_size,
+        device=None if device == "auto" else device,
+        sample_by=sample_by,
+        captured_from=captured_from.date() if captured_from else None,
+        captured_to=captured_to.date() if captured_to else None,
+    )
     if not PartialState().is_main_process:
         return  # one summary per run, not one per process
     for note in run.notes or []:
@@ -122,11 +113,7 @@ def predict_command(
         f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"
     )
     if score:
-        try:
-            summary = score_predictions(run.predictions, classifier.card["classes"])
-        except ValueError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
+        summary = score_predictions(run.predictions, classifier.card["classes"])
         known, novel = summary["known"], summary["novel"]
 
         def percent(value):

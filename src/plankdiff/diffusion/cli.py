@@ -49,11 +49,7 @@ def train_command(
         sample_every=sample_every,
     )
     dataset = PreparedDataset.open(data)
-    try:
-        rows = pretraining_rows(dataset, split or None, all_rows=all_rows)
-    except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    rows = pretraining_rows(dataset, split or None, all_rows=all_rows)
     trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
     parameters = count_parameters(trainer.model)
     console.print(
@@ -64,16 +60,14 @@ def train_command(
 
 def train_and_report(trainer, console: Console) -> None:
     """Run a trainer (diffusion or baseline: both return a `TrainResult`) and say how it ended;
-    exit code 2 when the loss diverged, 1 for a run that could not start or resume, 143 when a
-    signal stopped it (after its checkpoint), so schedulers and scripts do not take it as finished."""
+    exit code 2 when the loss diverged, 143 when a signal stopped it (after its checkpoint), so
+    schedulers and scripts do not take it as finished (a run that cannot start or resume raises a
+    user error: exit code 1 from the root command)."""
     try:
         result = trainer.train()
     except TrainingDiverged as error:
         console.print(f"[red]stopped:[/red] {error}")
         raise typer.Exit(2) from None
-    except (FileExistsError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
     if result.stopped_by == "interrupt":  # a stop signal: the checkpoint is saved, the run is not done
         console.print(f"[yellow]interrupted[/yellow] at step {result.step}; continue it with --resume")
         raise typer.Exit(INTERRUPTED)

@@ -23,8 +23,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+def _ints(text: str, option: str = "--timesteps") -> tuple[int, ...]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if not v.lstrip("-").isdigit()]
+    if bad:
+        raise ValueError(f"{option} {text!r}: {', '.join(map(repr, bad))} is not an integer")
+    return tuple(int(v) for v in values)
 
 
 @app.command("blocks")
@@ -61,24 +65,13 @@ def extract_command(
     """Extract pooled features of every (block, t) pair; resumes an interrupted run."""
     if is_baseline_run(run):  # `plankdiff baseline train`: its own blocks, t = None; --split, --batch-size
         # and --device apply, the other options are the diffusion model's
-        try:
-            baseline = PreparedDataset.open(data)
-            store = extract_baseline_features(
-                run, baseline, out=out, split=split or None, batch_size=batch_size, device=device
-            )
-        except (FileExistsError, FileNotFoundError, ValueError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
+        baseline = PreparedDataset.open(data)
+        store = extract_baseline_features(
+            run, baseline, out=out, split=split or None, batch_size=batch_size, device=device
+        )
         console.print(f"[green]{len(store.pairs)} pairs[/green] × {len(store.rows)} images → {out}")
         return
-    unet, scheduler = load_backbone(run)
-    target = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
-    unet = unet.to(target)
-    dataset = PreparedDataset.open(data)
-    rows = None
-    if split:
-        chosen = Split.load(dataset, split)
-        rows = sorted(set().union(*(set(chosen.indices(s).tolist()) for s in ("train", "val", "test"))))
+    # Checked before the model is loaded: a bad flag is reported at once.
     request = ExtractionRequest(
         timesteps=_ints(timesteps),
         blocks=tuple(b for b in blocks.split(",") if b) or None,
@@ -89,20 +82,24 @@ def extract_command(
         batch_size=batch_size,
         precision=precision,
     )
-    try:
-        store = extract_features(
-            unet,
-            scheduler,
-            dataset,
-            out=out,
-            request=request,
-            rows=rows,
-            model_id=model_hash(run),
-            backbone=run,
-        )
-    except FileExistsError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    unet, scheduler = load_backbone(run)
+    target = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
+    unet = unet.to(target)
+    dataset = PreparedDataset.open(data)
+    rows = None
+    if split:
+        chosen = Split.load(dataset, split)
+        rows = sorted(set().union(*(set(chosen.indices(s).tolist()) for s in ("train", "val", "test"))))
+    store = extract_features(
+        unet,
+        scheduler,
+        dataset,
+        out=out,
+        request=request,
+        rows=rows,
+        model_id=model_hash(run),
+        backbone=run,
+    )
     console.print(f"[green]{len(store.pairs)} pairs[/green] × {len(store.rows)} images → {out}")
 
 

@@ -30,35 +30,31 @@ def probe_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Fit probes on every pair, select on validation, report the selected pair on test (once)."""
-    try:
-        store = FeatureStore(features)
-        chosen = Split.load(store.dataset(), split)
-        shifts = []
-        for spec in shifted:
-            path, _, name = spec.rpartition(":")
-            other = FeatureStore(Path(path))
-            shifts.append(
-                Shifted(
-                    name=f"{other.info['dataset']}:{name}",
-                    store=other,
-                    split=Split.load(other.dataset(), name),
-                )
+    store = FeatureStore(features)
+    chosen = Split.load(store.dataset(), split)
+    shifts = []
+    for spec in shifted:
+        path, _, name = spec.rpartition(":")
+        other = FeatureStore(Path(path))
+        shifts.append(
+            Shifted(
+                name=f"{other.info['dataset']}:{name}",
+                store=other,
+                split=Split.load(other.dataset(), name),
             )
-        out = out or features / f"probe-{split}-{protocol}"
-        result = probe_features(
-            store,
-            chosen,
-            protocol=protocol,
-            loss=loss,
-            with_size=with_size,
-            fuse_top=fuse_top,
-            shifted=shifts,
-            seed=seed,
-            out=out,
         )
-    except (FileNotFoundError, ValueError) as error:  # a missing or mismatched store, split or dataset
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    out = out or features / f"probe-{split}-{protocol}"
+    result = probe_features(
+        store,
+        chosen,
+        protocol=protocol,
+        loss=loss,
+        with_size=with_size,
+        fuse_top=fuse_top,
+        shifted=shifts,
+        seed=seed,
+        out=out,
+    )
     test = result.test
     console.print(
         f"selected [bold]{result.selected_pair}[/bold] on validation (macro-F1 {result.val['macro_f1']:.3f}); "

@@ -19,11 +19,7 @@ def run_command(
     results: Path = typer.Option(Path("results"), "--results", help="where results/<name>/ is written"),
 ) -> None:
     """Run the whole study: prepare, pretrain, extract, probe, evaluate under shift, report."""
-    try:
-        config = load_experiment(experiment)
-    except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+    config = load_experiment(experiment)
     study = Study(config, results_root=results, dry_run=dry_run, console=console)
     try:
         report = study.run()
