@@ -49,6 +49,10 @@ class MAE(Method):
     betas = (0.9, 0.95)
     views = MAE_VIEW
 
+    @classmethod
+    def size_problem(cls, size: int) -> str | None:
+        return f"{size} px images do not split into {PATCH} px patches" if size % PATCH else None
+
     def __init__(self, *, channels: int, size: int, width: int, n_classes: int | None = None):
         super().__init__(channels=channels, size=size, width=width, n_classes=n_classes)
         vit = build_vit(channels=channels, size=size, patch=PATCH, width=width, depth=DEPTH, heads=HEADS)

@@ -80,6 +80,11 @@ class Method(nn.Module):
         self.channels, self.size, self.width, self.n_classes = channels, size, width, n_classes
 
     @classmethod
+    def size_problem(cls, size: int) -> str | None:
+        """Why the method cannot take `size` px images, or None (checked by `plankdiff run --dry-run`)."""
+        return None
+
+    @classmethod
     def build(
         cls, *, channels: int, size: int, n_classes: int | None = None, width: int | None = None
     ) -> Method:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightly.models.utils import get_weight_decay_parameters
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plankdiff.baselines.registry import Method, get_method
 from plankdiff.data.lineage import pretraining_rows, write_training_images
@@ -44,6 +44,7 @@ from plankdiff.diffusion.checkpoint import (
 from plankdiff.diffusion.train import TrainingDiverged, TrainResult, stop_signals
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_json, write_json
+from plankdiff.validation import problems
 
 BASELINE_FILE = "baseline.json"
 # Fields that may change when a run is resumed: how long it runs and how it reports, not what it learns.
@@ -76,7 +77,7 @@ class BaselineConfig(BaseModel):
     @model_validator(mode="after")
     def _bounded(self) -> BaselineConfig:
         if not (self.max_steps or self.max_minutes):
-            raise ValueError("give a time budget (max_minutes), max_steps, or both")
+            raise ValueError("give a time budget (--max-minutes), --max-steps, or both")
         return self
 
     @classmethod
@@ -84,7 +85,13 @@ class BaselineConfig(BaseModel):
         """The method's recipe (width, lr, weight decay) with `overrides` that are not None on top."""
         recipe = get_method(method)
         defaults = {"width": recipe.default_width, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
-        return cls(method=method, **defaults | {k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(method=method, **defaults | given)
+        except ValidationError as error:
+            raise ValueError(
+                problems(error, source=f"baseline {method}", what="settings", flags=given)
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,10 @@ MAX_PIXELS = 16_000_000
 SizeMode = Literal["fit", "keep-scale"]
 
 
+MIN_SIZE, MAX_SIZE = 8, 1024  # the square side S in pixels
+CHANNELS = (1, 3)
+
+
 class ImageRejected(ValueError):
     """One image that cannot be used; the message is the reason written to the skip report."""
 
@@ -42,9 +46,9 @@ class PreprocessParams:
     scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 8 <= self.size <= 1024:
-            raise ValueError(f"--size {self.size}: must be between 8 and 1024 pixels")
-        if self.channels not in (1, 3):
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"--size {self.size}: must be between {MIN_SIZE} and {MAX_SIZE} pixels")
+        if self.channels not in CHANNELS:
             raise ValueError(f"--channels {self.channels}: must be 1 or 3")
         if self.mode not in ("fit", "keep-scale"):
             raise ValueError(f"--mode {self.mode!r}: must be 'fit' or 'keep-scale'")

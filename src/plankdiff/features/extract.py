@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.diffusion.config import NUM_TIMESTEPS
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.blocks import Block, list_blocks
 from plankdiff.features.store import FeatureStore, pair_name
@@ -29,7 +30,6 @@ from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, sha256_file, sha256_json
 
 DEFAULT_TIMESTEPS = (1, 5, 10, 25, 50, 100, 200, 400, 700)
-NUM_TIMESTEPS = 1000  # every preset's DDPM process (NoiseConfig.num_train_timesteps)
 Pooling = Literal["avg", "avg2x2"]
 # auto: bfloat16 autocast on CUDA, float32 on the CPU. bf16 on the CPU pays only where the CPU has
 # bfloat16 matrix units (AMX, AVX512-BF16); see bench/results/extract.md.
