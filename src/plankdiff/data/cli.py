@@ -139,7 +139,12 @@ def split_command(
             )
     else:
         raise typer.BadParameter(f"unknown split kind {kind!r}")
+    for _, split in splits:
+        split.check_usable()
     for ds, split in splits:
+        warning = split.selection_warning()
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
         path = split.save(ds)
         console.print(f"[green]{split.name}[/green] on {ds.name}: {split.summary()} → {path}")
 
