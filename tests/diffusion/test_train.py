@@ -229,7 +229,7 @@ def test_train_overrides():
     config = load_config("tiny", max_steps=3, augment=False, seed=None)
     assert (config.train.max_steps, config.train.augment, config.train.seed) == (3, False, 0)
     assert config.train.lr == 1.0e-3  # the rest of the preset stays
-    with pytest.raises(ValueError, match="max_steps"):
+    with pytest.raises(ValueError, match=r"^--max-steps 0: Input should be greater than or equal to 1$"):
         load_config("tiny", max_steps=0)
 
 
