@@ -311,3 +311,228 @@ def test_huge_png_is_refused_in_bounded_memory(tmp_path):
     assert skipped[0]["reason"].startswith("too many pixels: Image size (100000000 pixels) exceeds limit")
     assert str(2 * MAX_PIXELS) in skipped[0]["reason"]
     assert peak_mb < RSS_LIMIT_MB, f"peak RSS {peak_mb:.0f} MB"
+
+
+# -- the command line: one line, `error: …`, exit code 1, no traceback ------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """`plankdiff …` in-process, with a private cache; returns (exit code, output)."""
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the terminal width otherwise
+
+    def run(*args) -> tuple[int, str]:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        return result.exit_code, result.output
+
+    return run
+
+
+@pytest.fixture
+def tiny_unet(tmp_path) -> Path:
+    """A diffusers UNet2DModel folder of the tiny preset for 16 px images: `features extract` takes it."""
+    from plankdiff.diffusion.config import load_config
+    from plankdiff.diffusion.model import build_unet
+
+    folder = tmp_path / "unet"
+    build_unet(load_config("tiny"), image_size=16, channels=1).save_pretrained(folder)
+    return folder
+
+
+def _experiment(tmp_path: Path, dataset: PreparedDataset) -> Path:
+    """A study on the test dataset whose one fault is a timestep past T."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: bad
+            experiments: [ndsb]
+            datasets:
+              ndsb: {{source: {dataset.info["source"]}, size: 16}}
+            pretrain:
+              ndsb: {{dataset: ndsb, split: long-tailed}}
+            diffusion: {{preset: tiny, max_minutes: 0.1}}
+            baselines: {{methods: [simclr], max_minutes: 0.1}}
+            features: {{timesteps: [5, 1200]}}
+            """
+        )
+    )
+    return path
+
+
+def _two_per_class(tmp_path: Path) -> Path:
+    return prepared(image_folder(tmp_path / "two", per_class=2), name="two").root
+
+
+# (case, arguments given the test's paths, message fragment after `error: `)
+CLI_REFUSED = [
+    (
+        "timestep not a number",
+        lambda p: ("features", "extract", p["unet"], p["data"], "--out", p["out"], "--timesteps", "5,x"),
+        "Invalid value for --timesteps: '5,x' is not a comma-separated list of integers",
+    ),
+    (
+        "timestep past T",
+        lambda p: ("features", "extract", p["unet"], p["data"], "--out", p["out"], "--timesteps", "1200"),
+        "Invalid value for --timesteps: '1200': give timesteps in 0–999",
+    ),
+    (
+        "unknown block",
+        lambda p: ("features", "extract", p["unet"], p["data"], "--out", p["out"], "--blocks", "nope"),
+        "--blocks: unknown block(s) nope; available: ",
+    ),
+    (
+        "negative diffusion budget",
+        lambda p: (
+            "diffusion",
+            "train",
+            p["data"],
+            "--preset",
+            "tiny",
+            "--max-minutes",
+            "-1",
+            "--out",
+            p["out"],
+        ),
+        "Invalid value for '--max-minutes': Input should be greater than or equal to 0",
+    ),
+    (
+        "zero diffusion batch",
+        lambda p: (
+            "diffusion",
+            "train",
+            p["data"],
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "0",
+            "--out",
+            p["out"],
+        ),
+        "Invalid value for '--batch-size': Input should be greater than or equal to 1",
+    ),
+    (
+        "negative baseline budget",
+        lambda p: ("baseline", "train", "simclr", p["data"], "--max-minutes", "-1", "--out", p["out"]),
+        "Invalid value for '--max-minutes': Input should be greater than or equal to 0",
+    ),
+    (
+        "balanced split on too little data",
+        lambda p: ("data", "split", p["data"], "--kind", "balanced"),
+        "a balanced split needs 2 classes with 60+ training images, this data has 0 (largest: 7)",
+    ),
+    (
+        "split with empty validation part",
+        lambda p: ("data", "split", _two_per_class(p["tmp"])),
+        "split 'long-tailed-s0': no val rows (train 6, val 0, test 0); the data is too small for this split",
+    ),
+    (
+        "dry run of a study with a timestep past T",
+        lambda p: ("run", _experiment(p["tmp"], p["dataset"]), "--dry-run", "--results", p["out"]),
+        "features.timesteps: [1200] outside 0..999",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), CLI_REFUSED, ids=[c[0] for c in CLI_REFUSED])
+def test_cli_refuses_with_one_line(cli, dataset, tiny_unet, tmp_path, case, args, message):
+    paths = {
+        "unet": tiny_unet,
+        "data": dataset.root,
+        "dataset": dataset,
+        "out": tmp_path / "out",
+        "tmp": tmp_path,
+    }
+    code, output = cli(*args(paths))
+    # 2: refused while the command line is parsed (click's usage error), 1: refused by the library.
+    assert code in (1, 2), f"{case}: exit {code}\n{output}"
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, f"{case}: {output}"
+    assert not (tmp_path / "out").exists(), f"{case}: wrote output before refusing"
+
+
+def test_split_with_few_validation_images_is_written_with_a_warning(cli, dataset):
+    code, output = cli("data", "split", dataset.root)
+    assert code == 0, output
+    text = " ".join(output.split())
+    assert (
+        "warning: split 'long-tailed-s0': 3 validation images for 3 classes (1.0 per class on average), "
+        "too few to select on reliably (wanted: 5+ per class)"
+    ) in text
+    assert (dataset.root / "splits" / "long-tailed-s0.csv").exists()
+
+
+def test_selection_warning_names_classes_without_validation_images(dataset):
+    split = long_tailed_split(dataset)
+    assert split.selection_warning().startswith("split 'long-tailed-s0': 3 validation images")
+    copepods = split.rows["val"][split.labels("val") == 0]
+    split.rows["val"] = np.setdiff1d(split.rows["val"], copepods)
+    assert "; none for 1: copepod)" in split.selection_warning()
+    # Enough images per class: no warning; a shifted test set (test rows only): none either.
+    many = Split(
+        "many",
+        {"train": np.arange(3), "val": np.arange(30), "test": np.arange(0)},
+        np.arange(30) % 3,
+        list(CLASSES),
+    )
+    assert many.selection_warning() is None
+    shifted = Split(
+        "shifted",
+        {"train": np.arange(0), "val": np.arange(0), "test": np.arange(30)},
+        np.arange(30) % 3,
+        list(CLASSES),
+    )
+    assert shifted.selection_warning() is None
+    shifted.check_usable()  # and it is usable as a test set
+
+
+# -- `python -O` does not change behaviour: no user-input check is an assert -------------------------
+
+
+def test_no_assert_statements_in_the_package():
+    import ast
+
+    found = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == [], f"assert statements vanish under python -O: {found}"
+
+
+def test_checks_hold_under_python_O(tmp_path):
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from plankdiff.probe.linear import fit_probe_grid
+        from plankdiff.features.extract import ExtractionRequest
+        for call in (
+            lambda: fit_probe_grid({"x": np.zeros((4, 2))}, np.array([0, 1, 0, 1]), train=[0, 1], val=[1, 2], n_classes=2),
+            lambda: ExtractionRequest(timesteps=(1200,)),
+        ):
+            try:
+                call()
+                print("accepted")
+            except ValueError as error:
+                print(error)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(SRC)},
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.splitlines() == [
+        "train and val rows overlap: selection would leak",
+        "--timesteps: [1200] outside 0..999 (the DDPM's T = 1000)",
+    ]

@@ -131,7 +131,9 @@ def test_balanced_keeps_big_classes_and_caps_them(tmp_path):
 
 
 def test_balanced_without_any_big_enough_class_says_so(ndsb_copy):
-    with pytest.raises(ValueError, match=r"no class has 60\+ training images \(largest: 9\)"):
+    with pytest.raises(
+        ValueError, match=r"needs 2 classes with 60\+ training images, this data has 0 \(largest: 9\)"
+    ):
         balanced_split(ndsb_copy)  # 12 images per class: none reaches 60 training images
 
 

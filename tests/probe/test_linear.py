@@ -303,9 +303,9 @@ def test_hyperparameters_record_the_selection(grid):
 def test_leaky_or_malformed_inputs_are_refused(data):
     features, y, splits = data
     x = features["informative"]
-    with pytest.raises(AssertionError, match="overlap"):
+    with pytest.raises(ValueError, match="overlap"):
         fit_single(x, y, train=splits["train"], val=splits["train"][:10], n_classes=N_CLASSES)
-    with pytest.raises(AssertionError, match="labels outside"):
+    with pytest.raises(ValueError, match="labels outside"):
         fit_single(x, y, train=splits["train"], val=splits["val"], n_classes=N_CLASSES - 1)
-    with pytest.raises(AssertionError, match="do not align"):
+    with pytest.raises(ValueError, match="do not align"):
         fit_single(x[:-1], y, train=splits["train"], val=splits["val"], n_classes=N_CLASSES)

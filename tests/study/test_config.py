@@ -89,3 +89,88 @@ def test_label_fractions_nest_and_keep_every_class():
     assert set(small) <= set(large)
     assert set(targets[small]) == {0, 1, 2}  # at least one image per class
     assert len(small) == 5 + 1 + 1
+
+
+# What a real run would only fail on later (after preparing data, or hours into training), refused
+# by `load_experiment` and so by `plankdiff run --dry-run`: (case, edits of MINIMAL, message fragment).
+A_ZIP = "{source: a.zip}"
+REFUSED = [
+    (
+        "timestep above T",
+        {"name: mini": "name: mini\nfeatures: {timesteps: [5, 1200]}"},
+        r"features\.timesteps: \[1200\] outside 0\.\.999",
+    ),
+    (
+        "negative timestep",
+        {"name: mini": "name: mini\nfeatures: {timesteps: [-1]}"},
+        r"features\.timesteps: \[-1\] outside 0\.\.999",
+    ),
+    (
+        "no timesteps",
+        {"name: mini": "name: mini\nfeatures: {timesteps: []}"},
+        r"features\.timesteps: .*at least 1 item",
+    ),
+    (
+        "unknown preset",
+        {"preset: tiny": "preset: huge"},
+        r"diffusion\.preset: unknown preset 'huge': one of tiny, cpu, paper or a YAML file",
+    ),
+    (
+        "unknown method",
+        {"methods: [simclr]": "methods: [simclr, swav]"},
+        r"baselines\.methods: unknown baseline method 'swav'; choose one of: byol",
+    ),
+    (
+        "two channels",
+        {A_ZIP: "{source: a.zip, channels: 2}"},
+        r"datasets\.ndsb\.channels: Input should be 1 or 3",
+    ),
+    (
+        "size below 8",
+        {A_ZIP: "{source: a.zip, size: 4}"},
+        r"datasets\.ndsb\.size: Input should be greater than or equal to 8",
+    ),
+    (
+        "odd size for tiny",
+        {A_ZIP: "{source: a.zip, size: 31}"},
+        r"datasets\.ndsb\.size 31 does not fit preset tiny: 2 levels need a size that is a multiple of 2 px",
+    ),
+    (
+        "size 30 for cpu",
+        {A_ZIP: "{source: a.zip, size: 30}", "preset: tiny": "preset: cpu"},
+        r"datasets\.ndsb\.size 30 does not fit preset cpu: 3 levels need a size that is a multiple of 4 px",
+    ),
+    (
+        "size MAE cannot patch",
+        {A_ZIP: "{source: a.zip, size: 34}", "methods: [simclr]": "methods: [mae]"},
+        r"datasets\.ndsb\.size 34 does not fit baseline mae: 34 px images do not split into 4 px patches",
+    ),
+    (
+        "label fraction 0",
+        {"name: mini": "name: mini\nlabel_fractions: [0, 0.5]"},
+        r"label_fractions: \[0\.0\] outside \(0, 1\]",
+    ),
+    (
+        "no validation images per class",
+        {"name: mini": "name: mini\nfeatures: {per_class_val: 0}"},
+        r"features\.per_class_val: Input should be greater than or equal to 1",
+    ),
+    (
+        "zero diffusion batch",
+        {"max_minutes: 0.1}\nbaselines": "max_minutes: 0.1, batch_size: 0}\nbaselines"},
+        r"diffusion\.batch_size: Input should be greater than or equal to 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "edits", "message"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_what_a_run_would_fail_on_is_refused_up_front(tmp_path, case, edits, message):
+    text = MINIMAL
+    for old, new in edits.items():
+        assert old in text, f"{case}: the edit does not apply"
+        text = text.replace(old, new, 1)
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_experiment(path)
+    assert str(caught.value).startswith(f"{path}: invalid experiment: ")
+    assert "\n" not in str(caught.value)

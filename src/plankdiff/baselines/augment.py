@@ -111,9 +111,8 @@ class ViewAugment:
     blur_sigma: tuple[float, float] = (0.1, 0.8)
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        assert pixels.dtype == torch.uint8 and pixels.ndim == 4, (
-            f"expected a uint8 batch [B, C, H, W], got {pixels.dtype} {tuple(pixels.shape)}"
-        )
+        if not (pixels.dtype == torch.uint8 and pixels.ndim == 4):
+            raise TypeError(f"expected a uint8 batch [B, C, H, W], got {pixels.dtype} {tuple(pixels.shape)}")
         # Views are made in float32 even inside the trainer's bf16 autocast on GPUs.
         with torch.autocast(pixels.device.type, enabled=False):
             x = pixels.float().div_(255.0)

@@ -50,7 +50,8 @@ class ResNet18(ResNet):
     STAGES = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, *, channels: int, width: int = 64):
-        assert channels >= 1 and width >= 1, f"channels ({channels}) and width ({width}) must be positive"
+        if not (channels >= 1 and width >= 1):
+            raise ValueError(f"channels ({channels}) and width ({width}) must be positive")
         self.width = width  # read by `_make_layer` while ResNet.__init__ builds the stages
         super().__init__(BasicBlock, [2, 2, 2, 2])
         self.conv1 = nn.Conv2d(channels, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -102,8 +103,10 @@ def build_vit(
 
     The MLP is 4× the width, as in ViT and MAE; `width` must be a multiple of `heads`.
     """
-    assert size % patch == 0, f"{size} px images do not split into {patch} px patches"
-    assert width % heads == 0, f"width {width} is not a multiple of {heads} heads"
+    if size % patch != 0:
+        raise ValueError(f"{size} px images do not split into {patch} px patches")
+    if width % heads != 0:
+        raise ValueError(f"width {width} is not a multiple of {heads} heads")
     vit = VisionTransformer(
         image_size=size,
         patch_size=patch,

@@ -28,7 +28,9 @@ def train_command(
         min=0.0,
         help="training-time budget in minutes, summed over resumes (default: none; give it, --max-steps or both)",
     ),
-    split: str = typer.Option("", "--split", help="train on this split's train rows (or give --all-rows)"),
+    split: str = typer.Option(
+        "", "--split", help="train on this split's train rows (required unless --all-rows; default: none)"
+    ),
     all_rows: bool = switch(
         False, "--all-rows", help="self-supervised only: every image, test images included (transductive)"
     ),

@@ -49,15 +49,18 @@ class MAE(Method):
     betas = (0.9, 0.95)
     views = MAE_VIEW
 
+    @classmethod
+    def size_problem(cls, size: int) -> str | None:
+        return f"{size} px images do not split into {PATCH} px patches" if size % PATCH else None
+
     def __init__(self, *, channels: int, size: int, width: int, n_classes: int | None = None):
         super().__init__(channels=channels, size=size, width=width, n_classes=n_classes)
         vit = build_vit(channels=channels, size=size, patch=PATCH, width=width, depth=DEPTH, heads=HEADS)
         self.backbone = MaskedVisionTransformerTorchvision(vit=vit)
         self.sequence_length = vit.seq_length
         decoder_width = 2 * width // 3  # 128 at width 192; a multiple of DECODER_HEADS for widths of 3·2^k
-        assert decoder_width % DECODER_HEADS == 0, (
-            f"width {width}: decoder width {decoder_width} must split into 4 heads"
-        )
+        if decoder_width % DECODER_HEADS != 0:
+            raise ValueError(f"width {width}: decoder width {decoder_width} must split into 4 heads")
         self.decoder = MAEDecoder(
             seq_length=vit.seq_length,
             num_layers=DECODER_DEPTH,

@@ -34,8 +34,10 @@ def register(name: str):
     """Class decorator: make a `Method` subclass available as `name`."""
 
     def decorate(cls: type[Method]) -> type[Method]:
-        assert issubclass(cls, Method), f"{cls.__name__} must derive from Method to be registered"
-        assert name not in METHODS, f"method {name!r} registered twice ({METHODS.get(name)} and {cls})"
+        if not issubclass(cls, Method):  # programming errors, not user input
+            raise TypeError(f"{cls.__name__} must derive from Method to be registered")
+        if name in METHODS:
+            raise RuntimeError(f"method {name!r} registered twice ({METHODS.get(name)} and {cls})")
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -55,7 +57,7 @@ def load_methods() -> dict[str, type[Method]]:
 def get_method(name: str) -> type[Method]:
     methods = load_methods()
     if name not in methods:
-        raise KeyError(f"unknown baseline method {name!r}; choose one of: {', '.join(sorted(methods))}")
+        raise ValueError(f"unknown baseline method {name!r}; choose one of: {', '.join(sorted(methods))}")
     return methods[name]
 
 
@@ -73,9 +75,14 @@ class Method(nn.Module):
 
     def __init__(self, *, channels: int, size: int, width: int, n_classes: int | None = None):
         super().__init__()
-        if self.uses_labels:
-            assert n_classes and n_classes >= 2, f"{self.name} trains a classifier: it needs n_classes >= 2"
+        if self.uses_labels and not (n_classes and n_classes >= 2):
+            raise ValueError(f"{self.name} trains a classifier: it needs n_classes >= 2")
         self.channels, self.size, self.width, self.n_classes = channels, size, width, n_classes
+
+    @classmethod
+    def size_problem(cls, size: int) -> str | None:
+        """Why the method cannot take `size` px images, or None (checked by `plankdiff run --dry-run`)."""
+        return None
 
     @classmethod
     def build(

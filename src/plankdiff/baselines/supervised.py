@@ -28,7 +28,8 @@ class Supervised(ResNetMethod):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     def training_step(self, pixels, generator, *, labels=None, progress=None) -> torch.Tensor:
-        assert labels is not None, "supervised needs the labels of its batch"
+        if labels is None:  # the trainer passes them for methods with `uses_labels`
+            raise RuntimeError("supervised needs the labels of its batch")
         return self.criterion(self.head(self.backbone(self.views(pixels, generator))), labels)
 
     def head_logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightly.models.utils import get_weight_decay_parameters
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plankdiff.baselines.registry import Method, get_method
 from plankdiff.data.lineage import pretraining_rows, write_training_images
@@ -44,6 +44,7 @@ from plankdiff.diffusion.checkpoint import (
 from plankdiff.diffusion.train import TrainingDiverged, TrainResult, stop_signals
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_json, write_json
+from plankdiff.validation import problems
 
 BASELINE_FILE = "baseline.json"
 # Fields that may change when a run is resumed: how long it runs and how it reports, not what it learns.
@@ -70,15 +71,13 @@ class BaselineConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known(cls, name: str) -> str:
-        try:
-            get_method(name)
-        except KeyError as error:
-            raise ValueError(error.args[0]) from None
+        get_method(name)  # a ValueError naming the known methods
         return name
 
     @model_validator(mode="after")
     def _bounded(self) -> BaselineConfig:
-        assert self.max_steps or self.max_minutes, "give a time budget (max_minutes), max_steps, or both"
+        if not (self.max_steps or self.max_minutes):
+            raise ValueError("give a time budget (--max-minutes), --max-steps, or both")
         return self
 
     @classmethod
@@ -86,7 +85,13 @@ class BaselineConfig(BaseModel):
         """The method's recipe (width, lr, weight decay) with `overrides` that are not None on top."""
         recipe = get_method(method)
         defaults = {"width": recipe.default_width, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
-        return cls(method=method, **defaults | {k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(method=method, **defaults | given)
+        except ValidationError as error:
+            raise ValueError(
+                problems(error, source=f"baseline {method}", what="settings", flags=given)
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -141,15 +146,17 @@ class BaselineTrainer:
         recipe = get_method(config.method)
         order = np.argsort(data.rows, kind="stable")
         self.rows = np.asarray(data.rows)[order]
-        assert len(self.rows) > 1, f"{dataset.root}: fewer than 2 images selected for training"
+        if len(self.rows) <= 1:
+            raise ValueError(f"{dataset.root}: fewer than 2 images selected for training")
         if recipe.uses_labels:
-            assert data.labels is not None and len(data.labels) == len(data.rows) and data.classes, (
-                f"{config.method} needs one label per training row and the class names"
-            )
+            if not (data.labels is not None and len(data.labels) == len(data.rows) and data.classes):
+                raise ValueError(f"{config.method} needs one label per training row and the class names")
             self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)[order])
-            assert self.labels.min() >= 0, f"{config.method}: some training rows have no label (-1)"
+            if self.labels.min() < 0:
+                raise ValueError(f"{config.method}: some training rows have no label (-1)")
         else:
-            assert data.labels is None, f"{config.method} is self-supervised: it must not be given labels"
+            if data.labels is not None:
+                raise ValueError(f"{config.method} is self-supervised: it must not be given labels")
             self.labels = None
         self.data = data
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

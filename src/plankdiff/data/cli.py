@@ -170,6 +170,11 @@ def split_command(
             console.print(
                 f"{ds.name}: unmapped classes left out: {', '.join(unmapped_labels(ds, table, key))}"
             )
+    for _, split in splits:
+        split.check_usable()
+        warning = split.selection_warning()
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
     for ds, split in splits:
         path = split.save(ds)
         console.print(f"[green]{split.name}[/green] on {ds.name}: {split.summary()} → {path}")

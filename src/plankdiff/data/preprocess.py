@@ -52,6 +52,10 @@ OBJECT_PERCENTILE = 99.0
 MAX_GAIN = 8.0
 
 
+MIN_SIZE, MAX_SIZE = 8, 1024  # the square side S in pixels
+CHANNELS = (1, 3)
+
+
 class ImageRejected(ValueError):
     """One image that cannot be used; the message is the reason written to the skip report."""
 
@@ -69,9 +73,9 @@ class PreprocessParams:
     background: Background = "none"
 
     def __post_init__(self) -> None:
-        if not 8 <= self.size <= 1024:
-            raise ValueError(f"--size {self.size}: must be between 8 and 1024 pixels")
-        if self.channels not in (1, 3):
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"--size {self.size}: must be between {MIN_SIZE} and {MAX_SIZE} pixels")
+        if self.channels not in CHANNELS:
             raise ValueError(f"--channels {self.channels}: must be 1 or 3")
         if self.mode not in ("fit", "keep-scale"):
             raise ValueError(f"--mode {self.mode!r}: must be 'fit' or 'keep-scale'")

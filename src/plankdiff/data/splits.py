@@ -33,6 +33,11 @@ BALANCED_MIN_TRAIN = 60
 BALANCED_CAP = 100
 
 
+# Below this many validation images per class (on average), selecting a (block, t) pair or a
+# hyper-parameter on them is mostly noise: one image more or less changes the winner.
+MIN_VAL_PER_CLASS = 5
+
+
 class SplitMismatch(ValueError):
     """A saved split whose rows belong to another preparation of its dataset."""
 
@@ -103,6 +108,40 @@ class Split:
     def summary(self) -> dict[str, int]:
         return {s: len(r) for s, r in self.rows.items()} | {"classes": len(self.classes)}
 
+    def check_usable(self) -> None:
+        """Refuse a split no probe can be fitted and selected on: one with no rows, or with train rows
+        but no validation rows (or the reverse). A split of test rows only is a shifted test set."""
+        sizes = self.summary()
+        if not any(sizes[s] for s in SPLITS):
+            raise ValueError(f"split '{self.name}': no rows at all; the data is too small for this split")
+        empty = [s for s in ("train", "val") if not sizes[s]]
+        if empty and len(empty) < 2:
+            raise ValueError(
+                f"split '{self.name}': no {empty[0]} rows ({', '.join(f'{s} {sizes[s]}' for s in SPLITS)}); "
+                "the data is too small for this split"
+            )
+
+    def selection_warning(self) -> str | None:
+        """Why selecting on this split's validation rows is unreliable (fewer than
+        MIN_VAL_PER_CLASS images per class on average, or classes without any), or None."""
+        if not len(self.rows["train"]):
+            return None  # a shifted test set: nothing is selected on it
+        per_class = np.bincount(self.labels("val"), minlength=len(self.classes))
+        missing = [c for c, n in zip(self.classes, per_class, strict=True) if n == 0]
+        mean = per_class.mean() if len(per_class) else 0.0
+        if mean >= MIN_VAL_PER_CLASS and not missing:
+            return None
+        return (
+            f"split '{self.name}': {per_class.sum()} validation images for {len(self.classes)} classes "
+            f"({mean:.1f} per class on average"
+            + (
+                f"; none for {len(missing)}: {', '.join(missing[:5])}{', …' if len(missing) > 5 else ''}"
+                if missing
+                else ""
+            )
+            + f"), too few to select on reliably (wanted: {MIN_VAL_PER_CLASS}+ per class)"
+        )
+
 
 def _stratify(labels: np.ndarray, candidates: np.ndarray, fractions, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -162,9 +201,10 @@ def balanced_split(
     }
     train_counts = np.bincount(labels[base["train"]], minlength=len(dataset.classes))
     keep = np.flatnonzero(train_counts >= min_train)
-    if len(keep) == 0:
+    if len(keep) < 2:
         raise ValueError(
-            f"{dataset.root}: no class has {min_train}+ training images (largest: {train_counts.max()})"
+            f"{dataset.root}: a balanced split needs 2 classes with {min_train}+ training images, "
+            f"this data has {len(keep)} (largest: {train_counts.max()}); use --kind long-tailed"
         )
     rows = {}
     for split in SPLITS:

@@ -37,7 +37,8 @@ def smallest_threshold(confidence: np.ndarray, correct: np.ndarray, *, target: f
     Only observed values are candidates: between two of them the kept set, and so the precision,
     does not change. Ties are kept together, since a threshold cannot split equal probabilities.
     """
-    assert confidence.shape == correct.shape, "one correctness flag per confidence"
+    if confidence.shape != correct.shape:
+        raise ValueError("one correctness flag per confidence")
     if len(confidence) == 0:
         return None
     order = np.argsort(-confidence, kind="stable")
@@ -62,7 +63,8 @@ class Abstention:
     def array(self, classes: Sequence[str]) -> np.ndarray:
         """Thresholds in class order, for `decide`."""
         missing = set(classes) - set(self.thresholds)
-        assert not missing, f"no abstention threshold for class(es) {sorted(missing)}"
+        if missing:
+            raise ValueError(f"no abstention threshold for class(es) {sorted(missing)}")
         return np.array([self.thresholds[c] for c in classes], dtype=np.float64)
 
     @property
@@ -108,11 +110,12 @@ def calibrate_thresholds(
     target_precision: float = DEFAULT_TARGET_PRECISION,
 ) -> Abstention:
     """Per-class thresholds from validation probabilities [N, C] and true class indices [N]."""
-    assert proba.ndim == 2 and proba.shape[1] == len(classes), (
-        f"probabilities {proba.shape} for {len(classes)} classes"
-    )
-    assert len(labels) == len(proba), f"{len(labels)} labels for {len(proba)} probability rows"
-    assert 0 < target_precision <= 1, f"target precision must be in (0, 1], got {target_precision}"
+    if not (proba.ndim == 2 and proba.shape[1] == len(classes)):
+        raise ValueError(f"probabilities {proba.shape} for {len(classes)} classes")
+    if len(labels) != len(proba):
+        raise ValueError(f"{len(labels)} labels for {len(proba)} probability rows")
+    if not (0 < target_precision <= 1):
+        raise ValueError(f"--target-precision {target_precision}: must be in (0, 1]")
     predicted = proba.argmax(axis=1)
     confidence = proba.max(axis=1).astype(np.float64)
     correct = predicted == np.asarray(labels)
@@ -146,9 +149,8 @@ def decide(proba: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
     predicted = proba.argmax(axis=1)
     if thresholds is None:
         return predicted
-    assert thresholds.shape == (proba.shape[1],), (
-        f"{thresholds.shape} thresholds for {proba.shape[1]} classes"
-    )
+    if thresholds.shape != (proba.shape[1],):
+        raise ValueError(f"{thresholds.shape} thresholds for {proba.shape[1]} classes")
     confidence = proba[np.arange(len(proba)), predicted]
     return np.where(confidence >= thresholds[predicted], predicted, -1)
 
@@ -158,7 +160,8 @@ def selective_scores(proba: np.ndarray, labels: np.ndarray, thresholds: np.ndarr
 
     The accuracy is None when nothing is decided, rather than a 0 that would read as all wrong.
     """
-    assert len(proba) > 0, "no images to score"
+    if not len(proba):
+        raise ValueError("no images to score")
     decided = decide(proba, thresholds)
     kept = decided >= 0
     hits = decided[kept] == np.asarray(labels)[kept]

@@ -92,10 +92,11 @@ class Pair:
     @classmethod
     def parse(cls, name: str) -> Pair:
         block, sep, t = name.partition("/t=")
-        assert sep and block and t.isdigit(), (
-            f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
-            "and cannot be deployed with a diffusion backbone"
-        )
+        if not (sep and block and t.isdigit()):
+            raise ValueError(
+                f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
+                "and cannot be deployed with a diffusion backbone"
+            )
         return cls(block, int(t))
 
 
@@ -155,12 +156,15 @@ def export_classifier(
     """
     out = Path(out)
     parsed = [Pair.parse(p) for p in pairs]
-    assert parsed, "at least one feature pair is needed"
-    assert len({p.name for p in parsed}) == len(parsed), f"pair listed twice in {list(pairs)}"
+    if not parsed:
+        raise ValueError("at least one feature pair is needed")
+    if len({p.name for p in parsed}) != len(parsed):
+        raise ValueError(f"pair listed twice in {list(pairs)}")
     classes = list(classes if classes is not None else dataset.classes)
-    assert classifier.n_classes == len(classes), (
-        f"probe has {classifier.n_classes} classes, but {len(classes)} class names were given"
-    )
+    if classifier.n_classes != len(classes):
+        raise ValueError(
+            f"probe has {classifier.n_classes} classes, but {len(classes)} class names were given"
+        )
     settings = extraction or ExtractionRequest()
     extraction_card = {
         "pooling": settings.pooling,
@@ -172,17 +176,17 @@ def export_classifier(
     unet, scheduler = load_backbone(backbone_run)
     dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
     total = sum(dims[p.block] for p in parsed)
-    assert classifier.n_features == total, (
-        f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
-    )
+    if classifier.n_features != total:
+        raise ValueError(
+            f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
+        )
     abstention = Abstention.given(thresholds) if isinstance(thresholds, Mapping) else thresholds
-    if abstention is not None:
-        assert set(abstention.thresholds) == set(classes), (
+    if abstention is not None and set(abstention.thresholds) != set(classes):
+        raise ValueError(
             f"abstention thresholds name {sorted(abstention.thresholds)}, the probe's classes are {classes}"
         )
-    assert not out.exists() or (out / CARD_FILE).exists(), (
-        f"{out} exists and is not an exported classifier; refusing to replace it"
-    )
+    if out.exists() and not (out / CARD_FILE).exists():
+        raise FileExistsError(f"{out} exists and is not an exported classifier; refusing to replace it")
 
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -424,10 +428,12 @@ class DeployedClassifier:
         Pairs that share a t come from one forward pass. Values are rounded through float16,
         as the feature store keeps them, so the probe sees what it was trained on.
         """
-        assert pixels.ndim == 4 and pixels.dtype == np.uint8, (
-            f"expected preprocessed uint8 images [N, C, S, S], got {pixels.dtype} {pixels.shape}"
-        )
-        assert len(seeds) == len(pixels), f"{len(seeds)} seeds for {len(pixels)} images"
+        if not (pixels.ndim == 4 and pixels.dtype == np.uint8):
+            raise ValueError(
+                f"expected preprocessed uint8 images [N, C, S, S], got {pixels.dtype} {pixels.shape}"
+            )
+        if len(seeds) != len(pixels):
+            raise ValueError(f"{len(seeds)} seeds for {len(pixels)} images")
         # A memory-mapped dataset is read-only; torch wants a writable buffer (copied only then).
         x0 = to_model_range(torch.from_numpy(np.require(pixels, requirements=["C", "W"])))
         rows = np.asarray(seeds, dtype=np.int64)

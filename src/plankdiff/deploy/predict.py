@@ -558,10 +558,11 @@ def predict(
     # Without cpu=True accelerate ignores a multi-process CPU launch and every process thinks it is alone.
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    assert state.num_processes == launched, (
-        f"{launched} processes were launched but accelerate sees {state.num_processes}; they would overwrite "
-        "each other's files"
-    )
+    if state.num_processes != launched:  # the launcher's environment, not the user's input
+        raise RuntimeError(
+            f"{launched} processes were launched but accelerate sees {state.num_processes}; they would overwrite "
+            "each other's files"
+        )
     classifier.to(device if device is not None else state.device)
     started = time.perf_counter()
     notes: list[str] = []

@@ -34,7 +34,9 @@ def train_command(
         help=f"network and recipe: {' | '.join(get_args(Preset))}, or a YAML file",
     ),
     out: Path = typer.Option(..., "--out", help="run folder"),
-    split: str = typer.Option("", "--split", help="train on this split's train rows (or give --all-rows)"),
+    split: str = typer.Option(
+        "", "--split", help="train on this split's train rows (required unless --all-rows; default: none)"
+    ),
     all_rows: bool = switch(
         False, "--all-rows", help="pre-train on every image, test images included (transductive)"
     ),

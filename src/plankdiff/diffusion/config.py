@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plankdiff.choices import Preset
+from plankdiff.validation import problems
 
 
 class Strict(BaseModel):
@@ -25,10 +26,13 @@ class UNetConfig(Strict):
     norm_num_groups: int = Field(32, ge=1)
 
 
+NUM_TIMESTEPS = 1000  # T of every shipped preset
+
+
 class NoiseConfig(Strict):
     """The DDPM process of Ho et al. (2020): ε-prediction, linear β from 1e-4 to 0.02 over T = 1000."""
 
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = NUM_TIMESTEPS
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: Literal["linear"] = "linear"
@@ -60,6 +64,18 @@ class DiffusionConfig(Strict):
     noise: NoiseConfig = NoiseConfig()
     train: TrainConfig = TrainConfig()
 
+    def size_problem(self, image_size: int) -> str | None:
+        """Why the U-Net cannot take `image_size` px images, or None. Each level but the last halves
+        the image: below 2 px nothing is left, and an odd side makes the decoder's upsampled map one
+        pixel larger than its skip connection (diffusers then fails at the first forward pass)."""
+        levels = len(self.unet.block_out_channels)
+        factor = 2 ** (levels - 1)
+        if image_size // factor < 2:
+            return f"{levels} levels halve {image_size} px below 2 px; use fewer levels or larger images"
+        if image_size % factor:
+            return f"{levels} levels need a size that is a multiple of {factor} px, not {image_size}"
+        return None
+
 
 PRESETS: tuple[str, ...] = get_args(Preset)
 
@@ -81,4 +97,6 @@ def load_config(preset_or_path: str | Path, **train_overrides) -> DiffusionConfi
     try:
         return DiffusionConfig.model_validate(raw)
     except ValidationError as error:
-        raise ValueError(f"{source}: invalid diffusion config:\n{error}") from None
+        raise ValueError(
+            problems(error, source=source, what="diffusion config", flags=overrides, under=("train",))
+        ) from None

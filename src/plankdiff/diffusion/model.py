@@ -12,10 +12,10 @@ from plankdiff.diffusion.config import DiffusionConfig
 
 def build_unet(config: DiffusionConfig, *, image_size: int, channels: int) -> UNet2DModel:
     unet = config.unet
+    problem = config.size_problem(image_size)
+    if problem:
+        raise ValueError(f"preset {config.preset}: {problem}")
     resolutions = [image_size // 2**level for level in range(len(unet.block_out_channels))]
-    assert resolutions[-1] >= 2, (
-        f"{len(unet.block_out_channels)} levels halve {image_size} px below 2 px; use fewer levels or larger images"
-    )
     down = ["AttnDownBlock2D" if r in unet.attention_resolutions else "DownBlock2D" for r in resolutions]
     up = ["AttnUpBlock2D" if r in unet.attention_resolutions else "UpBlock2D" for r in reversed(resolutions)]
     return UNet2DModel(

@@ -115,7 +115,8 @@ class DiffusionTrainer:
     ):
         self.config, self.dataset, self.out = config, dataset, Path(out)
         self.rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
-        assert len(self.rows) > 0, f"{dataset.root}: no images selected for training"
+        if not len(self.rows):
+            raise ValueError(f"{dataset.root}: no images selected for training")
         self.resume, self.show_progress = resume, show_progress
         train = config.train
         use_gpu = torch.cuda.is_available()

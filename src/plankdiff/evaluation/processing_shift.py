@@ -198,7 +198,8 @@ DEFAULT_SHIFTS: dict[str, Transform] = {
         HalfContrast(),
     )
 }
-assert tuple(DEFAULT_SHIFTS) == SHIFT_NAMES, "ShiftName and DEFAULT_SHIFTS list the shifts in one order"
+if tuple(DEFAULT_SHIFTS) != SHIFT_NAMES:
+    raise RuntimeError("ShiftName and DEFAULT_SHIFTS must list the shifts in one order")
 
 
 def image_rng(seed: int, shift: str, path: str) -> np.random.Generator:

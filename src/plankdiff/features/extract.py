@@ -23,6 +23,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from plankdiff.choices import Pooling, Precision
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.diffusion.config import NUM_TIMESTEPS
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.blocks import Block, list_blocks
 from plankdiff.features.store import FeatureStore, pair_name
@@ -48,15 +49,24 @@ class ExtractionRequest:
     precision: Precision = "auto"
 
     def __post_init__(self) -> None:
-        assert self.timesteps, "at least one timestep is needed"
-        assert all(0 <= t < 1000 for t in self.timesteps), (
-            f"timesteps must lie in [0, 1000): {self.timesteps}"
-        )
-        assert self.noise_draws >= 1, "noise_draws must be at least 1"
-        assert self.orientations in (1, 8), "orientations is 1 (as is) or 8 (dihedral average)"
-        assert self.precision in get_args(Precision), (
-            f"precision is one of {get_args(Precision)}, not {self.precision!r}"
-        )
+        # Messages name the CLI option; the study's `features.timesteps` reads the same.
+        if not self.timesteps:
+            raise ValueError("--timesteps: at least one timestep is needed")
+        outside = [t for t in self.timesteps if not 0 <= t < NUM_TIMESTEPS]
+        if outside:
+            raise ValueError(
+                f"--timesteps: {outside} outside 0..{NUM_TIMESTEPS - 1} (the DDPM's T = {NUM_TIMESTEPS})"
+            )
+        if self.noise_draws < 1:
+            raise ValueError(f"--noise-draws {self.noise_draws}: must be at least 1")
+        if self.orientations not in (1, 8):
+            raise ValueError(f"--orientations {self.orientations}: 1 (as is) or 8 (dihedral average)")
+        if self.pooling not in get_args(Pooling):
+            raise ValueError(f"--pooling {self.pooling!r}: one of {', '.join(get_args(Pooling))}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"--precision {self.precision!r}: one of {', '.join(get_args(Precision))}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be at least 1")
 
     def identity(self) -> dict:
         """What decides a store's key. `precision` joins it only when not "auto", so stores written
@@ -99,7 +109,10 @@ class Extractor:
         every = list_blocks(unet, sub_blocks=request.sub_blocks)
         wanted = set(request.blocks) if request.blocks else {b.name for b in every}
         unknown = wanted - {b.name for b in every}
-        assert not unknown, f"unknown block(s) {sorted(unknown)}; available: {[b.name for b in every]}"
+        if unknown:
+            raise ValueError(
+                f"--blocks: unknown block(s) {', '.join(sorted(unknown))}; available: {', '.join(b.name for b in every)}"
+            )
         self.blocks: list[Block] = [b for b in every if b.name in wanted]
         self.device = next(unet.parameters()).device
         self._bf16 = request.precision == "bf16" or (

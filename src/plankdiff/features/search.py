@@ -123,7 +123,8 @@ def coarse_to_fine(
     `keep_blocks`: keep only this many blocks, ranked by their best subset macro-F1 at the kept
     timesteps (default: every block). `fine_orientations`: orientations of the fine pass (default:
     those of `request`), so the subset ranking can stay at 1 orientation."""
-    assert keep_blocks is None or keep_blocks >= 1, f"keep_blocks must be at least 1, got {keep_blocks}"
+    if not (keep_blocks is None or keep_blocks >= 1):
+        raise ValueError(f"keep_blocks must be at least 1, got {keep_blocks}")
     out = Path(out)
     subset = stratified_subset(split, per_class_train=per_class_train, per_class_val=per_class_val, seed=seed)
     started = time.perf_counter()

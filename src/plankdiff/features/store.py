@@ -86,7 +86,7 @@ class FeatureStore:
     def load(self, pair: str, *, mmap: bool = True) -> np.ndarray:
         path = self.root / "pairs" / pair_file(pair)
         if not path.exists():
-            raise KeyError(f"{self.root}: no feature pair {pair!r}; have {', '.join(self.pairs)}")
+            raise ValueError(f"{self.root}: no feature pair {pair!r}; have {', '.join(self.pairs)}")
         return np.load(path, mmap_mode="r" if mmap else None)
 
     def load_many(self, pairs: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -41,12 +41,16 @@ def knn_predict(
     chunk_size × N_train whatever the query count. k is capped at the training-set size.
     """
     train_y = np.asarray(train_y)
-    assert train_x.ndim == 2 and query_x.ndim == 2 and train_x.shape[1] == query_x.shape[1], (
-        f"train {train_x.shape} and query {query_x.shape} features must be 2-D with equal widths"
-    )
-    assert len(train_y) == len(train_x), f"{len(train_y)} labels for {len(train_x)} training rows"
-    assert train_y.min() >= 0 and train_y.max() < n_classes, f"train labels outside range({n_classes})"
-    assert temperature > 0 and k > 0, "k and temperature must be positive"
+    if not (train_x.ndim == 2 and query_x.ndim == 2 and train_x.shape[1] == query_x.shape[1]):
+        raise ValueError(
+            f"train {train_x.shape} and query {query_x.shape} features must be 2-D with equal widths"
+        )
+    if len(train_y) != len(train_x):
+        raise ValueError(f"{len(train_y)} labels for {len(train_x)} training rows")
+    if not (train_y.min() >= 0 and train_y.max() < n_classes):
+        raise ValueError(f"train labels outside range({n_classes})")
+    if not (temperature > 0 and k > 0):
+        raise ValueError("k and temperature must be positive")
     k = min(k, len(train_x))
     mean, std = train_statistics(train_x, np.arange(len(train_x)))
     bank = _unit_rows(train_x, mean, std)

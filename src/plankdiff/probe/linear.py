@@ -75,12 +75,13 @@ def as_rows(index: np.ndarray, n: int) -> np.ndarray:
     """Integer row indices from either a boolean mask over `n` rows or integer indices."""
     index = np.asarray(index)
     if index.dtype == bool:
-        assert index.shape == (n,), f"boolean split mask of shape {index.shape} for {n} rows"
+        if index.shape != (n,):
+            raise ValueError(f"boolean split mask of shape {index.shape} for {n} rows")
         return np.flatnonzero(index)
-    assert np.issubdtype(index.dtype, np.integer), (
-        f"split indices must be integers or a mask, got {index.dtype}"
-    )
-    assert index.size == 0 or (index.min() >= 0 and index.max() < n), f"split indices outside 0..{n - 1}"
+    if not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"split indices must be integers or a mask, got {index.dtype}")
+    if not (index.size == 0 or (index.min() >= 0 and index.max() < n)):
+        raise ValueError(f"split indices outside 0..{n - 1}")
     return index.astype(np.int64)
 
 
@@ -118,11 +119,12 @@ class LinearClassifier:
         for name in ("mean", "std", "weight", "bias"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float32))
         d, c = self.mean.shape[0], self.bias.shape[0]
-        assert self.std.shape == (d,), f"std {self.std.shape} does not match mean ({d},)"
-        assert self.weight.shape == (c, d), (
-            f"weight {self.weight.shape} should be (classes={c}, features={d})"
-        )
-        assert (self.std > 0).all(), "std must be positive (it divides the features)"
+        if self.std.shape != (d,):
+            raise ValueError(f"std {self.std.shape} does not match mean ({d},)")
+        if self.weight.shape != (c, d):
+            raise ValueError(f"weight {self.weight.shape} should be (classes={c}, features={d})")
+        if not (self.std > 0).all():
+            raise ValueError("std must be positive (it divides the features)")
 
     @classmethod
     def from_arrays(
@@ -144,9 +146,8 @@ class LinearClassifier:
         return self.bias.shape[0]
 
     def logits(self, x_raw: np.ndarray) -> np.ndarray:
-        assert x_raw.ndim == 2 and x_raw.shape[1] == self.n_features, (
-            f"features of shape {x_raw.shape}, classifier expects (N, {self.n_features})"
-        )
+        if not (x_raw.ndim == 2 and x_raw.shape[1] == self.n_features):
+            raise ValueError(f"features of shape {x_raw.shape}, classifier expects (N, {self.n_features})")
         out = np.empty((len(x_raw), self.n_classes), dtype=np.float32)
         for start in range(0, len(x_raw), EVAL_CHUNK):
             chunk = (x_raw[start : start + EVAL_CHUNK].astype(np.float32) - self.mean) / self.std
@@ -178,7 +179,8 @@ class ProbeGrid:
     def classifier(self, pair: str | None = None) -> LinearClassifier:
         """The probe of `pair` (default: the selected pair) at that pair's best hyper-parameters."""
         pair = self.best_pair if pair is None else pair
-        assert pair in self.classifiers, f"unknown pair {pair!r}; pairs are {list(self.classifiers)}"
+        if pair not in self.classifiers:
+            raise ValueError(f"unknown pair {pair!r}; pairs are {list(self.classifiers)}")
         return self.classifiers[pair]
 
     def best_per_pair(self) -> pd.DataFrame:
@@ -385,19 +387,28 @@ def fit_probe_grid(
     given machine. num_threads: torch intra-op threads for this call only (default 1, see
     DEFAULT_THREADS); None keeps torch's setting, the right choice on an idle many-core machine.
     """
-    assert loss in LOSSES, f"loss {loss!r} is not one of {LOSSES}"
-    assert features, "no feature pairs to probe"
-    assert epochs > 0 and batch_size > 0, "epochs and batch_size must be positive"
-    assert lrs and weight_decays, "the hyper-parameter grid is empty"
-    assert min(lrs) > 0 and min(weight_decays) >= 0, "learning rates must be positive, weight decays >= 0"
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
+    if not features:
+        raise ValueError("no feature pairs to probe")
+    if not (epochs > 0 and batch_size > 0):
+        raise ValueError("epochs and batch_size must be positive")
+    if not (lrs and weight_decays):
+        raise ValueError("the hyper-parameter grid is empty")
+    if not (min(lrs) > 0 and min(weight_decays) >= 0):
+        raise ValueError("learning rates must be positive, weight decays >= 0")
     labels = np.asarray(labels)
     n = len(labels)
     for pair, x in features.items():
-        assert x.ndim == 2 and len(x) == n, f"pair {pair!r}: features {x.shape} do not align with {n} labels"
+        if not (x.ndim == 2 and len(x) == n):
+            raise ValueError(f"pair {pair!r}: features {x.shape} do not align with {n} labels")
     train_rows, val_rows = as_rows(train, n), as_rows(val, n)
-    assert len(train_rows) and len(val_rows), "train and val splits must both be non-empty"
-    assert not np.intersect1d(train_rows, val_rows).size, "train and val rows overlap: selection would leak"
-    assert labels.min() >= 0 and labels.max() < n_classes, f"labels outside range({n_classes})"
+    if not (len(train_rows) and len(val_rows)):
+        raise ValueError("train and val splits must both be non-empty")
+    if np.intersect1d(train_rows, val_rows).size:
+        raise ValueError("train and val rows overlap: selection would leak")
+    if not (labels.min() >= 0 and labels.max() < n_classes):
+        raise ValueError(f"labels outside range({n_classes})")
 
     hps = list(product(lrs, weight_decays))
     counts = np.bincount(labels[train_rows], minlength=n_classes)
@@ -548,7 +559,8 @@ def _score(
         macro_f1 = macro_f1_rows(y_val, flat, n_classes).reshape(len(group.pairs), len(hps))
         accuracy = (flat == y_val).mean(axis=1).reshape(len(group.pairs), len(hps))
         train_loss = group.last_epoch_loss.cpu().numpy()
-        assert np.isfinite(train_loss).all(), "a probe's training loss is not finite; lower the learning rate"
+        if not np.isfinite(train_loss).all():
+            raise ValueError("a probe's training loss is not finite; lower the learning rate")
         for i, pair in enumerate(group.pairs):
             for h, (lr, wd) in enumerate(hps):
                 rows.append(

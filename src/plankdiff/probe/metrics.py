@@ -102,14 +102,18 @@ def classification_metrics(
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    assert y_true.shape == y_pred.shape and y_true.ndim == 1, (
-        f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal-length 1-D label arrays"
-    )
-    assert len(y_true) > 0, "no examples to score"
+    if not (y_true.shape == y_pred.shape and y_true.ndim == 1):
+        raise ValueError(
+            f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equal-length 1-D label arrays"
+        )
+    if not len(y_true):
+        raise ValueError("no examples to score")
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        assert y.min() >= 0 and y.max() < n_classes, f"{name} holds labels outside range({n_classes})"
+        if not (y.min() >= 0 and y.max() < n_classes):
+            raise ValueError(f"{name} holds labels outside range({n_classes})")
     names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
-    assert len(names) == n_classes, f"{len(names)} class names for {n_classes} classes"
+    if len(names) != n_classes:
+        raise ValueError(f"{len(names)} class names for {n_classes} classes")
 
     present = present_labels(y_true, n_classes)
     everything = np.arange(n_classes)
@@ -152,7 +156,8 @@ def save_metrics(metrics: Mapping[str, Any], out_dir: Path, *, extra: Mapping[st
     out_dir = Path(out_dir)
     scalars = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}
     clash = sorted(set(scalars) & set(extra))
-    assert not clash, f"extra keys {clash} would overwrite metrics of the same name"
+    if clash:
+        raise ValueError(f"extra keys {clash} would overwrite metrics of the same name")
     write_json(out_dir / "metrics.json", scalars | dict(extra))
     per_class: pd.DataFrame = metrics["per_class"]
     atomic_write(out_dir / "per_class.csv", lambda tmp: per_class.to_csv(tmp, index=False))
@@ -174,7 +179,8 @@ def heatmap_grid(table: pd.DataFrame) -> pd.DataFrame:
     """Pivot (block, t, value) rows into a block × t frame: blocks in order of first appearance (the
     caller's order, e.g. encoder → decoder, so the grid reads along the network), t increasing."""
     missing = {"block", "t", "value"} - set(table.columns)
-    assert not missing, f"heatmap table lacks columns {sorted(missing)}"
+    if missing:
+        raise ValueError(f"heatmap table lacks columns {sorted(missing)}")
     grid = table.pivot_table(index="block", columns="t", values="value", aggfunc="first")
     return grid.reindex(index=list(dict.fromkeys(table["block"])), columns=sorted(grid.columns))
 
@@ -209,7 +215,8 @@ def plot_heatmap(
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
     if selected is not None:
         block, t = selected
-        assert block in blocks and t in grid.columns, f"selected cell {selected} is not in the table"
+        if not (block in blocks and t in grid.columns):
+            raise ValueError(f"selected cell {selected} is not in the table")
         i, j = blocks.index(block), list(grid.columns).index(t)
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     return _save_figure(fig, out, dpi=150)
@@ -224,7 +231,8 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], out: Path, *, tit
     """
     cm = np.asarray(cm, dtype=float)
     n = len(class_names)
-    assert cm.shape == (n, n), f"confusion matrix {cm.shape} does not match {n} class names"
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {n} class names")
     totals = cm.sum(axis=1, keepdims=True)
     rates = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
     side = float(np.clip(0.12 * n + 2, 5, 18))

@@ -51,10 +51,11 @@ class MahalanobisScorer:
         for name in ("mean", "std", "means", "precision"):
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=np.float64))
         d = self.mean.shape[0]
-        assert self.std.shape == (d,) and self.means.shape[1] == d and self.precision.shape == (d, d), (
-            f"Mahalanobis arrays disagree: mean {self.mean.shape}, std {self.std.shape}, "
-            f"means {self.means.shape}, precision {self.precision.shape}"
-        )
+        if not (self.std.shape == (d,) and self.means.shape[1] == d and self.precision.shape == (d, d)):
+            raise ValueError(
+                f"Mahalanobis arrays disagree: mean {self.mean.shape}, std {self.std.shape}, "
+                f"means {self.means.shape}, precision {self.precision.shape}"
+            )
 
     @classmethod
     def fit(

@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
+from plankdiff.diffusion.config import NUM_TIMESTEPS, PRESETS, load_config
 from plankdiff.probe.protocol import EvaluationProtocol
+from plankdiff.validation import problems
 
 
 class Strict(BaseModel):
@@ -19,9 +22,9 @@ class Strict(BaseModel):
 
 class DatasetSpec(Strict):
     source: str  # zip or folder; relative paths are resolved against the project root
-    size: int = 32
+    size: int = Field(32, ge=MIN_SIZE, le=MAX_SIZE)
     mode: Literal["fit", "keep-scale"] = "fit"
-    channels: int = 1
+    channels: Literal[CHANNELS] = 1
     polarity: bool = True
     # Background and contrast normalisation after polarity; None: on where polarity is normalised.
     background: Literal["none", "normalise"] | None = None
@@ -35,9 +38,16 @@ class PretrainSpec(Strict):
 
 
 class DiffusionSpec(Strict):
-    preset: str = "cpu"
+    preset: str = "cpu"  # a shipped preset or a YAML file (relative to the working directory)
     max_minutes: float = Field(gt=0)
-    batch_size: int | None = None
+    batch_size: int | None = Field(None, ge=1)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        if preset not in PRESETS and not Path(preset).is_file():
+            raise ValueError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)} or a YAML file")
+        return preset
 
 
 class BaselineSpec(Strict):
@@ -45,14 +55,31 @@ class BaselineSpec(Strict):
     max_minutes: float = Field(gt=0)
     include_raw_pixels: bool = True
 
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        from plankdiff.baselines.registry import get_method  # imports torch: only when validating
+
+        for method in methods:
+            get_method(method)  # a ValueError naming the known methods
+        return methods
+
 
 class FeatureSpec(Strict):
-    timesteps: tuple[int, ...] = (1, 5, 10, 25, 50, 100, 200, 400, 700)
-    per_class_train: int = 20
-    per_class_val: int = 10
-    keep_timesteps: int = 2
+    timesteps: tuple[int, ...] = Field((1, 5, 10, 25, 50, 100, 200, 400, 700), min_length=1)
+    per_class_train: int = Field(20, ge=1)
+    per_class_val: int = Field(10, ge=1)
+    keep_timesteps: int = Field(2, ge=1)
     keep_blocks: int | None = Field(None, ge=1)  # None: every block in the fine pass
-    batch_size: int = 128
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("timesteps")
+    @classmethod
+    def _within_the_process(cls, timesteps: tuple[int, ...]) -> tuple[int, ...]:
+        outside = [t for t in timesteps if not 0 <= t < NUM_TIMESTEPS]
+        if outside:
+            raise ValueError(f"{outside} outside 0..{NUM_TIMESTEPS - 1} (the DDPM's T = {NUM_TIMESTEPS})")
+        return timesteps
 
 
 class Caps(Strict):
@@ -89,6 +116,34 @@ class ExperimentConfig(Strict):
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True
 
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, fractions: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [f for f in fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"{bad} outside (0, 1]")
+        return fractions
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_networks(self) -> ExperimentConfig:
+        """Every pre-trained dataset's size must suit the diffusion preset and each baseline, which
+        a real run would only find out when it builds them, after preparing the data."""
+        from plankdiff.baselines.registry import get_method
+
+        unet = load_config(self.diffusion.preset)
+        for name in sorted({spec.dataset for spec in self.pretrain.values()} & set(self.datasets)):
+            size = self.datasets[name].size
+            problem = unet.size_problem(size)
+            if problem:
+                raise ValueError(
+                    f"datasets.{name}.size {size} does not fit preset {self.diffusion.preset}: {problem}"
+                )
+            for method in self.baselines.methods:
+                problem = get_method(method).size_problem(size)
+                if problem:
+                    raise ValueError(f"datasets.{name}.size {size} does not fit baseline {method}: {problem}")
+        return self
+
 
 SHIPPED = ("quick", "cpu", "gpu", "compare", "best")
 
@@ -105,10 +160,7 @@ def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
-        )
-        raise ValueError(f"{source}: invalid experiment: {problems}") from None
+        raise ValueError(problems(error, source=source, what="experiment")) from None
     for name, spec in config.pretrain.items():
         if spec.dataset not in config.datasets:
             raise ValueError(f"{source}: pretrain.{name}.dataset names unknown dataset {spec.dataset!r}")

@@ -148,6 +148,9 @@ class Study:
             split.save(self.datasets[dataset_key])
         for experiment in replicate.experiments:
             experiment.split.save(self.datasets[experiment.dataset])
+            warning = experiment.split.selection_warning()
+            if warning:  # not an error: reduced studies (caps) select on few images by design
+                self.console.print(f"[yellow]warning:[/yellow] {experiment.name}: {warning}")
             for shifted in experiment.shifted:
                 shifted.split.save(self.datasets[shifted.dataset])
             self.planned.append(
