@@ -30,6 +30,7 @@ from lightly.models.utils import get_weight_decay_parameters
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plankdiff.baselines.registry import Method, get_method
+from plankdiff.budget import TERA, count_flops, step_cap
 from plankdiff.data.lineage import pretraining_rows, write_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
@@ -48,7 +49,14 @@ from plankdiff.validation import problems
 
 BASELINE_FILE = "baseline.json"
 # Fields that may change when a run is resumed: how long it runs and how it reports, not what it learns.
-RUN_LENGTH_FIELDS = ("max_steps", "max_minutes", "log_every", "checkpoint_every", "keep_checkpoints")
+RUN_LENGTH_FIELDS = (
+    "max_steps",
+    "max_minutes",
+    "max_tflops",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
 
 
 class BaselineConfig(BaseModel):
@@ -63,6 +71,7 @@ class BaselineConfig(BaseModel):
     grad_clip: float = Field(3.0, gt=0)  # DINO's; a guard against spikes for the others
     max_steps: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    max_tflops: float | None = Field(None, gt=0)  # training FLOPs budget, in units of 1e12
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -76,8 +85,10 @@ class BaselineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _bounded(self) -> BaselineConfig:
-        if not (self.max_steps or self.max_minutes):
-            raise ValueError("give a time budget (--max-minutes), --max-steps, or both")
+        if not (self.max_steps or self.max_minutes or self.max_tflops):
+            raise ValueError(
+                "give a budget: max_minutes (--max-minutes), max_steps (--max-steps) or max_tflops"
+            )
         return self
 
     @classmethod
@@ -178,6 +189,29 @@ class BaselineTrainer:
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[self.rows]))
         self.step, self.elapsed, self.images_seen = 0, 0.0, 0
         self.stopped_by = ""
+        self.flops_per_step = self._count_step_flops()
+
+    def _count_step_flops(self) -> int:
+        """Forward and backward FLOPs of one training step (every network the method runs: views,
+        teacher, heads). Counted on the method itself, whose state (weights, momentum teacher,
+        buffers), gradients and random streams are put back afterwards: DINO's weight-normalised
+        head cannot be deep-copied."""
+        size = self.config.batch_size
+        positions = torch.arange(size) % len(self.images)
+        pixels = self.images[positions].to(self.device)
+        labels = self.labels[positions].to(self.device) if self.labels is not None else None
+        saved = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                generator = torch.Generator().manual_seed(0)
+                return count_flops(
+                    lambda: self.method.training_step(
+                        pixels, generator, labels=labels, progress=0.0
+                    ).backward()
+                )
+        finally:
+            self.method.load_state_dict(saved)
+            self.method.zero_grad(set_to_none=True)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _run_info(self) -> dict:
@@ -193,8 +227,11 @@ class BaselineTrainer:
             "parameters": self.method.parameter_counts(),
             "views": self.method.views.describe(),
             "budget_minutes": self.config.max_minutes,
+            "budget_tflops": self.config.max_tflops,
             "step": self.step,
             "images_seen": self.images_seen,
+            "flops_per_step": self.flops_per_step,
+            "flops": self.flops_per_step * self.step,
             "elapsed_minutes": self.elapsed / 60,
             "stopped_by": self.stopped_by,
             "git_sha": git_sha(),
@@ -241,8 +278,13 @@ class BaselineTrainer:
     # -- the loop -------------------------------------------------------------------------------
     @property
     def progress(self) -> float | None:
-        """The fraction of the time budget spent, or None without a budget."""
-        return min(1.0, self.elapsed / (60 * self.config.max_minutes)) if self.config.max_minutes else None
+        """The fraction of the time or FLOP budget spent (the larger), or None without either."""
+        spent = []
+        if self.config.max_minutes:
+            spent.append(self.elapsed / (60 * self.config.max_minutes))
+        if self.config.max_tflops:
+            spent.append(self.flops_per_step * self.step / (self.config.max_tflops * TERA))
+        return min(1.0, max(spent)) if spent else None
 
     def learning_rate(self) -> float:
         config = self.config
@@ -290,7 +332,7 @@ class BaselineTrainer:
         write_json(self.out / BASELINE_FILE, self._run_info())
         write_training_images(self.out, self.dataset, self.rows)
         budget = config.max_minutes * 60 if config.max_minutes else math.inf
-        max_steps = config.max_steps or math.inf
+        max_steps = step_cap(config.max_steps, config.max_tflops, self.flops_per_step)
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
         stopped_by, loss_value = "steps", float("nan")
         window_start, window_images = time.perf_counter(), 0
@@ -351,9 +393,19 @@ class BaselineTrainer:
             stopped_by = "interrupt"
         finally:
             log.close()
+        if stopped_by == "steps" and self.step < (config.max_steps or math.inf):
+            stopped_by = "flops"  # the FLOP budget ended the run before the step cap
         self.stopped_by = stopped_by
         if stopped_by != "steps" or self.step % config.checkpoint_every:
             self.save()
         else:  # the loop saved this step's checkpoint already: only record how the run ended
             write_json(self.out / BASELINE_FILE, self._run_info())
-        return TrainResult(self.out, self.step, self.elapsed / 60, self.images_seen, loss_value, stopped_by)
+        return TrainResult(
+            self.out,
+            self.step,
+            self.elapsed / 60,
+            self.images_seen,
+            loss_value,
+            stopped_by,
+            flops=float(self.flops_per_step * self.step),
+        )

@@ -48,6 +48,7 @@ class TrainConfig(Strict):
     ema_decay: float = Field(0.999, gt=0, lt=1)
     max_steps: int = Field(10_000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    max_tflops: float | None = Field(None, gt=0)  # training FLOPs budget, in units of 1e12
     augment: bool = True  # flips and 90° rotations: plankton have no canonical orientation
     log_every: int = Field(25, ge=1)
     sample_every: int = Field(500, ge=0)  # 0: no sample grids during training

@@ -8,6 +8,7 @@ runs the same code on several GPUs; on one CPU it is a plain loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
+from plankdiff.budget import count_flops, step_cap
 from plankdiff.data.lineage import write_training_images
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.checkpoint import (
@@ -53,7 +55,8 @@ class TrainResult:
     elapsed_minutes: float
     images_seen: int
     last_loss: float
-    stopped_by: str  # "steps", "time" or "interrupt"
+    stopped_by: str  # "steps", "flops", "time" or "interrupt"
+    flops: float = 0.0  # training FLOPs (matrix products and convolutions, forward and backward)
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -147,6 +150,16 @@ class DiffusionTrainer:
         self.generator = torch.Generator().manual_seed(train.seed + self.accelerator.process_index)
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[np.sort(self.rows)]))
         self.step, self.elapsed, self.images_seen = 0, 0.0, 0
+        self.flops_per_step = self._count_step_flops()
+
+    def _count_step_flops(self) -> int:
+        """Forward and backward FLOPs of one training step, counted on a copy of the network."""
+        network = copy.deepcopy(self.accelerator.unwrap_model(self.model)).float()
+        channels, size = self.images.shape[1], self.images.shape[2]
+        x = torch.zeros(self.config.train.batch_size, channels, size, size, device=self.device)
+        t = torch.zeros(len(x), dtype=torch.long, device=self.device)
+        with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
+            return count_flops(lambda: (network(x, t).sample - x).square().mean().backward())
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _run_config(self) -> dict:
@@ -157,6 +170,8 @@ class DiffusionTrainer:
             "training_rows_hash": int(np.sum(self.rows.astype(np.int64) * 2654435761 % 1000003)),
             "image_shape": list(self.images.shape[1:]),
             "parameters": count_parameters(self.accelerator.unwrap_model(self.model)),
+            "flops_per_step": self.flops_per_step,
+            "flops": self.flops_per_step * self.step,
         }
 
     def _check_resumable(self, saved: dict) -> None:
@@ -263,6 +278,7 @@ class DiffusionTrainer:
         budget = train.max_minutes * 60 if train.max_minutes else math.inf
         log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
         stopped_by, loss_value = "steps", float("nan")
+        last_step = step_cap(train.max_steps, train.max_tflops, self.flops_per_step)
         window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
         self.model.train()
         try:
@@ -277,7 +293,7 @@ class DiffusionTrainer:
                 ) as advance,
             ):
                 advance(self.step)
-                while self.step < train.max_steps:
+                while self.step < last_step:
                     if self.elapsed >= budget:
                         stopped_by = "time"
                         break
@@ -322,9 +338,19 @@ class DiffusionTrainer:
             stopped_by = "interrupt"
         finally:
             log.close()
+        if stopped_by == "steps" and self.step < train.max_steps:
+            stopped_by = "flops"  # the FLOP budget ended the run before the step cap
         if stopped_by != "steps" or self.step % train.checkpoint_every:
             self.save()
-        return TrainResult(self.out, self.step, self.elapsed / 60, self.images_seen, loss_value, stopped_by)
+        return TrainResult(
+            self.out,
+            self.step,
+            self.elapsed / 60,
+            self.images_seen,
+            loss_value,
+            stopped_by,
+            flops=float(self.flops_per_step * self.step),
+        )
 
 
 def _save_pretrained_atomic(model, folder: Path) -> None:

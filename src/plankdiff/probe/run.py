@@ -102,11 +102,11 @@ def probe_features(
 ) -> ProbeResult:
     """`transductive`: the backbone deliberately saw the scored images (unlabelled) in pre-training;
     without it, scoring any validation or test image the backbone trained on is refused."""
+    if protocol not in get_args(Protocol):  # any other value used to run kNN under its own name
+        raise ValueError(f"protocol must be one of {', '.join(get_args(Protocol))}, not {protocol!r}")
     lineage = check_lineage(store, split, ("val", "test"), transductive=transductive)
     for shift in shifted:
         check_lineage(shift.store, shift.split, ("test",), transductive=transductive)
-    if protocol not in get_args(Protocol):  # any other value used to run kNN under its own name
-        raise ValueError(f"protocol must be one of {', '.join(get_args(Protocol))}, not {protocol!r}")
     pairs = pairs or store.pairs
     positions = split_positions(store, split)
     order = np.concatenate([positions["train"], positions["val"], positions["test"]])

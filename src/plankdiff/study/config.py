@@ -37,9 +37,22 @@ class PretrainSpec(Strict):
     split: str  # a split kind name resolved by the runner: long-tailed | temporal:<train>-<test>
 
 
-class DiffusionSpec(Strict):
+class Budget(Strict):
+    """How long a backbone trains: wall-clock minutes, training FLOPs (in units of 1e12, the same on
+    a busy or idle machine), or both (whichever runs out first). At least one is required."""
+
+    max_minutes: float | None = Field(None, gt=0)
+    max_tflops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        if self.max_minutes is None and self.max_tflops is None:
+            raise ValueError("give max_minutes, max_tflops or both")
+        return self
+
+
+class DiffusionSpec(Budget):
     preset: str = "cpu"  # a shipped preset or a YAML file (relative to the working directory)
-    max_minutes: float = Field(gt=0)
     batch_size: int | None = Field(None, ge=1)
 
     @field_validator("preset")
@@ -50,9 +63,8 @@ class DiffusionSpec(Strict):
         return preset
 
 
-class BaselineSpec(Strict):
+class BaselineSpec(Budget):
     methods: tuple[str, ...] = ("supervised", "simclr", "byol", "dino", "mae")
-    max_minutes: float = Field(gt=0)
     include_raw_pixels: bool = True
 
     @field_validator("methods")

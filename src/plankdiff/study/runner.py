@@ -183,7 +183,12 @@ class Study:
                 runs[key][method] = folder / method
                 self.stage(
                     f"pretrain/seed{seed}/{key}/{method}",
-                    inputs | {"method": method, "minutes": self.config.baselines.max_minutes},
+                    inputs
+                    | {
+                        "method": method,
+                        "minutes": self.config.baselines.max_minutes,
+                        "tflops": self.config.baselines.max_tflops,
+                    },
                     lambda d=dataset, s=split, f=folder / method, m=method: self._train_baseline(
                         d, s, f, m, seed
                     ),
@@ -192,7 +197,13 @@ class Study:
 
     def _train_diffusion(self, dataset, split: Split, folder: Path, seed: int) -> dict:
         spec = self.config.diffusion
-        config = load_config(spec.preset, max_minutes=spec.max_minutes, batch_size=spec.batch_size, seed=seed)
+        config = load_config(
+            spec.preset,
+            max_minutes=spec.max_minutes,
+            max_tflops=spec.max_tflops,
+            batch_size=spec.batch_size,
+            seed=seed,
+        )
         trainer = DiffusionTrainer(
             config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
         )
@@ -204,12 +215,17 @@ class Study:
             "minutes": result.elapsed_minutes,
             "images_seen": result.images_seen,
             "steps": result.step,
+            "tflops": result.flops / 1e12,
+            "stopped_by": result.stopped_by,
             "parameters": sum(p.numel() for p in unet.parameters()),
             "last_loss": result.last_loss,
         }
 
     def _train_baseline(self, dataset, split: Split, folder: Path, method: str, seed: int) -> dict:
-        config = BaselineConfig.for_method(method, max_minutes=self.config.baselines.max_minutes, seed=seed)
+        budget = self.config.baselines
+        config = BaselineConfig.for_method(
+            method, max_minutes=budget.max_minutes, max_tflops=budget.max_tflops, seed=seed
+        )
         rows = training_rows(dataset, method=method, split=split.name)
         trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
         result = trainer.train()
@@ -219,6 +235,8 @@ class Study:
             "minutes": result.elapsed_minutes,
             "images_seen": result.images_seen,
             "steps": result.step,
+            "tflops": result.flops / 1e12,
+            "stopped_by": result.stopped_by,
             "parameters": _trained_parameters(info.get("parameters")),
         }
 
@@ -535,6 +553,7 @@ class Study:
                             "method": f"{method} ({key})",
                             "seed": seed,
                             "minutes": result.get("minutes"),
+                            "tflops": result.get("tflops"),
                             "steps": result.get("steps"),
                             "images_seen": result.get("images_seen"),
                             "parameters": result.get("parameters"),
