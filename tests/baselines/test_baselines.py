@@ -314,6 +314,10 @@ class Unlabelled:
 
     def __init__(self, dataset: PreparedDataset):
         self.images, self.key, self.name, self.root = dataset.images, dataset.key, dataset.name, dataset.root
+        # The run records which images it trained on (plankdiff.data.lineage): the source hash and
+        # each image's path, never a label column.
+        self.info = {"source_hash": dataset.info["source_hash"]}
+        self.meta = dataset.meta[["path"]]
 
     def __len__(self) -> int:
         return len(self.images)
