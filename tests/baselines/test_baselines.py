@@ -162,17 +162,42 @@ def test_the_probe_reads_a_baseline_store(dataset, tmp_path):
         run, dataset, out=tmp_path / "features", split=SPLIT, show_progress=False
     )
     split = Split.load(dataset, SPLIT)
+    # Pairs given deepest first, so the first table row is not the winner by construction.
+    features, labels = dict(reversed(store.load_many().items())), split.targets[store.rows]
+    val = store.positions(split.indices("val"))
     grid = fit_probe_grid(
-        store.load_many(),
-        split.targets[store.rows],
+        features,
+        labels,
         train=store.positions(split.indices("train")),
-        val=store.positions(split.indices("val")),
+        val=val,
         n_classes=len(split.classes),
-        lrs=(1e-2,),
-        weight_decays=(1e-4,),
+        lrs=(1e-2, 1e-3),
+        weight_decays=(1e-4, 0.5),
         epochs=2,
+        matmul_dtype="float32",
     )
-    assert grid is not None
+    table = grid.table
+    # One row per (block, lr, weight decay): the store's 3 blocks × the 2 × 2 grid, in the given order.
+    assert store.pairs == ["layer3@4", "layer4@2", "pool"]
+    assert list(dict.fromkeys(table["pair"])) == ["pool", "layer4@2", "layer3@4"]
+    assert sorted(zip(table["pair"], table["lr"], table["weight_decay"], strict=True)) == sorted(
+        (p, lr, wd) for p in store.pairs for lr in (1e-2, 1e-3) for wd in (1e-4, 0.5)
+    )
+    assert table["val_macro_f1"].between(0, 1).all() and table["val_accuracy"].between(0, 1).all()
+    correct = table["val_accuracy"] * len(val)  # a count of the validation images, one per class
+    assert len(val) == 4
+    np.testing.assert_allclose(correct, correct.round(), atol=1e-6)
+    # The documented rule, applied here by hand: highest val macro-F1, then val accuracy, then the
+    # pair name; an exact tie between hyper-parameters of one pair keeps the first in grid order.
+    rows = list(table.itertuples())
+    winner = min(rows, key=lambda r: (-r.val_macro_f1, -r.val_accuracy, r.pair))
+    assert (grid.best_pair, grid.best_hp) == (
+        winner.pair,
+        {"lr": winner.lr, "weight_decay": winner.weight_decay},
+    )
+    # The selected probe is the one scored: its predictions reproduce the winner's val accuracy.
+    predicted = grid.classifier().predict(np.asarray(features[grid.best_pair][val], np.float32))
+    assert (predicted == labels[val]).mean() == pytest.approx(winner.val_accuracy)
 
 
 def test_an_interrupted_extraction_resumes(dataset, tmp_path):
@@ -289,8 +314,10 @@ class Unlabelled:
 
     def __init__(self, dataset: PreparedDataset):
         self.images, self.key, self.name, self.root = dataset.images, dataset.key, dataset.name, dataset.root
-        # What the training-image record needs (source hash, paths): no label column.
-        self.info, self.meta = dataset.info, dataset.meta[["path"]]
+        # The run records which images it trained on (plankdiff.data.lineage): the source hash and
+        # each image's path, never a label column.
+        self.info = {"source_hash": dataset.info["source_hash"]}
+        self.meta = dataset.meta[["path"]]
 
     def __len__(self) -> int:
         return len(self.images)

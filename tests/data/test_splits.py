@@ -14,24 +14,41 @@ import pytest
 
 from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.data.splits import SPLITS, Split, balanced_split, long_tailed_split, temporal_split
+from plankdiff.data.splits import (
+    SPLITS,
+    Split,
+    balanced_split,
+    cap_per_class,
+    in_and_out_of_period,
+    long_tailed_split,
+    temporal_split,
+    translate,
+)
 from plankdiff.provenance import save_npy, write_json
 
 
-def fake_prepared(root: Path, labels: list[str], capture_times: list[str] | None = None) -> PreparedDataset:
+def fake_prepared(
+    root: Path,
+    labels: list[str],
+    capture_times: list[str] | None = None,
+    *,
+    paths: list[str] | None = None,
+    source_hash: str = "s",
+) -> PreparedDataset:
     """A real prepared-dataset folder (prepare.json, images.npy, meta.csv) for crafted labels and times."""
     classes = sorted(set(labels))
     root.mkdir(parents=True)
     save_npy(root / "images.npy", np.zeros((len(labels), 1, 8, 8), np.uint8))
     pd.DataFrame(
         {
-            "path": [f"{label}/{i}.png" for i, label in enumerate(labels)],
+            "path": paths or [f"{label}/{i}.png" for i, label in enumerate(labels)],
             "label": labels,
             "class_index": [classes.index(label) for label in labels],
             "capture_time": capture_times or [""] * len(labels),
         }
     ).to_csv(root / "meta.csv", index=False)
-    write_json(root / "prepare.json", {"name": root.name, "key": "k", "classes": classes, "n_skipped": 0})
+    info = {"name": root.name, "key": root.name, "classes": classes, "n_skipped": 0}
+    write_json(root / "prepare.json", info | {"source_hash": source_hash})
     return PreparedDataset(root)
 
 
@@ -182,6 +199,105 @@ def test_temporal_split_without_shared_classes_is_an_error(timed):
         temporal_split(timed, train_years=(2018, 2019), test_years=(2020,), min_per_side=40)
 
 
+def test_in_and_out_of_period_share_train_and_val_and_differ_only_in_test(timed):
+    split = temporal_split(timed, train_years=(2018, 2019), test_years=(2020,), min_per_side=5)
+    within, across = in_and_out_of_period(split, fraction=0.2, seed=0)
+    assert (within.name, across.name) == (f"{split.name}-within", f"{split.name}-across")
+    for part in ("train", "val"):
+        np.testing.assert_array_equal(within.indices(part), across.indices(part))
+    np.testing.assert_array_equal(within.indices("val"), split.indices("val"))
+    # Under shift: the later period's test rows, unchanged.
+    np.testing.assert_array_equal(across.indices("test"), split.indices("test"))
+    # In period: held-out training-period images that no longer train the probe (or a backbone).
+    held_out, train = set(within.indices("test")), set(within.indices("train"))
+    assert held_out <= set(split.indices("train")) and not held_out & train
+    assert held_out | train == set(split.indices("train"))
+    assert_partition(within)
+    assert_partition(across)
+    # Training side: asplanchna 25 (val round(3.125) = 3, train 22), bosmina 30 (val round(3.75) = 4,
+    # train 26); 20 % of each class's train rows held out: round(4.4) = 4 and round(5.2) = 5.
+    assert counts(split, "train") == {"asplanchna": 22, "bosmina": 26}
+    assert counts(within, "test") == {"asplanchna": 4, "bosmina": 5}
+    assert counts(within, "train") == {"asplanchna": 18, "bosmina": 21}
+    np.testing.assert_array_equal(within.targets, split.targets)
+
+
+def test_in_and_out_of_period_is_seeded(timed):
+    split = temporal_split(timed, train_years=(2018, 2019), test_years=(2020,), min_per_side=5)
+    first, again = in_and_out_of_period(split, seed=1)[0], in_and_out_of_period(split, seed=1)[0]
+    other = in_and_out_of_period(split, seed=2)[0]
+    np.testing.assert_array_equal(first.indices("test"), again.indices("test"))
+    assert not np.array_equal(first.indices("test"), other.indices("test"))
+
+
+# -- caps per class --------------------------------------------------------------------------------
+
+
+def test_cap_per_class_caps_each_class_in_each_part_within_the_original_part(long_tailed):
+    split = long_tailed_split(long_tailed, seed=0)  # train 70/35/14, val 10/5/2, test 20/10/4
+    capped = cap_per_class(split, {"train": 20, "val": 3, "test": 5}, seed=0)
+    assert capped.name == "long-tailed-s0-cap20" and capped.classes == split.classes
+    # Classes above a cap are cut to it; smaller ones keep every row.
+    assert counts(capped, "train") == {"copepod": 20, "diatom": 20, "ostracod": 14}
+    assert counts(capped, "val") == {"copepod": 3, "diatom": 3, "ostracod": 2}
+    assert counts(capped, "test") == {"copepod": 5, "diatom": 5, "ostracod": 4}
+    for part in SPLITS:
+        assert set(capped.indices(part)) <= set(split.indices(part)), f"{part} gained rows"
+    np.testing.assert_array_equal(capped.targets, split.targets)
+    assert_partition(capped)
+
+
+def test_cap_per_class_leaves_an_uncapped_part_whole(long_tailed):
+    split = long_tailed_split(long_tailed, seed=0)
+    capped = cap_per_class(split, {"train": 5}, seed=0)
+    assert counts(capped, "train") == {"copepod": 5, "diatom": 5, "ostracod": 5}
+    for part in ("val", "test"):
+        np.testing.assert_array_equal(capped.indices(part), split.indices(part))
+
+
+def test_cap_per_class_is_deterministic_per_seed_and_differs_across_seeds(long_tailed):
+    split = long_tailed_split(long_tailed, seed=0)
+    caps = {"train": 10, "val": 3, "test": 5}
+    first, again, other = (cap_per_class(split, caps, seed=s) for s in (4, 4, 5))
+    for part in SPLITS:
+        np.testing.assert_array_equal(first.indices(part), again.indices(part))
+    assert not np.array_equal(first.indices("train"), other.indices("train"))
+    assert counts(first, "train") == counts(other, "train")
+
+
+# -- translate to another preparation of the same source -------------------------------------------
+
+
+def test_translate_moves_each_image_to_its_row_in_the_other_preparation(tmp_path):
+    labels = ["copepod"] * 20 + ["diatom"] * 10
+    paths = [f"{label}/img{i:02d}.png" for i, label in enumerate(labels)]
+    source = fake_prepared(tmp_path / "pol", labels, paths=paths)
+    # The other preparation lists the images in another order and skipped one (unreadable there).
+    order = [i for i in np.random.default_rng(0).permutation(len(labels)) if i != 3]
+    target = fake_prepared(tmp_path / "nopol", [labels[i] for i in order], paths=[paths[i] for i in order])
+    split = long_tailed_split(source, seed=0)
+    moved = translate(split, source, target)
+    assert moved.name == split.name and moved.classes == split.classes
+    part_of = {paths[r]: part for part in SPLITS for r in split.indices(part)}
+    for part in SPLITS:
+        # Matched by path: the same images in the same part, the skipped one in none.
+        got = [target.meta["path"][r] for r in moved.indices(part)]
+        assert sorted(got) == sorted(p for p, q in part_of.items() if q == part and p != paths[3])
+        assert list(moved.indices(part)) == sorted(moved.indices(part))
+        names = [moved.classes[t] for t in moved.labels(part)]
+        assert names == [p.split("/")[0] for p in got], "an image changed class"
+    assert sum(len(moved.indices(part)) for part in SPLITS) == len(labels) - 1
+    assert_partition(moved, len(target))
+
+
+def test_translate_refuses_a_preparation_of_another_source(tmp_path):
+    labels = ["a"] * 5 + ["b"] * 5
+    source = fake_prepared(tmp_path / "one", labels, source_hash="one")
+    other = fake_prepared(tmp_path / "two", labels, source_hash="two")
+    with pytest.raises(ValueError, match="prepared from another source"):
+        translate(long_tailed_split(source), source, other)
+
+
 # -- cross-domain ----------------------------------------------------------------------------------
 
 
@@ -231,7 +347,7 @@ def test_cross_domain_splits(tmp_path):
     target = fake_prepared(tmp_path / "pwssc", ["Acartia"] * 6 + ["Blob"] * 7 + ["Parasagitta"] * 5)
     assert unmapped_labels(source, mapping, "ndsb") == ["fish_larvae_myctophids"]
     assert unmapped_labels(target, mapping, "pwssc") == ["Blob"]
-    base = long_tailed_split(source, seed=0)
+    base = long_tailed_split(source, seed=0)  # the partition the backbones pre-train on
     source_split, target_split = cross_domain_splits(
         source, target, mapping, source_key="ndsb", target_key="pwssc", base=base
     )
@@ -240,11 +356,10 @@ def test_cross_domain_splits(tmp_path):
     used = np.concatenate([source_split.indices(s) for s in SPLITS])
     assert sorted(used) == list(range(30))  # copepods and chaetognaths only
     assert_partition(source_split)
-    # Every mapped image keeps the part it has in the pre-training partition: a backbone trained
-    # on `base`'s train rows never sees a source validation or test image.
+    # Every mapped image keeps its part of the pre-training partition: no backbone training row
+    # reaches the source validation or test rows.
     for part in SPLITS:
-        mapped = [r for r in base.indices(part) if r < 30]
-        assert sorted(source_split.indices(part)) == mapped
+        np.testing.assert_array_equal(source_split.indices(part), base.indices(part)[base.indices(part) < 30])
     assert counts(source_split, "test") == {"copepod": 4, "chaetognath": 2}
     assert len(target_split.indices("train")) == len(target_split.indices("val")) == 0
     test_labels = np.array(target.meta["label"])[target_split.indices("test")]

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sklearn.metrics import f1_score
 
+from plankdiff.probe import metrics as metrics_module
 from plankdiff.probe.metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -94,22 +96,87 @@ def test_save_metrics_writes_json_and_csvs(tmp_path):
         save_metrics(m, tmp_path, extra={"accuracy": 1.0})
 
 
-def test_figures_are_written(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the plotting functions save, kept so its plotted data can be read back."""
+    figures = []
+    save = metrics_module._save_figure
+
+    def keep(fig, out, dpi):
+        figures.append(fig)
+        return save(fig, out, dpi)
+
+    monkeypatch.setattr(metrics_module, "_save_figure", keep)
+    return figures
+
+
+def colours(image: Image.Image) -> int:
+    """Distinct RGB colours (packed into one integer each: np.unique on rows is 100× slower)."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.int32)
+    return len(np.unique(rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]))
+
+
+def red_pixels(path) -> int:
+    """Pixels of the selection box's pure red (viridis and Blues never come near it)."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 200) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_heatmap_plots_the_grid_and_boxes_the_selected_cell(tmp_path, drawn):
     table = pd.DataFrame(
         [
             {"block": b, "t": t, "value": i * 0.1 + t / 100}
             for i, b in enumerate(["enc", "mid", "dec"])
-            for t in (5, 50)
+            for t in (50, 5)
         ]
     )
-    heatmap = plot_heatmap(table, selected=("mid", 50), out=tmp_path / "heat.png", title="val macro-F1")
-    assert heatmap.stat().st_size > 1000
+    out = plot_heatmap(table, selected=("dec", 50), out=tmp_path / "heat.png", title="val macro-F1")
+    (ax, _colorbar) = drawn[0].axes
+    # Rows along the network as given, t increasing: value = block index / 10 + t / 100.
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.05, 0.5], [0.15, 0.6], [0.25, 0.7]])
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["enc", "mid", "dec"]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["5", "50"]
+    assert sorted(text.get_text() for text in ax.texts) == ["0.05", "0.15", "0.25", "0.50", "0.60", "0.70"]
+    (box,) = ax.patches  # the selected cell, centred on column 1 (t = 50), row 2 (dec)
+    assert box.get_xy() == (0.5, 1.5) and (box.get_width(), box.get_height()) == (1, 1)
+    assert ax.get_title() == "val macro-F1"
+    image = Image.open(out)
+    assert image.format == "PNG" and min(image.size) > 200
+    assert colours(image) > 50, "blank figure"
+    assert red_pixels(out) > 100
+    unboxed = plot_heatmap(table, selected=None, out=tmp_path / "plain.png", title="")
+    assert not drawn[1].axes[0].patches and red_pixels(unboxed) == 0
     with pytest.raises(ValueError, match="not in the table"):
         plot_heatmap(table, selected=("mid", 7), out=tmp_path / "bad.png", title="")
+
+
+def test_heatmap_leaves_missing_cells_empty(tmp_path, drawn):
+    table = pd.DataFrame({"block": ["enc", "enc", "dec"], "t": [5, 50, 5], "value": [0.1, 0.2, 0.3]})
+    plot_heatmap(table, selected=("dec", 5), out=tmp_path / "heat.png", title="")
+    plotted = drawn[0].axes[0].images[0].get_array()
+    assert plotted.mask.tolist() == [[False, False], [False, True]]
+    assert plotted[0, 1] == pytest.approx(0.2) and plotted[1, 0] == pytest.approx(0.3)
+
+
+def test_confusion_plots_row_rates_on_a_square_root_scale(tmp_path, drawn):
     names = [f"class_{i:03d}" for i in range(121)]
     cm = np.random.default_rng(0).integers(0, 20, (121, 121))
     cm[5] = 0  # a class with no test example must not divide by zero
-    assert plot_confusion(cm, names, tmp_path / "cm.png").stat().st_size > 10_000
+    out = plot_confusion(cm, names, tmp_path / "cm.png", title="test")
+    ax = drawn[0].axes[0]
+    plotted = np.asarray(ax.images[0].get_array())
+    for i in (0, 60, 120):  # each row: where that true class went, as fractions of its examples
+        np.testing.assert_allclose(plotted[i], cm[i] / cm[i].sum())
+    assert (plotted[5] == 0).all()
+    norm = ax.images[0].norm
+    assert (norm.gamma, norm.vmin, norm.vmax) == (0.5, 0, 1)
+    assert [label.get_text() for label in ax.get_yticklabels()] == names
+    assert [label.get_text() for label in ax.get_xticklabels()] == names
+    image = Image.open(out)
+    assert image.format == "PNG" and min(image.size) > 2000  # 121 names stay readable when zoomed
+    assert colours(image) > 50, "blank figure"
+    with pytest.raises(ValueError, match="does not match 3 class names"):
+        plot_confusion(np.eye(2), ["a", "b", "c"], tmp_path / "bad.png")
 
 
 def test_heatmap_grid_keeps_the_given_block_order():

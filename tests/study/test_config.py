@@ -1,3 +1,4 @@
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,50 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_experiments_validate(name):
+def test_every_shipped_experiment_file_is_listed_and_loads():
+    folder = resources.files("plankdiff") / "configs" / "experiments"
+    files = sorted(Path(str(entry)).stem for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    assert files == sorted(SHIPPED) == ["best", "compare", "cpu", "gpu", "quick"]
+    for name in SHIPPED:
+        config = load_experiment(name)
+        assert config.name == name
+        needed = {"ndsb": {"ndsb"}, "zoolake": {"zoolake"}, "ndsb-pwssc": {"ndsb", "pwssc"}}
+        assert set(config.datasets) >= set().union(*(needed[f] for f in config.experiments))
+
+
+# The five registered baselines (tests/baselines checks the registry holds exactly these); named
+# here so that this module does not import torch.
+METHODS = ("byol", "dino", "mae", "simclr", "supervised")
+# Budget per backbone as the README states them (the shipped studies table): (minutes, TFLOP).
+BUDGETS = {"cpu": (None, 25), "compare": (20, None), "gpu": (60, None), "best": (60, None)}
+
+
+@pytest.mark.parametrize("name", sorted(BUDGETS))
+def test_comparison_studies_give_the_ddpm_and_every_baseline_the_same_budget(name):
     config = load_experiment(name)
-    assert config.name == name
-    needed = {"ndsb": {"ndsb"}, "zoolake": {"zoolake"}, "ndsb-pwssc": {"ndsb", "pwssc"}}
-    assert set(config.datasets) >= set().union(*(needed[f] for f in config.experiments))
-    # Every method gets the same minutes: one budget for all baselines, the DDPM's set beside it.
-    assert config.baselines.max_minutes > 0 and config.diffusion.max_minutes > 0
+    # One `baselines` budget covers every method, so an equal budget for all is this equality.
+    diffusion = (config.diffusion.max_minutes, config.diffusion.max_tflops)
+    assert diffusion == (config.baselines.max_minutes, config.baselines.max_tflops) == BUDGETS[name]
+    assert set(config.baselines.methods) == set(METHODS)
+    assert config.baselines.include_raw_pixels
+
+
+def test_quick_is_the_one_study_with_unequal_minutes():
+    # A pipeline check, not a comparison: the DDPM gets 1.5 minutes and each baseline 0.4 (README,
+    # shipped studies table), so its numbers say nothing about which method is better.
+    config = load_experiment("quick")
+    assert (config.diffusion.max_minutes, config.baselines.max_minutes) == (1.5, 0.4)
+    assert set(config.baselines.methods) == set(METHODS)
+
+
+def test_best_is_the_readme_recipe_for_every_method():
+    # README: 8-orientation averaging, the log object size and top-3 fusion, as one protocol block
+    # that the study applies to every method's features.
+    config = load_experiment("best")
+    protocol = config.protocol
+    assert (protocol.orientations, protocol.object_size, protocol.fuse_top) == (8, True, 3)
+    assert config.diffusion.preset == "cpu" and config.experiments == ("ndsb",)
+    assert len(config.seeds) >= 3, "headline comparisons need at least 3 pre-training seeds"
 
 
 def test_a_misspelt_key_names_the_key_and_the_file(tmp_path):
