@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -16,6 +17,13 @@ from plankdiff.deploy.predict import SAMPLE_BY, predict
 from plankdiff.deploy.score import score_predictions
 
 console = Console()
+
+
+class OutputFormatChoice(str, Enum):
+    """`--format`: what `predict` writes besides its CSV tables (`plankdiff.deploy.predict.OutputFormat`)."""
+
+    csv = "csv"
+    ecotaxa = "ecotaxa"
 
 
 def export_command(
@@ -91,6 +99,12 @@ def predict_command(
     score: bool = typer.Option(
         False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"
     ),
+    output_format: OutputFormatChoice = typer.Option(
+        OutputFormatChoice.csv,
+        "--format",
+        help="csv: the CSV tables only; ecotaxa: also OUT/ecotaxa/ (ecotaxa_*.tsv and every image as PNG) "
+        "for EcoTaxa's import",
+    ),
 ) -> None:
     """Classify images; run under `accelerate launch` to spread them over processes."""
     if sample_by not in SAMPLE_BY:
@@ -109,6 +123,7 @@ def predict_command(
             sample_by=sample_by,
             captured_from=captured_from.date() if captured_from else None,
             captured_to=captured_to.date() if captured_to else None,
+            output_format=output_format.value,
         )
     except (ModelCardError, SourceError) as error:
         console.print(f"[red]error:[/red] {error}")

@@ -32,7 +32,9 @@ Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (
 count, every class of every sample, zeros kept; `unclassified` is a class of its own),
 `counts_wide.csv` (one row per sample: volume_ml where known, n_images, a count column per class
 and, where the volume is known, a `<class>_per_ml` column each) and `skipped.csv` (every image or
-bin that could not be read, with the reason). The previous run's outputs are removed when a run
+bin that could not be read, with the reason); with `output_format="ecotaxa"`, also `ecotaxa/`:
+`ecotaxa_<out folder>.tsv` and every classified image as `<object_id>.png` beside it, the bundle
+EcoTaxa imports (see `plankdiff.deploy.ecotaxa`). The previous run's outputs are removed when a run
 starts and the new ones moved into place at the end, so a killed run never leaves old files that
 look current. Under `accelerate launch`, process i takes images i, i+n, i+2n, … and
 writes its own parts; the main process merges them back into input order.
@@ -43,13 +45,16 @@ from __future__ import annotations
 import csv
 import heapq
 import os
+import shutil
 import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path, PurePosixPath
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -69,11 +74,15 @@ from plankdiff.data.sources import (
     read_member,
 )
 from plankdiff.data.timestamps import capture_time
+from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
 from plankdiff.progress import progress_bar
 
-TOP_K = 3
+TOP_K = ecotaxa.TOP_K_COLUMNS
 SAMPLE_BY = ("input", "folder", "day")
+# What `predict` writes besides its CSVs: nothing more, or an EcoTaxa import bundle (`ecotaxa/`).
+OutputFormat = Literal["csv", "ecotaxa"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
@@ -380,22 +389,32 @@ def predict_share(
     num_processes: int,
     batch_size: int,
     show_progress: bool,
+    object_ids: Sequence[str] | None = None,
 ) -> None:
     """Classify images process_index, process_index + n, … into this process's CSV parts.
 
     Memory is bounded by one batch: rows are written as each batch finishes, and counts are kept
-    per (sample, class) only.
+    per (sample, class) only. `object_ids` (one per image, `ecotaxa.object_ids`): also write each
+    image as `ecotaxa/<id>.png` and its line of the EcoTaxa tsv.
     """
     params, class_names = classifier.params, classifier.classes
     mine = [(i, images[i]) for i in range(process_index, len(images), num_processes)]
     counts: Counter[tuple[str, str]] = Counter()
     started = time.perf_counter()
+    bundle = out_csv.with_name(ecotaxa.FOLDER)
+    if object_ids is not None:
+        bundle.mkdir(exist_ok=True)
+    tsv_part = _part(bundle / "objects.tsv", process_index)
     with (
         open(_part(out_csv, process_index), "w", newline="") as predictions_file,
         open(_part(out_csv.with_name("skipped.csv"), process_index), "w", newline="") as skipped_file,
+        open(tsv_part, "w", newline="", encoding="ascii")
+        if object_ids is not None
+        else nullcontext() as tsv_file,
         progress_bar("predict", total=len(mine), enabled=show_progress) as advance,
     ):
         predictions, skipped = csv.writer(predictions_file), csv.writer(skipped_file)
+        objects = csv.writer(tsv_file, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv_file else None
         done, reading = 0, -1
         for batch in _batches(mine, batch_size):
             pixels, kept = [], []
@@ -413,6 +432,8 @@ def predict_share(
                 try:
                     decoded = readers[image.reader].read_image(image.member)
                     pixels.append(preprocess(decoded, params, orig_size=image.orig_size).pixels)
+                    if object_ids is not None:
+                        ecotaxa.write_image(decoded, bundle, object_ids[position])
                 except READ_ERRORS as error:
                     reason = str(error) if isinstance(error, ImageRejected) else f"could not read: {error}"
                     skipped.writerow([position, image.sample, image.source, reason])
@@ -440,6 +461,18 @@ def predict_share(
                         ]
                     )
                     counts[image.sample, decision] += 1
+                    if objects is not None:
+                        line = ecotaxa.row(
+                            object_id=object_ids[position],
+                            sample=image.sample,
+                            key=image.key,
+                            source=image.source,
+                            names=names,
+                            probabilities=probabilities,
+                            decision=decision,
+                            abstained=decision == UNCLASSIFIED,
+                        )
+                        objects.writerow([position, *line])
             done += len(batch)
             advance(len(batch), img_per_s=done / max(time.perf_counter() - started, 1e-9))
     if reading >= 0:
@@ -454,16 +487,30 @@ def _staged(path: Path) -> Path:
     return path.with_name(f".{path.name}.staged")
 
 
-def _merge(path: Path, columns: list[str], num_processes: int) -> int:
-    """Interleave the parts back into input order (each is sorted by position); returns the row count."""
-    parts = [_part(path, i) for i in range(num_processes)]
-    handles = [open(p, newline="") for p in parts]  # noqa: SIM115 - closed below, after the merge
+def _merge(
+    path: Path,
+    columns: list[str],
+    num_processes: int,
+    *,
+    parts_of: Path | None = None,
+    header: Sequence[list[str]] = (),
+    tsv: bool = False,
+) -> int:
+    """Interleave the parts back into input order (each is sorted by position); returns the row count.
+
+    parts_of: where the parts were written (default `path`); header: lines after the column names
+    (EcoTaxa's types line); tsv: tab-separated ASCII, never quoted (EcoTaxa's import format)."""
+    parts = [_part(parts_of or path, i) for i in range(num_processes)]
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    encoding = "ascii" if tsv else None
+    handles = [open(p, newline="", encoding=encoding) for p in parts]  # noqa: SIM115 - closed below
     try:
-        readers = [((int(row[0]), row[1:]) for row in csv.reader(h)) for h in handles]
+        readers = [((int(row[0]), row[1:]) for row in csv.reader(h, **dialect)) for h in handles]
         rows = 0
-        with open(_staged(path), "w", newline="") as out:
-            writer = csv.writer(out)
+        with open(_staged(path), "w", newline="", encoding=encoding) as out:
+            writer = csv.writer(out, **dialect)
             writer.writerow(columns)
+            writer.writerows(header)
             for _, row in heapq.merge(*readers, key=lambda entry: entry[0]):
                 writer.writerow(row)
                 rows += 1
@@ -497,12 +544,31 @@ def merge_parts(
     num_processes: int,
     classes: Sequence[str] | None = None,
     volumes: dict[str, float | None] | None = None,
+    output_format: OutputFormat = "csv",
 ) -> tuple[int, int]:
     """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
     remove the parts. With `classes` (the classifier's, `unclassified` added), every sample gets a
-    row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table.
+    row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table;
+    `output_format="ecotaxa"` adds `ecotaxa/ecotaxa_<out folder>.tsv` (the PNGs are there already).
     Each file is written under a temporary name and moved into place at the end."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
+    final = [
+        out_csv.with_name("skipped.csv"),
+        out_csv.with_name("counts.csv"),
+        out_csv.with_name("counts_wide.csv"),
+    ]
+    if output_format == "ecotaxa":
+        bundle = out_csv.with_name(ecotaxa.FOLDER)
+        tsv = bundle / ecotaxa.tsv_name(out_csv.parent)
+        _merge(
+            tsv,
+            ecotaxa.COLUMNS,
+            num_processes,
+            parts_of=bundle / "objects.tsv",
+            header=[ecotaxa.TYPES],
+            tsv=True,
+        )
+        final.append(tsv)
     n_skipped = _merge(out_csv.with_name("skipped.csv"), SKIPPED_COLUMNS, num_processes)
     counts_path = out_csv.with_name("counts.csv")
     counts: Counter[tuple[str, str]] = Counter()
@@ -525,7 +591,7 @@ def merge_parts(
     long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
     wide_path = out_csv.with_name("counts_wide.csv")
     wide_table(long, volumes or {}, all_classes).to_csv(_staged(wide_path), index=False)
-    for path in (out_csv.with_name("skipped.csv"), counts_path, wide_path, out_csv):
+    for path in [*final, out_csv]:  # predictions.csv last: its presence means the run finished
         os.replace(_staged(path), path)
     return n_predicted, n_skipped
 
@@ -541,16 +607,20 @@ def predict(
     sample_by: str = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
+    output_format: OutputFormat = "csv",
 ) -> PredictionRun:
     """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv, counts_wide.csv
     and skipped.csv; the returned run's `table` is counts_wide.csv as a DataFrame, `frame()` reads
-    predictions.csv.
+    predictions.csv. `output_format="ecotaxa"` also writes the EcoTaxa import bundle `ecotaxa/`
+    beside them (see `plankdiff.deploy.ecotaxa`).
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,
     else CUDA when present, else CPU). On one process this is a plain run.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     # Without cpu=True accelerate ignores a multi-process CPU launch and every process thinks it is alone.
@@ -569,7 +639,11 @@ def predict(
     if state.is_main_process:  # an older run's files must not pass for this one's if it is killed
         for name in {out_csv.name, *OUTPUT_FILES}:
             out_csv.with_name(name).unlink(missing_ok=True)
+        shutil.rmtree(out_csv.with_name(ecotaxa.FOLDER), ignore_errors=True)
     state.wait_for_everyone()
+    ids = None
+    if output_format == "ecotaxa":
+        ids = ecotaxa.object_ids([i.sample for i in images], [i.key for i in images])
     predict_share(
         classifier,
         images,
@@ -579,11 +653,18 @@ def predict(
         num_processes=state.num_processes,
         batch_size=batch_size,
         show_progress=show_progress and state.is_main_process,
+        object_ids=ids,
     )
     state.wait_for_everyone()
     volumes = {image.sample: image.volume_ml for image in images if not image.problem}
     totals = [
-        merge_parts(out_csv, num_processes=state.num_processes, classes=classifier.classes, volumes=volumes)
+        merge_parts(
+            out_csv,
+            num_processes=state.num_processes,
+            classes=classifier.classes,
+            volumes=volumes,
+            output_format=output_format,
+        )
         if state.is_main_process
         else None
     ]
