@@ -78,9 +78,12 @@ def test_ecotaxa_bundle_of_a_folder_and_a_zip(model, image_folder, small_ndsb_zi
     # The PNG is the file as read: the zip member's pixels, not the 32 px network input.
     member = predictions["source"].iloc[-1].split("::", 1)[1]
     png = out / ecotaxa.FOLDER / table["img_file_name"].iloc[-1]
-    with zipfile.ZipFile(small_ndsb_zip) as archive, Image.open(archive.open(f"ndsb/{member}")) as original:
-        with Image.open(png) as written:
-            np.testing.assert_array_equal(np.asarray(written), np.asarray(original.convert(written.mode)))
+    with (
+        zipfile.ZipFile(small_ndsb_zip) as archive,
+        Image.open(archive.open(f"ndsb/{member}")) as original,
+        Image.open(png) as written,
+    ):
+        np.testing.assert_array_equal(np.asarray(written), np.asarray(original.convert(written.mode)))
 
 
 @pytest.mark.skipif(not IFCB.is_dir(), reason=f"IFCB fixtures not found at {IFCB}")
