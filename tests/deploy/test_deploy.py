@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from deploy_common import IFCB, PAIRS
+from safetensors.numpy import load_file, save_file
 
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.deploy.calibrate import ALWAYS_ABSTAIN, MIN_PREDICTIONS, calibrate_thresholds, decide
@@ -546,3 +547,88 @@ def test_card_records_temperature_and_ece_and_predict_applies_it(model, dataset)
     np.testing.assert_allclose(
         deployed.predict_proba(pixels, seeds), apply_temperature(raw, calibration["temperature"]), atol=1e-6
     )
+
+
+# -- counts corrected for prior shift --------------------------------------------------------------
+
+
+def test_export_saves_the_calibrated_validation_posteriors_and_hashes_them(model, tmp_path):
+    card = json.loads((model / "card.json").read_text())
+    assert card["quantification"]["n_val"] == card["metrics"]["val"]["n"] == 4
+    assert "quantify.safetensors" in card["sha256"]
+    saved = load_file(str(model / "quantify.safetensors"))
+    assert saved["proba"].shape == (4, 4) and saved["labels"].shape == (4,)
+    np.testing.assert_allclose(saved["proba"].sum(axis=1), 1, rtol=1e-5)
+    copy = shutil.copytree(model, tmp_path / "model")
+    saved["labels"] = (saved["labels"] + 1) % 4  # other labels: the counting would be fitted on a lie
+    save_file(saved, str(copy / "quantify.safetensors"))
+    with pytest.raises(ModelCardError, match=r"quantify\.safetensors: sha256 .* does not match"):
+        load_classifier(copy)
+
+
+@pytest.mark.parametrize("method", ["cc", "pcc", "pacc", "emq"])
+def test_predict_counts_by_each_method_with_intervals(model, image_folder, tmp_path, method):
+    classifier = load_classifier(model)
+    run = predict(
+        classifier, [image_folder], tmp_path / "predictions.csv", show_progress=False, counts=method
+    )
+    counts = read_csv(run.counts)
+    assert list(counts.columns) == ["sample", "class", "count", "low", "high"]  # no volume: no per mL
+    assert set(counts["class"]) == set(classifier.classes)  # every image is counted into a class
+    assert (counts["low"] <= counts["count"] + 1e-9).all() and (
+        counts["count"] <= counts["high"] + 1e-9
+    ).all()
+    assert counts["count"].sum() == pytest.approx(run.n_predicted)
+    frame = run.frame()
+    top1 = frame.groupby("sample")["top1"].value_counts()
+    if method == "cc":  # classify and count is the plain top-1 count, abstention ignored
+        for row in counts.itertuples():
+            assert row.count == pytest.approx(top1.get((row.sample, row._2), 0))
+    wide = run.table.set_index("sample")
+    assert (wide["method"] == method).all() and wide["n_images"].sum() == run.n_predicted
+    for name in classifier.classes:
+        assert {f"{name}_low", f"{name}_high"} <= set(wide.columns)
+
+
+@needs_ifcb
+def test_predict_counts_per_ml_through_the_cli(model, run_cli, tmp_path):
+    result = run_cli("predict", model, IFCB / "smhi-ifcb134-2022", "--out", tmp_path, "--counts", "pacc")
+    assert result.exit_code == 0, result.output
+    assert "counts by pacc" in result.output
+    counts = read_csv(tmp_path / "counts.csv")
+    volume = 4.860635326244212  # the bin's ml_analyzed
+    for column in ("count", "low", "high"):
+        np.testing.assert_allclose(counts[f"{column}_per_ml"], counts[column] / volume)
+    wide = read_csv(tmp_path / "counts_wide.csv").set_index("sample")
+    name = load_classifier(model).classes[0]
+    assert wide.loc[SMHI_BIN, f"{name}_high_per_ml"] == pytest.approx(
+        wide.loc[SMHI_BIN, f"{name}_high"] / volume
+    )
+    bad = run_cli("predict", model, IFCB / "smhi-ifcb134-2022", "--out", tmp_path, "--counts", "acc")
+    assert bad.exit_code != 0 and "--counts" in bad.output
+
+
+def test_counts_are_refused_for_a_classifier_exported_without_validation_posteriors(
+    tiny_run, store, dataset, image_folder, tmp_path
+):
+    x = np.concatenate([store.load(p) for p in PAIRS], axis=1)
+    classifier = fit_single(
+        x,
+        dataset.labels[store.rows],
+        train=np.arange(0, 48, 2),
+        val=np.arange(1, 48, 2),
+        n_classes=4,
+        min_steps=10,
+    ).classifier()
+    out = export_classifier(
+        backbone_run=tiny_run,
+        dataset=dataset,
+        pairs=PAIRS,
+        classifier=classifier,
+        thresholds=None,
+        metrics={},
+        out=tmp_path / "model",
+    )
+    with pytest.raises(ModelCardError, match="exported without validation posteriors"):
+        predict(load_classifier(out), [image_folder], tmp_path / "run" / "predictions.csv", counts="emq")
+    assert not (tmp_path / "run" / "predictions.csv").exists()

@@ -19,6 +19,15 @@ from plankdiff.deploy.score import score_predictions
 console = Console()
 
 
+class CountingChoice(str, Enum):
+    """`--counts`: a counting method of `plankdiff.deploy.quantify` (its `Counting`)."""
+
+    cc = "cc"
+    pcc = "pcc"
+    pacc = "pacc"
+    emq = "emq"
+
+
 class OutputFormatChoice(str, Enum):
     """`--format`: what `predict` writes besides its CSV tables (`plankdiff.deploy.predict.OutputFormat`)."""
 
@@ -105,6 +114,16 @@ def predict_command(
         help="csv: the CSV tables only; ecotaxa: also OUT/ecotaxa/ (ecotaxa_*.tsv and every image as PNG) "
         "for EcoTaxa's import",
     ),
+    counts: CountingChoice = typer.Option(
+        None,
+        "--counts",
+        help="how counts.csv counts: by default the decisions after abstention (unclassified kept "
+        "apart: what you will validate, but thresholds set in one period abstain on most of a shifted "
+        "one); cc, pcc, pacc or emq estimate each sample's class counts from every image's posteriors "
+        "(QuaPy), with 95%% bootstrap intervals: pacc corrects the classifier's confusions measured on "
+        "validation (assumes the look of each class unchanged), emq re-weights the class priors "
+        "(assumes only the priors change, needs calibrated posteriors), cc and pcc correct nothing",
+    ),
 ) -> None:
     """Classify images; run under `accelerate launch` to spread them over processes."""
     if sample_by not in SAMPLE_BY:
@@ -124,6 +143,7 @@ def predict_command(
             captured_from=captured_from.date() if captured_from else None,
             captured_to=captured_to.date() if captured_to else None,
             output_format=output_format.value,
+            counts=counts.value if counts is not None else None,
         )
     except (ModelCardError, SourceError) as error:
         console.print(f"[red]error:[/red] {error}")
@@ -133,6 +153,10 @@ def predict_command(
     for note in run.notes or []:
         console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
     skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""
+    if counts is not None:
+        console.print(
+            f"counts by {counts.value} with 95% bootstrap intervals (count, low, high) in {run.counts}"
+        )
     console.print(
         f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"
     )

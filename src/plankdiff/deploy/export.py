@@ -3,6 +3,8 @@
     unet/               the frozen EMA denoiser (diffusers `save_pretrained`, safetensors)
     scheduler/          its noise schedule (ᾱ_t of every feature pair comes from here)
     probe.safetensors   the linear probe: mean, std, weight [classes, features], bias
+    quantify.safetensors  validation posteriors (temperature-scaled) and labels: what the counting
+                        methods of `predict --counts` are fitted on (hashed with the rest)
     card.json           what it takes to reproduce a prediction: the (block, t) pairs with ᾱ_t and
                         width, pooling and noise draws, the preprocessing parameters, class names,
                         abstention thresholds, training data, metrics, git SHA, plankdiff version,
@@ -55,6 +57,9 @@ CARD_FORMAT = "plankdiff-classifier"
 CARD_VERSION = 2  # 2: the card's content is hashed with the weights (`content_sha256`)
 CARD_FILE = "card.json"
 PROBE_FILE = "probe.safetensors"
+# Validation posteriors and labels for the prior-shift corrections (`plankdiff.deploy.quantify`);
+# optional, so that a classifier exported without them still loads (its `--counts` is refused).
+QUANTIFY_FILE = "quantify.safetensors"
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"
 # Every file whose change would change a prediction; all are hashed into the card.
@@ -68,10 +73,14 @@ UNCLASSIFIED = "unclassified"
 # The card entries that change what a prediction says: hashed together with the weight hashes, so
 # renamed or swapped class names, zeroed thresholds or edited pairs are refused at load.
 HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "calibration", "sha256")
+# Entries added since: hashed when the card has them, so cards written before keep their hash (and
+# removing one from a card that had it still changes the hash).
+LATER_HASHED_CARD_KEYS = ("quantification", "recipe")
 
 
 def card_content_hash(card: Mapping[str, Any]) -> str:
-    return sha256_json({key: card.get(key) for key in HASHED_CARD_KEYS})
+    content = {key: card.get(key) for key in HASHED_CARD_KEYS}
+    return sha256_json(content | {key: card[key] for key in LATER_HASHED_CARD_KEYS if key in card})
 
 
 class ModelCardError(ValueError):
@@ -141,6 +150,7 @@ def export_classifier(
     classes: Sequence[str] | None = None,
     extraction: ExtractionRequest | None = None,
     calibration: Mapping[str, Any] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
@@ -151,7 +161,8 @@ def export_classifier(
     orientations are copied to the card; default: the features stage's defaults). The folder is
     written beside `out` and renamed into place, so a crash never leaves a half-written model.
     calibration: `{"temperature": T, ...}` applied to the probe's posteriors before abstention
-    (default none: T = 1).
+    (default none: T = 1). validation: (posteriors [N, C] after that temperature, class indices [N])
+    of the validation rows, saved for `predict --counts` (default: not saved; counting refused).
     """
     out = Path(out)
     parsed = [Pair.parse(p) for p in pairs]
@@ -189,6 +200,16 @@ def export_classifier(
     unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
     scheduler.save_pretrained(staging / SCHEDULER_DIR)
     save_file(classifier.state_dict(), str(staging / PROBE_FILE))
+    hashed = list(HASHED_FILES)
+    quantification = None
+    if validation is not None:
+        val_proba, val_labels = np.asarray(validation[0], np.float32), np.asarray(validation[1], np.int64)
+        assert val_proba.shape == (len(val_labels), len(classes)), (
+            f"validation posteriors {val_proba.shape} for {len(val_labels)} labels and {len(classes)} classes"
+        )
+        save_file({"proba": val_proba, "labels": val_labels}, str(staging / QUANTIFY_FILE))
+        hashed.append(QUANTIFY_FILE)
+        quantification = {"file": QUANTIFY_FILE, "n_val": len(val_labels), "posteriors": "temperature-scaled"}
     card = {
         "format": CARD_FORMAT,
         "card_version": CARD_VERSION,
@@ -205,6 +226,7 @@ def export_classifier(
         "classes": classes,
         "abstention": abstention.to_card() if abstention is not None else None,
         "calibration": dict(calibration) if calibration is not None else {"temperature": 1.0},
+        "quantification": quantification,
         "training_data": {
             "name": dataset.name,
             "key": dataset.key,
@@ -212,7 +234,7 @@ def export_classifier(
             "source_hash": dataset.info.get("source_hash"),
         },
         "metrics": dict(metrics),
-        "sha256": {name: sha256_file(staging / name) for name in HASHED_FILES},
+        "sha256": {name: sha256_file(staging / name) for name in hashed},
     }
     card["content_sha256"] = card_content_hash(card)
     write_json(staging / CARD_FILE, card)
@@ -328,6 +350,7 @@ def export_from_store(
             orientations=request["orientations"],
         ),
         calibration=calibration,
+        validation=(val_proba, y["val"]),
     )
 
 
@@ -358,7 +381,8 @@ def read_card(path: Path) -> dict[str, Any]:
             + "); refusing to load it"
         )
     hashes = card.get("sha256", {})
-    for name in HASHED_FILES:
+    optional = [QUANTIFY_FILE] if (card.get("quantification") or {}).get("file") == QUANTIFY_FILE else []
+    for name in [*HASHED_FILES, *optional]:
         file = path / name
         if name not in hashes:
             raise ModelCardError(f"{card_path}: no sha256 for {name}; the card is incomplete")
@@ -440,6 +464,18 @@ class DeployedClassifier:
         proba = self.probe.predict_proba(self.features(pixels, seeds))
         temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
         return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
+
+    def quantifier(self, method: str):
+        """A QuaPy quantifier (`plankdiff.deploy.quantify`) fitted on the exported validation posteriors."""
+        from plankdiff.deploy.quantify import fit_quantifier  # QuaPy loads only when counting
+
+        if not (self.card.get("quantification") or {}).get("file"):
+            raise ModelCardError(
+                f"{self.root / CARD_FILE}: exported without validation posteriors, so --counts {method} "
+                "cannot be fitted; re-export the classifier"
+            )
+        saved = load_file(str(self.root / QUANTIFY_FILE))
+        return fit_quantifier(method, saved["proba"], saved["labels"])
 
     def decisions(self, proba: np.ndarray) -> list[str]:
         """The top-1 class name per row, or `unclassified` below that class's threshold."""

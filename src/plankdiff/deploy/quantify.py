@@ -140,3 +140,18 @@ def quantification_table(
             }
         )
     return pd.DataFrame(rows, columns=["method", "sample", "n", "bray_curtis", "mae"])
+
+
+def sample_counts(
+    quantifier, method: Counting, proba: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, low, high) per class for one sample's posteriors [n, C]: the prevalences of
+    `bootstrap_prevalence` times the sample's n images. An empty sample counts zero, interval (0, 0)."""
+    n, n_classes = np.shape(proba)
+    if n == 0:
+        zeros = np.zeros(n_classes)
+        return zeros, zeros, zeros
+    estimate, low, high = bootstrap_prevalence(
+        quantifier, method, proba, n_boot=n_boot, level=level, seed=seed
+    )
+    return estimate * n, low * n, high * n
