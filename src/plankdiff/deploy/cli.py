@@ -12,7 +12,7 @@ from rich.console import Console
 
 from plankdiff.data.sources import SourceError
 from plankdiff.deploy.calibrate import DEFAULT_TARGET_PRECISION
-from plankdiff.deploy.export import ModelCardError, export_from_store, load_classifier
+from plankdiff.deploy.export import ModelCardError, export_from_result, export_from_store, load_classifier
 from plankdiff.deploy.predict import SAMPLE_BY, predict
 from plankdiff.deploy.score import score_predictions
 
@@ -36,15 +36,35 @@ class OutputFormatChoice(str, Enum):
 
 
 def export_command(
-    backbone: Path = typer.Option(..., "--backbone", help="diffusion run folder the features came from"),
+    from_result: Path = typer.Option(
+        None,
+        "--from",
+        help="probe result folder (results/<study>/metrics/<experiment>/<method>/seedN, with selected.json): "
+        "its store, split, selected or fused pairs, object size and loss, instead of the four options below",
+    ),
+    backbone: Path = typer.Option(
+        None,
+        "--backbone",
+        help="diffusion run folder the features came from (with --from: default the store's)",
+    ),
     features: Path = typer.Option(
-        ..., "--features", help="feature store folder (plankdiff features extract)"
+        None, "--features", help="feature store folder (plankdiff features extract)"
     ),
     split: str = typer.Option(
-        ..., "--split", help="split name: probe fits on train, selects and calibrates on val"
+        None, "--split", help="split name: probe fits on train, selects and calibrates on val"
     ),
     pair: list[str] = typer.Option(
-        ..., "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate"
+        None, "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate"
+    ),
+    object_size: bool = typer.Option(
+        False,
+        "--object-size",
+        help="append the log object size to every pair (the probe protocol's object_size)",
+    ),
+    transductive: bool = typer.Option(
+        False,
+        "--transductive",
+        help="allow calibration and test rows the backbone saw (unlabelled) in pre-training; refused otherwise",
     ),
     out: Path = typer.Option(..., "--out", help="classifier folder to write"),
     data: str = typer.Option("", "--data", help="prepared dataset name or folder (default: the store's)"),
@@ -56,17 +76,49 @@ def export_command(
 ) -> None:
     """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder."""
     try:
-        path = export_from_store(
-            backbone_run=backbone,
-            features=features,
-            split=split,
-            pairs=pair,
-            out=out,
-            data=data or None,
-            target_precision=target_precision,
-            loss=loss,
-            seed=seed,
-        )
+        if from_result is not None:
+            given = [
+                f"--{name}"
+                for name, value in (("features", features), ("split", split), ("pair", pair))
+                if value
+            ]
+            if given:
+                raise ValueError(
+                    f"--from {from_result} gives the store, split and pairs; drop {', '.join(given)}"
+                )
+            path = export_from_result(
+                from_result,
+                out=out,
+                backbone_run=backbone,
+                target_precision=target_precision,
+                transductive=transductive,
+            )
+        else:
+            missing = [
+                f"--{name}"
+                for name, value in (
+                    ("backbone", backbone),
+                    ("features", features),
+                    ("split", split),
+                    ("pair", pair),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"give --from RESULT, or {', '.join(missing)}")
+            path = export_from_store(
+                backbone_run=backbone,
+                features=features,
+                split=split,
+                pairs=pair,
+                out=out,
+                data=data or None,
+                target_precision=target_precision,
+                loss=loss,
+                seed=seed,
+                object_size=object_size,
+                transductive=transductive,
+            )
     except (FileNotFoundError, KeyError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
@@ -74,7 +126,9 @@ def export_command(
     test, abstention = card["metrics"]["test"], card["abstention"]
     decided = test["abstention"]["accuracy_when_decided"]
     console.print(
-        f"[green]exported[/green] {len(card['classes'])} classes from {', '.join(pair)} → {path}\n"
+        f"[green]exported[/green] {len(card['classes'])} classes from "
+        f"{' + '.join(p['name'] for p in card['pairs'])}"
+        f"{' with object size' if card['recipe']['object_size'] else ''} → {path}\n"
         f"test: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}; abstaining below the "
         f"val-calibrated thresholds: coverage {test['abstention']['coverage']:.3f}, accuracy "
         + (f"{decided:.3f}" if decided is not None else "n/a (nothing decided)")

@@ -51,6 +51,8 @@ from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash,
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
+from plankdiff.probe.protocol import Loss
+from plankdiff.probe.run import check_lineage, load_pairs
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
 CARD_FORMAT = "plankdiff-classifier"
@@ -70,6 +72,9 @@ HASHED_FILES = (
     PROBE_FILE,
 )
 UNCLASSIFIED = "unclassified"
+# The probe protocol's object size: log original width, height and object area, appended to every
+# pair (as `plankdiff.probe.run.load_pairs` does), so a fused "a+b" probe reads [a, size, b, size].
+SIZE_COLUMNS = 3
 # The card entries that change what a prediction says: hashed together with the weight hashes, so
 # renamed or swapped class names, zeroed thresholds or edited pairs are refused at load.
 HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "calibration", "sha256")
@@ -101,10 +106,11 @@ class Pair:
     @classmethod
     def parse(cls, name: str) -> Pair:
         block, sep, t = name.partition("/t=")
-        assert sep and block and t.isdigit(), (
-            f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
-            "and cannot be deployed with a diffusion backbone"
-        )
+        if not (sep and block and t.isdigit()):
+            raise ValueError(
+                f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
+                "and cannot be deployed with a diffusion backbone yet"
+            )
         return cls(block, int(t))
 
 
@@ -151,6 +157,7 @@ def export_classifier(
     extraction: ExtractionRequest | None = None,
     calibration: Mapping[str, Any] | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    object_size: bool = False,
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
@@ -163,6 +170,7 @@ def export_classifier(
     calibration: `{"temperature": T, ...}` applied to the probe's posteriors before abstention
     (default none: T = 1). validation: (posteriors [N, C] after that temperature, class indices [N])
     of the validation rows, saved for `predict --counts` (default: not saved; counting refused).
+    object_size: the probe reads the log object size after every pair (`SIZE_COLUMNS` each).
     """
     out = Path(out)
     parsed = [Pair.parse(p) for p in pairs]
@@ -182,7 +190,7 @@ def export_classifier(
     }
     unet, scheduler = load_backbone(backbone_run)
     dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
-    total = sum(dims[p.block] for p in parsed)
+    total = sum(dims[p.block] for p in parsed) + (SIZE_COLUMNS * len(parsed) if object_size else 0)
     assert classifier.n_features == total, (
         f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
     )
@@ -227,6 +235,12 @@ def export_classifier(
         "abstention": abstention.to_card() if abstention is not None else None,
         "calibration": dict(calibration) if calibration is not None else {"temperature": 1.0},
         "quantification": quantification,
+        # How the features reaching the probe are built, beyond the pairs: predict does the same.
+        "recipe": {
+            "object_size": bool(object_size),
+            "fused_pairs": len(parsed),
+            "orientations": settings.orientations,
+        },
         "training_data": {
             "name": dataset.name,
             "key": dataset.key,
@@ -252,9 +266,13 @@ def export_from_store(
     out: Path,
     data: str | Path | None = None,
     target_precision: float = DEFAULT_TARGET_PRECISION,
-    loss: str = "ce",
+    loss: Loss = "ce",
     seed: int = 0,
     progress: bool = True,
+    object_size: bool = False,
+    probe_options: Mapping[str, Any] | None = None,
+    transductive: bool = False,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
 
@@ -262,6 +280,11 @@ def export_from_store(
     `fit_single`), the abstention thresholds are calibrated on the val rows, and the test rows are
     scored once, for the card. `data` is the prepared dataset (default: the one the store names);
     the store must hold features of `backbone_run` on that very dataset, or the card would lie.
+    Several pairs are fused (concatenated); `object_size` appends the log object size to each, as
+    the probe protocol does. Validation and test rows the backbone trained on are refused
+    (`plankdiff.probe.run.check_lineage`) unless the use is declared `transductive`.
+    `probe_options`: `fit_probe_grid` options (epochs, min_steps); `source`: recorded in the card
+    (where the recipe came from).
     """
     store = FeatureStore(Path(features))
     if not (store.root / "store.json").exists():
@@ -283,10 +306,15 @@ def export_from_store(
     empty = [s for s in SPLITS if len(chosen.indices(s)) == 0]
     if empty:
         raise ValueError(f"split {split!r} of {dataset.name} has no {' / '.join(empty)} rows")
-    x = {
-        s: np.concatenate([store.load(p)[store.positions(chosen.indices(s))] for p in pairs], axis=1)
-        for s in SPLITS
-    }
+    for pair in pairs:
+        Pair.parse(pair)
+        if pair not in store.pairs:
+            raise ValueError(f"{features}: no pair {pair!r} (it has {', '.join(store.pairs[:4])}, …)")
+    lineage = check_lineage(store, chosen, ("val", "test"), transductive=transductive)
+    x = {}
+    for s in SPLITS:
+        by_pair = load_pairs(store, list(pairs), store.positions(chosen.indices(s)), with_size=object_size)
+        x[s] = np.concatenate([by_pair[p] for p in pairs], axis=1)
     y = {s: chosen.labels(s) for s in SPLITS}
     n_train, n_val = len(y["train"]), len(y["val"])
     grid = fit_single(
@@ -299,6 +327,7 @@ def export_from_store(
         loss=loss,
         seed=seed,
         progress=progress,
+        **dict(probe_options or {}),
     )
     classifier = grid.classifier()
     # Temperature-scale on validation first: the thresholds are then set on calibrated posteriors.
@@ -326,6 +355,8 @@ def export_from_store(
     metrics = {
         "split": split,
         "features": {"path": str(store.root.resolve()), "key": info["key"]},
+        "lineage": lineage,
+        "source": dict(source) if source is not None else {"pairs": list(pairs), "loss": loss},
         "probe": grid.hyperparameters(),
         "val": {"accuracy": float(best["val_accuracy"]), "macro_f1": float(best["val_macro_f1"]), "n": n_val},
         "test": {
@@ -351,6 +382,68 @@ def export_from_store(
         ),
         calibration=calibration,
         validation=(val_proba, y["val"]),
+        object_size=object_size,
+    )
+
+
+def export_from_result(
+    result: Path,
+    *,
+    out: Path,
+    backbone_run: Path | None = None,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+    transductive: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export the probe a probe result folder selected (`results/<study>/metrics/<experiment>/<method>/seedN`
+    or `plankdiff probe --out`), with its whole recipe: its feature store (orientations included),
+    split, selected pair or fused pairs (`a+b+c`), object size, loss and probe budget.
+
+    `backbone_run`: the run folder the store's features came from (default: the one the store
+    records). The probe is refitted on the train rows with the same protocol, so its numbers in
+    the card are this export's, not copied from the result.
+    """
+    result = Path(result)
+    selected_file = result / "selected.json"
+    if not selected_file.exists():
+        raise FileNotFoundError(f"{result}: no selected.json; give a probe result folder (…/metrics/…/seedN)")
+    selected = read_json(selected_file)
+    if selected.get("protocol", "linear") != "linear":
+        raise ValueError(
+            f"{selected_file}: a {selected['protocol']} probe; only linear probes can be exported"
+        )
+    store = FeatureStore(Path(selected["features"]))
+    if not (store.root / "store.json").exists():
+        raise FileNotFoundError(f"{selected_file}: its feature store {store.root} is gone")
+    backbone = backbone_run or store.info.get("backbone")
+    if backbone is None:
+        raise ValueError(
+            f"{store.root}: the store does not record its backbone run (extracted before it did); give --backbone"
+        )
+    protocol = (selected.get("config") or {}).get("protocol") or {}
+    options = {key: protocol[key] for key in ("epochs", "min_steps") if key in protocol}
+    seed = int(result.name[4:]) if result.name.startswith("seed") and result.name[4:].isdigit() else 0
+    pairs = selected["pair"].split("+")
+    return export_from_store(
+        backbone_run=Path(backbone),
+        features=store.root,
+        split=selected["split"],
+        pairs=pairs,
+        out=out,
+        target_precision=target_precision,
+        loss=selected.get("loss") or "ce",
+        seed=seed,
+        progress=progress,
+        object_size=bool(selected.get("with_size", False)),
+        probe_options=options,
+        transductive=transductive,
+        source={
+            "result": str(result.resolve()),
+            "pairs": pairs,
+            "loss": selected.get("loss"),
+            "object_size": bool(selected.get("with_size", False)),
+            "val_in_result": selected.get("val"),
+        },
     )
 
 
@@ -409,6 +502,8 @@ class DeployedClassifier:
     ):
         self.root, self.card, self.unet, self.scheduler, self.probe = root, card, unet, scheduler, probe
         self.pairs = [Pair(p["block"], p["t"]) for p in card["pairs"]]
+        # Cards written before the recipe was recorded had no object size.
+        self.object_size = bool((card.get("recipe") or {}).get("object_size", False))
         self.request = _request(self.pairs, card["extraction"])
         abstention = card["abstention"]
         self.abstention = Abstention.from_card(abstention) if abstention is not None else None
@@ -442,12 +537,18 @@ class DeployedClassifier:
             self._extractor = Extractor(self.unet, self.scheduler, request=self.request)
         return self._extractor
 
-    def features(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def features(self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         """The probe's input [N, D]: every pair's pooled features, concatenated in card order.
 
         Pairs that share a t come from one forward pass. Values are rounded through float16,
-        as the feature store keeps them, so the probe sees what it was trained on.
+        as the feature store keeps them, so the probe sees what it was trained on. sizes: the
+        `log_size_features` [N, 3] of the images, needed (and appended after every pair) when the
+        card's recipe has the object size.
         """
+        if self.object_size and (sizes is None or len(sizes) != len(pixels)):
+            raise ValueError(
+                f"{self.root}: this classifier reads the object size; pass one size row per image"
+            )
         assert pixels.ndim == 4 and pixels.dtype == np.uint8, (
             f"expected preprocessed uint8 images [N, C, S, S], got {pixels.dtype} {pixels.shape}"
         )
@@ -456,12 +557,18 @@ class DeployedClassifier:
         x0 = to_model_range(torch.from_numpy(np.require(pixels, requirements=["C", "W"])))
         rows = np.asarray(seeds, dtype=np.int64)
         by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
-        parts = [by_t[p.t][p.block].numpy().astype(np.float16) for p in self.pairs]
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        parts = []
+        for p in self.pairs:
+            parts.append(by_t[p.t][p.block].numpy().astype(np.float16).astype(np.float32))
+            if self.object_size:
+                parts.append(np.asarray(sizes, dtype=np.float32))
+        return np.concatenate(parts, axis=1)
 
-    def predict_proba(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def predict_proba(
+        self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None
+    ) -> np.ndarray:
         """Posteriors [N, C], temperature-scaled as calibrated at export (cards without it: T = 1)."""
-        proba = self.probe.predict_proba(self.features(pixels, seeds))
+        proba = self.probe.predict_proba(self.features(pixels, seeds, sizes))
         temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
         return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
 
@@ -502,10 +609,13 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
             raise ModelCardError(
                 f"{root / SCHEDULER_DIR}: ᾱ_t at t={pair.t} is {alpha_bar:.6g}, the card says {entry['alpha_bar']:.6g}"
             )
-    total = sum(dims[p.block] for p in pairs)
+    size_columns = SIZE_COLUMNS * len(pairs) if (card.get("recipe") or {}).get("object_size") else 0
+    total = sum(dims[p.block] for p in pairs) + size_columns
     if probe.n_features != total:
         raise ModelCardError(
-            f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs give {total}"
+            f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs"
+            + (" and object size" if size_columns else "")
+            + f" give {total}"
         )
     if probe.n_classes != len(card["classes"]):
         raise ModelCardError(
@@ -524,6 +634,7 @@ __all__ = [
     "Pair",
     "UNCLASSIFIED",
     "export_classifier",
+    "export_from_result",
     "export_from_store",
     "image_seed",
     "load_classifier",

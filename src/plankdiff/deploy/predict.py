@@ -64,7 +64,7 @@ from accelerate.utils import broadcast_object_list
 from PIL import Image
 
 from plankdiff.data.ifcb import IfcbBin, IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
-from plankdiff.data.preprocess import ImageRejected, decode, preprocess
+from plankdiff.data.preprocess import ImageRejected, decode, log_size_features, preprocess
 from plankdiff.data.sources import (
     IMAGE_SUFFIXES,
     MANIFEST_NAME,
@@ -426,7 +426,7 @@ def predict_share(
         advance = files.enter_context(progress_bar("predict", total=len(mine), enabled=show_progress))
         done, reading = 0, -1
         for batch in _batches(mine, batch_size):
-            pixels, kept = [], []
+            pixels, sizes, kept = [], [], []
             for position, image in batch:
                 if image.placeholder:
                     counts[image.sample, UNCLASSIFIED] += 0  # the sample exists, with nothing in it
@@ -440,7 +440,12 @@ def predict_share(
                     reading = image.reader
                 try:
                     decoded = readers[image.reader].read_image(image.member)
-                    pixels.append(preprocess(decoded, params, orig_size=image.orig_size).pixels)
+                    # The original size as `data prepare` takes it: the manifest's, else the file's own.
+                    orig = image.orig_size or decoded.size
+                    prepared = preprocess(decoded, params, orig_size=orig)
+                    pixels.append(prepared.pixels)
+                    # Rounded as the prepared metadata table stores the area the probe was trained on.
+                    sizes.append((*orig, round(prepared.object_area, 1)))
                     if object_ids is not None:
                         ecotaxa.write_image(decoded, bundle, object_ids[position])
                 except READ_ERRORS as error:
@@ -449,8 +454,11 @@ def predict_share(
                     continue
                 kept.append((position, image))
             if kept:
+                width, height, area = np.array(sizes, dtype=float).T
                 proba = classifier.predict_proba(
-                    np.stack(pixels), np.array([image_seed(i.key) for _, i in kept])
+                    np.stack(pixels),
+                    np.array([image_seed(i.key) for _, i in kept]),
+                    log_size_features(width, height, area) if classifier.object_size else None,
                 )
                 if keep_posteriors:
                     kept_proba.write(np.ascontiguousarray(proba, dtype=np.float32).tobytes())
