@@ -11,12 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from deploy_common import PAIRS, SPLIT
 
 from plankdiff.data.lineage import TRAINING_IMAGES_FILE, write_training_images
 from plankdiff.data.splits import Split
 from plankdiff.deploy.export import image_seed, load_classifier
 from plankdiff.deploy.predict import predict
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.diffusion.train import to_model_range
+from plankdiff.features.extract import ExtractionRequest, Extractor, extract_features, model_hash
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import load_pairs, probe_features
 
@@ -69,18 +73,21 @@ def test_export_from_a_result_carries_the_recipe_and_predict_applies_it(
     deployed = load_classifier(out)
     assert deployed.probe.n_features == 16 + 3 + 32 + 3  # [dec2@16, size, enc2@8, size], as load_pairs builds
 
-    # The probe on the stored features (as the probe result read them) = the deployed classifier on
-    # the prepared pixels with the prepared sizes = predict on the raw zip.
+    # The deployed classifier on the prepared pixels with the sizes the probe read from the store
+    # (load_pairs) = predict on the raw zip, which computes the sizes itself.
     store = FeatureStore(Path(json.loads((result / "selected.json").read_text())["features"]))
-    positions = np.arange(len(store.rows))
-    by_pair = load_pairs(store, PAIRS, positions, with_size=True)
-    stored = deployed.probe.predict_proba(np.concatenate([by_pair[p] for p in PAIRS], axis=1))
+    sizes = load_pairs(store, PAIRS[:1], np.arange(len(store.rows)), with_size=True)[PAIRS[0]][:, -3:]
     meta = dataset.meta
-    sizes = by_pair[PAIRS[0]][:, -3:]
-    pixels = deployed.predict_proba(
-        np.asarray(dataset.images), np.array([image_seed(p) for p in meta["path"]]), sizes
+    assert (store.rows == np.arange(len(meta))).all()
+    images, seeds = np.asarray(dataset.images), np.array([image_seed(p) for p in meta["path"]])
+    x = deployed.features(images, seeds, sizes)
+    np.testing.assert_array_equal(x[:, 16:19], sizes)  # the size after each pair, as load_pairs builds
+    np.testing.assert_array_equal(x[:, 51:54], sizes)
+    pixels = deployed.predict_proba(images, seeds, sizes)
+    without_size = deployed.probe.predict_proba(
+        np.where(np.isin(np.arange(54), [16, 17, 18, 51, 52, 53]), 0, x)
     )
-    np.testing.assert_array_equal(pixels.argmax(1), stored.argmax(1))
+    assert not np.allclose(pixels, without_size)  # the size columns matter to this probe
     run = predict(deployed, [small_ndsb_zip], tmp_path / "run" / "predictions.csv", show_progress=False)
     rows = pd.read_csv(run.predictions, keep_default_na=False)
     order = [list(meta["path"]).index(s.split("::", 1)[1]) for s in rows["source"]]
@@ -115,3 +122,48 @@ def test_export_options_are_checked(result, store, run_cli, tmp_path):
     assert neither.exit_code == 1 and "give --from RESULT, or --backbone, --split, --pair" in neither.output
     missing = run_cli("export", "--from", tmp_path, "--out", tmp_path / "m")
     assert missing.exit_code == 1 and "no selected.json" in missing.output
+
+
+def test_orientation_averaging_is_carried_into_the_card_and_applied_by_predict(
+    tiny_run, dataset, run_cli, tmp_path
+):
+    unet, scheduler = load_backbone(tiny_run)
+    request = ExtractionRequest(timesteps=(5,), blocks=("dec2@16",), orientations=8, batch_size=64)
+    store = extract_features(
+        unet, scheduler, dataset, out=tmp_path / "store8", request=request, model_id=model_hash(tiny_run),
+        show_progress=False,
+    )  # fmt: skip
+    out = tmp_path / "model"
+    args = [
+        "export",
+        "--backbone",
+        tiny_run,
+        "--features",
+        store.root,
+        "--split",
+        SPLIT,
+        "--data",
+        dataset.root,
+    ]
+    exported = run_cli(*args, "--pair", PAIRS[0], "--out", out)
+    assert exported.exit_code == 0, exported.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["extraction"]["orientations"] == card["recipe"]["orientations"] == 8
+    deployed = load_classifier(out)
+    # Extraction as the store's, with predict's noise seeds (by path; the store seeds by row).
+    seeds = np.array([image_seed(p) for p in dataset.meta["path"]])
+    x0 = to_model_range(torch.from_numpy(np.array(dataset.images)))
+
+    def features(orientations: int) -> np.ndarray:
+        extractor = Extractor(
+            unet,
+            scheduler,
+            request=ExtractionRequest(timesteps=(5,), blocks=("dec2@16",), orientations=orientations),
+        )
+        value = extractor(x0, seeds, 5)["dec2@16"].numpy().astype(np.float16).astype(np.float32)
+        extractor.close()
+        return value
+
+    deployed_features = deployed.features(np.asarray(dataset.images), seeds)
+    np.testing.assert_array_equal(deployed_features, features(8))
+    assert not np.array_equal(deployed_features, features(1))  # averaging changes the features
