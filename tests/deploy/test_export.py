@@ -14,6 +14,8 @@ import pytest
 import torch
 from deploy_common import PAIRS, SPLIT
 
+from plankdiff.baselines.extract import extract_baseline_features
+from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.lineage import TRAINING_IMAGES_FILE, write_training_images
 from plankdiff.data.splits import Split
 from plankdiff.deploy.export import image_seed, load_classifier
@@ -67,7 +69,12 @@ def test_export_from_a_result_carries_the_recipe_and_predict_applies_it(
     assert f"from {' + '.join(PAIRS)} with object size" in exported.output
     card = json.loads((out / "card.json").read_text())
     assert [p["name"] for p in card["pairs"]] == PAIRS
-    assert card["recipe"] == {"object_size": True, "fused_pairs": 2, "orientations": 1}
+    assert card["recipe"] == {
+        "backbone": "diffusion",
+        "object_size": True,
+        "fused_pairs": 2,
+        "orientations": 1,
+    }
     assert card["metrics"]["lineage"] == "checked: unseen"
     assert card["metrics"]["source"]["result"] == str(result.resolve())
     deployed = load_classifier(out)
@@ -167,3 +174,54 @@ def test_orientation_averaging_is_carried_into_the_card_and_applied_by_predict(
     deployed_features = deployed.features(np.asarray(dataset.images), seeds)
     np.testing.assert_array_equal(deployed_features, features(8))
     assert not np.array_equal(deployed_features, features(1))  # averaging changes the features
+
+
+@pytest.mark.parametrize("method", ["simclr", "mae"])
+def test_a_baseline_backbone_exports_and_predicts_its_stored_features(
+    method, dataset, small_ndsb_zip, run_cli, tmp_path
+):
+    """A baseline is deterministic: the deployed classifier's features are the store's exactly."""
+    width = {"simclr": 8, "mae": 24}[method]  # MAE: 3 heads of 8
+    config = BaselineConfig.for_method(method, width=width, batch_size=8, max_steps=2, checkpoint_every=2)
+    run = tmp_path / method
+    data = training_rows(dataset, method=method, split=SPLIT)
+    BaselineTrainer(config=config, dataset=dataset, data=data, out=run, show_progress=False).train()
+    store = extract_baseline_features(run, dataset, out=tmp_path / "store", split=SPLIT, show_progress=False)
+    pair = store.pairs[-1]
+    out = tmp_path / "model"
+    args = ["export", "--backbone", run, "--features", store.root, "--split", SPLIT, "--data", dataset.root]
+    exported = run_cli(*args, "--pair", pair, "--object-size", "--out", out)
+    assert exported.exit_code == 0, exported.output
+    card = json.loads((out / "card.json").read_text())
+    assert card["recipe"]["backbone"] == "baseline" and card["backbone"]["method"] == method
+    assert card["metrics"]["lineage"] == "checked: unseen"  # trained on the split's train rows only
+    assert not (out / "unet").exists() and (out / "baseline" / "model.safetensors").exists()
+    deployed = load_classifier(out)
+    rows = store.rows
+    x = deployed.features(
+        np.asarray(dataset.images)[rows], np.zeros(len(rows), np.int64), np.zeros((len(rows), 3))
+    )
+    np.testing.assert_array_equal(x[:, :-3], np.asarray(store.load(pair), dtype=np.float32))
+    run_dir = tmp_path / "run"
+    result = run_cli("predict", out, small_ndsb_zip, "--out", run_dir, "--counts", "pcc")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(run_dir / "predictions.csv")) == len(dataset)
+    weights = out / "baseline" / "model.safetensors"
+    data_bytes = bytearray(weights.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 1
+    weights.write_bytes(bytes(data_bytes))
+    refused = run_cli("predict", out, small_ndsb_zip, "--out", run_dir)
+    assert refused.exit_code == 1 and "baseline/model.safetensors: sha256" in refused.output
+
+    # From a probe result on that store: the run is found through the store's own record of it.
+    info = json.loads((store.root / "store.json").read_text())
+    (store.root / "store.json").write_text(json.dumps(info | {"dataset": str(dataset.root)}))
+    result = tmp_path / "result" / "seed0"
+    options = {"epochs": 5, "min_steps": 20}
+    probe_features(
+        store, Split.load(dataset, SPLIT), pairs=[pair], bootstrap=0, out=result, probe_options=options
+    )
+    from_result = run_cli("export", "--from", result, "--out", tmp_path / "from-result")
+    assert from_result.exit_code == 0, from_result.output
+    card = json.loads((tmp_path / "from-result" / "card.json").read_text())
+    assert card["backbone"]["source"] == str(run.resolve()) and [p["name"] for p in card["pairs"]] == [pair]

@@ -2,6 +2,8 @@
 
     unet/               the frozen EMA denoiser (diffusers `save_pretrained`, safetensors)
     scheduler/          its noise schedule (ᾱ_t of every feature pair comes from here)
+    baseline/           instead of unet/ and scheduler/, for a baseline backbone (supervised,
+                        SimCLR, BYOL, DINO, MAE): its run's `baseline.json` and checkpoint weights
     probe.safetensors   the linear probe: mean, std, weight [classes, features], bias
     quantify.safetensors  validation posteriors (temperature-scaled) and labels: what the counting
                         methods of `predict --counts` are fitted on (hashed with the rest)
@@ -24,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +34,15 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.numpy import load_file, save_file
 
 from plankdiff import __version__
+from plankdiff.baselines.extract import (
+    WEIGHTS_FILE,
+    build_baseline,
+    is_baseline_run,
+    load_baseline,
+    method_features,
+)
+from plankdiff.baselines.registry import Method
+from plankdiff.baselines.train import BASELINE_FILE
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import PreprocessParams
 from plankdiff.data.splits import SPLITS, Split
@@ -64,6 +75,7 @@ PROBE_FILE = "probe.safetensors"
 QUANTIFY_FILE = "quantify.safetensors"
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"
+BASELINE_DIR = "baseline"
 # Every file whose change would change a prediction; all are hashed into the card.
 HASHED_FILES = (
     f"{UNET_DIR}/diffusion_pytorch_model.safetensors",
@@ -71,6 +83,8 @@ HASHED_FILES = (
     f"{SCHEDULER_DIR}/scheduler_config.json",
     PROBE_FILE,
 )
+BASELINE_HASHED_FILES = (f"{BASELINE_DIR}/{BASELINE_FILE}", f"{BASELINE_DIR}/{WEIGHTS_FILE}", PROBE_FILE)
+BackboneKind = Literal["diffusion", "baseline"]
 UNCLASSIFIED = "unclassified"
 # The probe protocol's object size: log original width, height and object area, appended to every
 # pair (as `plankdiff.probe.run.load_pairs` does), so a fused "a+b" probe reads [a, size, b, size].
@@ -173,42 +187,73 @@ def export_classifier(
     object_size: the probe reads the log object size after every pair (`SIZE_COLUMNS` each).
     """
     out = Path(out)
-    parsed = [Pair.parse(p) for p in pairs]
-    assert parsed, "at least one feature pair is needed"
-    assert len({p.name for p in parsed}) == len(parsed), f"pair listed twice in {list(pairs)}"
+    kind: BackboneKind = "baseline" if is_baseline_run(backbone_run) else "diffusion"
+    assert pairs, "at least one feature pair is needed"
+    assert len(set(pairs)) == len(pairs), f"pair listed twice in {list(pairs)}"
     classes = list(classes if classes is not None else dataset.classes)
     assert classifier.n_classes == len(classes), (
         f"probe has {classifier.n_classes} classes, but {len(classes)} class names were given"
     )
     settings = extraction or ExtractionRequest()
-    extraction_card = {
-        "pooling": settings.pooling,
-        "noise_draws": settings.noise_draws,
-        "orientations": settings.orientations,
-        "noise_seed": "first 63 bits of sha256(the image's path inside its input), then (t, draw)",
-        "feature_dtype": "float16 (as the feature store keeps them)",
-    }
-    unet, scheduler = load_backbone(backbone_run)
-    dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
-    total = sum(dims[p.block] for p in parsed) + (SIZE_COLUMNS * len(parsed) if object_size else 0)
+    if kind == "diffusion":
+        parsed = [Pair.parse(p) for p in pairs]
+        extraction_card = {
+            "pooling": settings.pooling,
+            "noise_draws": settings.noise_draws,
+            "orientations": settings.orientations,
+            "noise_seed": "first 63 bits of sha256(the image's path inside its input), then (t, draw)",
+            "feature_dtype": "float16 (as the feature store keeps them)",
+        }
+        unet, scheduler = load_backbone(backbone_run)
+        dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
+        pair_cards = [
+            {"name": p.name, "block": p.block, "dim": dims[p.block], **timestep_info(scheduler, p.t)}
+            for p in parsed
+        ]
+        backbone_card = {"source": str(Path(backbone_run).resolve()), "model_hash": model_hash(backbone_run)}
+    else:
+        method, info, checkpoint = load_baseline(backbone_run)
+        dims = {b.name: b.dim for b in method.feature_blocks()}
+        unknown = [p for p in pairs if p not in dims]
+        if unknown:
+            raise ValueError(
+                f"{backbone_run}: {info['method']} has no feature block {unknown[0]!r} (it has {', '.join(dims)})"
+            )
+        extraction_card = {
+            "orientations": settings.orientations,
+            "feature_dtype": "float16 (as the feature store keeps them)",
+        }
+        pair_cards = [{"name": p, "block": p, "dim": dims[p], "t": None} for p in pairs]
+        backbone_card = {
+            "source": str(Path(backbone_run).resolve()),
+            "method": info["method"],
+            "checkpoint": checkpoint.name,
+            "model_hash": sha256_file(checkpoint / WEIGHTS_FILE),
+        }
+    total = sum(p["dim"] for p in pair_cards) + (SIZE_COLUMNS * len(pairs) if object_size else 0)
     assert classifier.n_features == total, (
-        f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
+        f"probe takes {classifier.n_features} features, but pairs {list(pairs)} give {total}"
     )
     abstention = Abstention.given(thresholds) if isinstance(thresholds, Mapping) else thresholds
     if abstention is not None:
         assert set(abstention.thresholds) == set(classes), (
             f"abstention thresholds name {sorted(abstention.thresholds)}, the probe's classes are {classes}"
         )
-    assert not out.exists() or (out / CARD_FILE).exists(), (
-        f"{out} exists and is not an exported classifier; refusing to replace it"
-    )
+    if out.exists() and not (out / CARD_FILE).exists():
+        raise ValueError(f"{out} exists and is not an exported classifier; refusing to replace it")
 
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
-    scheduler.save_pretrained(staging / SCHEDULER_DIR)
+    if kind == "diffusion":
+        unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
+        scheduler.save_pretrained(staging / SCHEDULER_DIR)
+        hashed = list(HASHED_FILES)
+    else:
+        (staging / BASELINE_DIR).mkdir(parents=True)
+        shutil.copyfile(Path(backbone_run) / BASELINE_FILE, staging / BASELINE_DIR / BASELINE_FILE)
+        shutil.copyfile(checkpoint / WEIGHTS_FILE, staging / BASELINE_DIR / WEIGHTS_FILE)
+        hashed = list(BASELINE_HASHED_FILES)
     save_file(classifier.state_dict(), str(staging / PROBE_FILE))
-    hashed = list(HASHED_FILES)
     quantification = None
     if validation is not None:
         val_proba, val_labels = np.asarray(validation[0], np.float32), np.asarray(validation[1], np.int64)
@@ -224,11 +269,8 @@ def export_classifier(
         "plankdiff_version": __version__,
         "git_sha": git_sha(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backbone": {"source": str(Path(backbone_run).resolve()), "model_hash": model_hash(backbone_run)},
-        "pairs": [
-            {"name": p.name, "block": p.block, "dim": dims[p.block], **timestep_info(scheduler, p.t)}
-            for p in parsed
-        ],
+        "backbone": backbone_card,
+        "pairs": pair_cards,
         "extraction": extraction_card,
         "preprocess": dataset.info["preprocess"],
         "classes": classes,
@@ -237,8 +279,9 @@ def export_classifier(
         "quantification": quantification,
         # How the features reaching the probe are built, beyond the pairs: predict does the same.
         "recipe": {
+            "backbone": kind,
             "object_size": bool(object_size),
-            "fused_pairs": len(parsed),
+            "fused_pairs": len(pairs),
             "orientations": settings.orientations,
         },
         "training_data": {
@@ -255,6 +298,31 @@ def export_classifier(
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
+
+
+@dataclass
+class _StoreOn(FeatureStore):
+    """A feature store read with the dataset `export` opened and checked: `--data` may name one that
+    the store's own record (a dataset name) does not resolve to, and `check_lineage` and the object
+    size (`load_pairs`) read the store's dataset."""
+
+    opened: PreparedDataset | None = None
+
+    def dataset(self) -> PreparedDataset:
+        return self.opened
+
+
+def _weights_hash(run: Path) -> str:
+    """The hash a feature store records as its `model_hash`: of the DDPM's weights, or of a baseline's
+    newest checkpoint."""
+    if is_baseline_run(run):
+        return sha256_file(load_baseline(run)[2] / WEIGHTS_FILE)
+    return model_hash(run)
+
+
+def _kind(card: Mapping[str, Any]) -> BackboneKind:
+    """Cards written before baselines could be exported hold a diffusion backbone."""
+    return (card.get("recipe") or {}).get("backbone", "diffusion")
 
 
 def export_from_store(
@@ -295,19 +363,21 @@ def export_from_store(
             f"{features}: extraction stopped at {store.rows_done()} of {len(store.rows)} rows; "
             "finish it with `plankdiff features extract` first"
         )
-    if info["model_hash"] != model_hash(backbone_run):
+    if info["model_hash"] != _weights_hash(backbone_run):
         raise ValueError(f"{features}: features of another model than {backbone_run} (weights hash differs)")
     dataset = PreparedDataset.open(data if data is not None else info["dataset"])
     if dataset.key != info["dataset_key"]:
         raise ValueError(
             f"{features}: features of another version of dataset {dataset.name} ({dataset.root})"
         )
+    store = _StoreOn(store.root, dataset)
     chosen = Split.load(dataset, split)
     empty = [s for s in SPLITS if len(chosen.indices(s)) == 0]
     if empty:
         raise ValueError(f"split {split!r} of {dataset.name} has no {' / '.join(empty)} rows")
     for pair in pairs:
-        Pair.parse(pair)
+        if not is_baseline_run(backbone_run):
+            Pair.parse(pair)
         if pair not in store.pairs:
             raise ValueError(f"{features}: no pair {pair!r} (it has {', '.join(store.pairs[:4])}, …)")
     lineage = check_lineage(store, chosen, ("val", "test"), transductive=transductive)
@@ -375,10 +445,10 @@ def export_from_store(
         metrics=metrics,
         out=out,
         classes=chosen.classes,
+        # A baseline store's request names its method and blocks, and its orientations only when 8.
         extraction=ExtractionRequest(
-            pooling=request["pooling"],
-            noise_draws=request["noise_draws"],
-            orientations=request["orientations"],
+            **{key: request[key] for key in ("pooling", "noise_draws") if key in request},
+            orientations=request.get("orientations", 1),
         ),
         calibration=calibration,
         validation=(val_proba, y["val"]),
@@ -415,7 +485,8 @@ def export_from_result(
     store = FeatureStore(Path(selected["features"]))
     if not (store.root / "store.json").exists():
         raise FileNotFoundError(f"{selected_file}: its feature store {store.root} is gone")
-    backbone = backbone_run or store.info.get("backbone")
+    # Diffusion stores record their run; baseline stores have always recorded it under `baseline`.
+    backbone = backbone_run or store.info.get("backbone") or (store.info.get("baseline") or {}).get("run")
     if backbone is None:
         raise ValueError(
             f"{store.root}: the store does not record its backbone run (extracted before it did); give --backbone"
@@ -475,7 +546,8 @@ def read_card(path: Path) -> dict[str, Any]:
         )
     hashes = card.get("sha256", {})
     optional = [QUANTIFY_FILE] if (card.get("quantification") or {}).get("file") == QUANTIFY_FILE else []
-    for name in [*HASHED_FILES, *optional]:
+    required = BASELINE_HASHED_FILES if _kind(card) == "baseline" else HASHED_FILES
+    for name in [*required, *optional]:
         file = path / name
         if name not in hashes:
             raise ModelCardError(f"{card_path}: no sha256 for {name}; the card is incomplete")
@@ -498,13 +570,22 @@ class DeployedClassifier:
     """
 
     def __init__(
-        self, *, root: Path, card: dict, unet: UNet2DModel, scheduler: DDPMScheduler, probe: LinearClassifier
+        self,
+        *,
+        root: Path,
+        card: dict,
+        unet: UNet2DModel | None,
+        scheduler: DDPMScheduler | None,
+        probe: LinearClassifier,
+        baseline: Method | None = None,
     ):
         self.root, self.card, self.unet, self.scheduler, self.probe = root, card, unet, scheduler, probe
-        self.pairs = [Pair(p["block"], p["t"]) for p in card["pairs"]]
+        self.baseline = baseline  # a baseline's frozen network instead of the denoiser
+        self.blocks = [p["block"] for p in card["pairs"]]
+        self.pairs = [] if baseline is not None else [Pair(p["block"], p["t"]) for p in card["pairs"]]
         # Cards written before the recipe was recorded had no object size.
         self.object_size = bool((card.get("recipe") or {}).get("object_size", False))
-        self.request = _request(self.pairs, card["extraction"])
+        self.request = _request(self.pairs, card["extraction"]) if baseline is None else None
         abstention = card["abstention"]
         self.abstention = Abstention.from_card(abstention) if abstention is not None else None
         self._thresholds = self.abstention.array(self.classes) if self.abstention is not None else None
@@ -519,8 +600,12 @@ class DeployedClassifier:
         return PreprocessParams(**self.card["preprocess"])
 
     @property
+    def network(self) -> torch.nn.Module:
+        return self.baseline if self.baseline is not None else self.unet
+
+    @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.network.parameters()).device
 
     def to(self, device: str | torch.device) -> DeployedClassifier:
         if torch.device(device) == self.device:
@@ -528,7 +613,7 @@ class DeployedClassifier:
         if self._extractor is not None:
             self._extractor.close()  # it holds the old device; rebuilt on next use
             self._extractor = None
-        self.unet.to(device)
+        self.network.to(device)
         return self
 
     @property
@@ -555,11 +640,18 @@ class DeployedClassifier:
         assert len(seeds) == len(pixels), f"{len(seeds)} seeds for {len(pixels)} images"
         # A memory-mapped dataset is read-only; torch wants a writable buffer (copied only then).
         x0 = to_model_range(torch.from_numpy(np.require(pixels, requirements=["C", "W"])))
-        rows = np.asarray(seeds, dtype=np.int64)
-        by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
+        if self.baseline is not None:  # a deterministic network: the seeds are not needed
+            features, _ = method_features(
+                self.baseline, x0.to(self.device), orientations=self.card["extraction"]["orientations"]
+            )
+            blocks = [features[b].float().cpu().numpy() for b in self.blocks]
+        else:
+            rows = np.asarray(seeds, dtype=np.int64)
+            by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
+            blocks = [by_t[p.t][p.block].numpy() for p in self.pairs]
         parts = []
-        for p in self.pairs:
-            parts.append(by_t[p.t][p.block].numpy().astype(np.float16).astype(np.float32))
+        for block in blocks:
+            parts.append(block.astype(np.float16).astype(np.float32))
             if self.object_size:
                 parts.append(np.asarray(sizes, dtype=np.float32))
         return np.concatenate(parts, axis=1)
@@ -594,8 +686,10 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     """Load an exported classifier, refusing one that fails a version, hash or shape check."""
     root = Path(path)
     card = read_card(root)
-    unet, scheduler = load_backbone(root / UNET_DIR)
     probe = LinearClassifier.from_arrays(**load_file(str(root / PROBE_FILE)))
+    if _kind(card) == "baseline":
+        return _load_baseline_classifier(root, card, probe).to(device)
+    unet, scheduler = load_backbone(root / UNET_DIR)
     pairs = [Pair.parse(p["name"]) for p in card["pairs"]]
     dims = _block_dims(unet, scheduler, _request(pairs, card["extraction"]))
     for entry, pair in zip(card["pairs"], pairs, strict=True):
@@ -609,8 +703,30 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
             raise ModelCardError(
                 f"{root / SCHEDULER_DIR}: ᾱ_t at t={pair.t} is {alpha_bar:.6g}, the card says {entry['alpha_bar']:.6g}"
             )
-    size_columns = SIZE_COLUMNS * len(pairs) if (card.get("recipe") or {}).get("object_size") else 0
-    total = sum(dims[p.block] for p in pairs) + size_columns
+    _check_probe(root, card, probe, dims)
+    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
+    return classifier.to(device)
+
+
+def _load_baseline_classifier(root: Path, card: dict, probe: LinearClassifier) -> DeployedClassifier:
+    folder = root / BASELINE_DIR
+    method = build_baseline(read_json(folder / BASELINE_FILE), folder / WEIGHTS_FILE)
+    dims = {b.name: b.dim for b in method.feature_blocks()}
+    for entry in card["pairs"]:
+        if dims.get(entry["block"]) != entry["dim"]:
+            raise ModelCardError(
+                f"{root / CARD_FILE}: block {entry['block']} has width {entry['dim']} in the card, "
+                f"{dims.get(entry['block'])} in {folder}"
+            )
+    _check_probe(root, card, probe, dims)
+    return DeployedClassifier(root=root, card=card, unet=None, scheduler=None, probe=probe, baseline=method)
+
+
+def _check_probe(root: Path, card: dict, probe: LinearClassifier, dims: Mapping[str, int]) -> None:
+    """The probe must read what the card's blocks (and object size) give, and name its classes."""
+    blocks = [p["block"] for p in card["pairs"]]
+    size_columns = SIZE_COLUMNS * len(blocks) if (card.get("recipe") or {}).get("object_size") else 0
+    total = sum(dims[b] for b in blocks) + size_columns
     if probe.n_features != total:
         raise ModelCardError(
             f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs"
@@ -624,8 +740,6 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     abstention = card["abstention"]
     if abstention is not None and set(abstention["thresholds"]) != set(card["classes"]):
         raise ModelCardError(f"{root / CARD_FILE}: abstention thresholds do not name the card's classes")
-    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
-    return classifier.to(device)
 
 
 __all__ = [
