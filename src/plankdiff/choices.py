@@ -31,6 +31,10 @@ Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 
 # deploy
 SampleBy = Literal["input", "folder", "day"]
+# what predict writes besides its CSVs: nothing more, or an EcoTaxa import bundle (ecotaxa/)
+OutputFormat = Literal["csv", "ecotaxa"]
+# how predict counts per sample: the decisions after abstention, or QuaPy's quantifiers
+Counting = Literal["cc", "pcc", "pacc", "emq"]
 
 # where a command runs: auto picks CUDA when there is one (accelerate's choice for predict)
 Device = Literal["auto", "cpu", "cuda"]

@@ -5,7 +5,6 @@ reported. Abstention thresholds are checked on synthetic probabilities, where th
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import zipfile
@@ -15,12 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from rich.console import Console
-from typer.testing import CliRunner
+from deploy_common import IFCB, PAIRS
+from safetensors.numpy import load_file, save_file
 
-from plankdiff.cli import app
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.data.splits import long_tailed_split
 from plankdiff.deploy.calibrate import ALWAYS_ABSTAIN, MIN_PREDICTIONS, calibrate_thresholds, decide
 from plankdiff.deploy.export import (
     UNCLASSIFIED,
@@ -32,74 +29,11 @@ from plankdiff.deploy.export import (
 from plankdiff.deploy.predict import list_inputs, merge_parts, predict, predict_share
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.diffusion.train import to_model_range
-from plankdiff.features.extract import ExtractionRequest, Extractor, extract_features, model_hash
+from plankdiff.features.extract import ExtractionRequest, Extractor
 from plankdiff.probe.linear import fit_single
 
-PAIRS = ["dec2@16/t=5", "enc2@8/t=10"]  # two timesteps: features from two forward passes, concatenated
-SPLIT = "long-tailed-s0"
-IFCB = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures" / "ifcb"
 SMHI_BIN = "D20220522T000439_IFCB134"
 needs_ifcb = pytest.mark.skipif(not IFCB.is_dir(), reason=f"IFCB fixtures not found at {IFCB}")
-
-
-@pytest.fixture
-def run_cli(monkeypatch):
-    """`plankdiff …` in-process, with a console wide enough not to wrap messages."""
-    monkeypatch.setattr(
-        importlib.import_module("plankdiff.deploy.cli"), "console", Console(width=400, color_system=None)
-    )
-
-    def run(*args: str | Path):
-        return CliRunner().invoke(app, [str(a) for a in args])
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def dataset(prepared_small_ndsb, tmp_path_factory) -> PreparedDataset:
-    """A private copy of the prepared subset with a saved long-tailed split (12 images per class)."""
-    root = shutil.copytree(prepared_small_ndsb.root, tmp_path_factory.mktemp("deploy-data") / "ndsb-small")
-    copy = PreparedDataset(root)
-    long_tailed_split(copy).save(copy)
-    return copy
-
-
-@pytest.fixture(scope="module")
-def store(tiny_run, dataset, tmp_path_factory):
-    unet, scheduler = load_backbone(tiny_run)
-    request = ExtractionRequest(timesteps=(5, 10), blocks=("enc2@8", "dec2@16"), batch_size=64)
-    out = tmp_path_factory.mktemp("deploy-features") / "store"
-    return extract_features(
-        unet, scheduler, dataset, out=out, request=request, model_id=model_hash(tiny_run), show_progress=False
-    )
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run, store, dataset, tmp_path_factory) -> Path:
-    """Exported through the CLI: refit on train, select and calibrate on val, test once."""
-    out = tmp_path_factory.mktemp("deploy-model") / "model"
-    args = ["export", "--backbone", tiny_run, "--features", store.root, "--split", SPLIT, "--out", out]
-    args += ["--data", dataset.root] + [a for p in PAIRS for a in ("--pair", p)]
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    assert "exported 4 classes" in result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def image_folder(small_ndsb_zip, tmp_path_factory) -> Path:
-    """The subset's real image files as `<class>/<file>` (no manifest), plus two unreadable files."""
-    root = tmp_path_factory.mktemp("deploy-images") / "ndsb-folder"
-    with zipfile.ZipFile(small_ndsb_zip) as archive:
-        for name in archive.namelist():
-            relative = name.split("/", 1)[1]
-            if relative != "manifest.csv":
-                (root / relative).parent.mkdir(parents=True, exist_ok=True)
-                (root / relative).write_bytes(archive.read(name))
-    first_class = sorted(p.name for p in root.iterdir())[0]
-    (root / first_class / "broken.jpg").write_bytes(b"this is not a jpeg")
-    (root / "empty.png").write_bytes(b"")
-    return root
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -620,3 +554,88 @@ def test_card_records_temperature_and_ece_and_predict_applies_it(model, dataset)
     np.testing.assert_allclose(
         deployed.predict_proba(pixels, seeds), apply_temperature(raw, calibration["temperature"]), atol=1e-6
     )
+
+
+# -- counts corrected for prior shift --------------------------------------------------------------
+
+
+def test_export_saves_the_calibrated_validation_posteriors_and_hashes_them(model, tmp_path):
+    card = json.loads((model / "card.json").read_text())
+    assert card["quantification"]["n_val"] == card["metrics"]["val"]["n"] == 4
+    assert "quantify.safetensors" in card["sha256"]
+    saved = load_file(str(model / "quantify.safetensors"))
+    assert saved["proba"].shape == (4, 4) and saved["labels"].shape == (4,)
+    np.testing.assert_allclose(saved["proba"].sum(axis=1), 1, rtol=1e-5)
+    copy = shutil.copytree(model, tmp_path / "model")
+    saved["labels"] = (saved["labels"] + 1) % 4  # other labels: the counting would be fitted on a lie
+    save_file(saved, str(copy / "quantify.safetensors"))
+    with pytest.raises(ModelCardError, match=r"quantify\.safetensors: sha256 .* does not match"):
+        load_classifier(copy)
+
+
+@pytest.mark.parametrize("method", ["cc", "pcc", "pacc", "emq"])
+def test_predict_counts_by_each_method_with_intervals(model, image_folder, tmp_path, method):
+    classifier = load_classifier(model)
+    run = predict(
+        classifier, [image_folder], tmp_path / "predictions.csv", show_progress=False, counts=method
+    )
+    counts = read_csv(run.counts)
+    assert list(counts.columns) == ["sample", "class", "count", "low", "high"]  # no volume: no per mL
+    assert set(counts["class"]) == set(classifier.classes)  # every image is counted into a class
+    assert (counts["low"] <= counts["count"] + 1e-9).all() and (
+        counts["count"] <= counts["high"] + 1e-9
+    ).all()
+    assert counts["count"].sum() == pytest.approx(run.n_predicted)
+    frame = run.frame()
+    top1 = frame.groupby("sample")["top1"].value_counts()
+    if method == "cc":  # classify and count is the plain top-1 count, abstention ignored
+        for row in counts.itertuples():
+            assert row.count == pytest.approx(top1.get((row.sample, row._2), 0))
+    wide = run.table.set_index("sample")
+    assert (wide["method"] == method).all() and wide["n_images"].sum() == run.n_predicted
+    for name in classifier.classes:
+        assert {f"{name}_low", f"{name}_high"} <= set(wide.columns)
+
+
+@needs_ifcb
+def test_predict_counts_per_ml_through_the_cli(model, run_cli, tmp_path):
+    result = run_cli("predict", model, IFCB / "smhi-ifcb134-2022", "--out", tmp_path, "--counts", "pacc")
+    assert result.exit_code == 0, result.output
+    assert "counts by pacc" in result.output
+    counts = read_csv(tmp_path / "counts.csv")
+    volume = 4.860635326244212  # the bin's ml_analyzed
+    for column in ("count", "low", "high"):
+        np.testing.assert_allclose(counts[f"{column}_per_ml"], counts[column] / volume)
+    wide = read_csv(tmp_path / "counts_wide.csv").set_index("sample")
+    name = load_classifier(model).classes[0]
+    assert wide.loc[SMHI_BIN, f"{name}_high_per_ml"] == pytest.approx(
+        wide.loc[SMHI_BIN, f"{name}_high"] / volume
+    )
+    bad = run_cli("predict", model, IFCB / "smhi-ifcb134-2022", "--out", tmp_path, "--counts", "acc")
+    assert bad.exit_code != 0 and "--counts" in bad.output
+
+
+def test_counts_are_refused_for_a_classifier_exported_without_validation_posteriors(
+    tiny_run, store, dataset, image_folder, tmp_path
+):
+    x = np.concatenate([store.load(p) for p in PAIRS], axis=1)
+    classifier = fit_single(
+        x,
+        dataset.labels[store.rows],
+        train=np.arange(0, 48, 2),
+        val=np.arange(1, 48, 2),
+        n_classes=4,
+        min_steps=10,
+    ).classifier()
+    out = export_classifier(
+        backbone_run=tiny_run,
+        dataset=dataset,
+        pairs=PAIRS,
+        classifier=classifier,
+        thresholds=None,
+        metrics={},
+        out=tmp_path / "model",
+    )
+    with pytest.raises(ModelCardError, match="exported without validation posteriors"):
+        predict(load_classifier(out), [image_folder], tmp_path / "run" / "predictions.csv", counts="emq")
+    assert not (tmp_path / "run" / "predictions.csv").exists()

@@ -33,6 +33,7 @@ from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
 LOGITS_FILE = "logits.npy"
+WEIGHTS_FILE = "model.safetensors"  # of a checkpoint: the weights features are read with
 OWN_HEAD_FILE = "own_head.json"
 
 
@@ -48,6 +49,11 @@ def load_baseline(run: Path | str) -> tuple[Method, dict, Path]:
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise FileNotFoundError(f"{run}: no checkpoint yet; train it with `plankdiff baseline train`")
+    return build_baseline(info, checkpoint / WEIGHTS_FILE), info, checkpoint
+
+
+def build_baseline(info: dict, weights: Path) -> Method:
+    """The method `info` (a run's `baseline.json`) describes, with `weights`, frozen in eval mode."""
     config = BaselineConfig.model_validate(info["config"])
     channels, size, _ = info["image_shape"]
     method = get_method(config.method).build(
@@ -56,8 +62,8 @@ def load_baseline(run: Path | str) -> tuple[Method, dict, Path]:
         width=config.width,
         n_classes=len(info["classes"]) if info["classes"] else None,
     )
-    method.load_state_dict(load_file(checkpoint / "model.safetensors"))
-    return method.eval().requires_grad_(False), info, checkpoint
+    method.load_state_dict(load_file(weights))
+    return method.eval().requires_grad_(False)
 
 
 def _device(device: str) -> torch.device:
@@ -109,7 +115,7 @@ def extract_baseline_features(
         for b in blocks
     ]
     identity = {
-        "model_hash": sha256_file(checkpoint / "model.safetensors"),
+        "model_hash": sha256_file(checkpoint / WEIGHTS_FILE),
         "dataset_key": dataset.key,
         "rows_hash": sha256_json(rows.tolist()),
         "request": {"method": info["method"], "blocks": [b.name for b in blocks]}
@@ -179,14 +185,7 @@ def _fill(
         for begin in range(start, len(rows), batch_size):
             batch_rows = rows[begin : begin + batch_size]
             x = to_model_range(torch.from_numpy(np.ascontiguousarray(dataset.images[batch_rows]))).to(device)
-            with (
-                torch.inference_mode(),
-                torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
-            ):
-                views = dihedral_augment_all(x) if orientations == 8 else [x]
-                per_view = [method.backbone_features(v) for v in views]
-                features = {k: sum(f[k].float() for f in per_view) / len(views) for k in per_view[0]}
-                head = method.head_logits(per_view[0])
+            features, head = method_features(method, x, orientations=orientations)
             for name, value in features.items():
                 arrays[name][begin : begin + len(batch_rows)] = value.float().cpu().numpy().astype(np.float16)
             if logits is not None:
@@ -198,6 +197,22 @@ def _fill(
                 store.mark_done(begin + len(batch_rows))
                 since_checkpoint = 0
             advance(len(batch_rows))
+
+
+def method_features(
+    method: Method, x: torch.Tensor, *, orientations: Orientations = 1
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Every feature block of `x` (model range, on the method's device), averaged over the flips and
+    90° rotations when `orientations` is 8, and the method's own head on the first view (or None).
+    The one path from pixels to baseline features: extraction and a deployed classifier both use it."""
+    with (
+        torch.inference_mode(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"),
+    ):
+        views = dihedral_augment_all(x) if orientations == 8 else [x]
+        per_view = [method.backbone_features(v) for v in views]
+        features = {k: sum(f[k].float() for f in per_view) / len(views) for k in per_view[0]}
+        return features, method.head_logits(per_view[0])
 
 
 def _open_logits(out: Path, n: int, n_classes: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Device, Loss, SampleBy
+from plankdiff.choices import Counting, Device, Loss, OutputFormat, SampleBy
 from plankdiff.cli_support import check_split, fail, open_dataset, resolve_device, say_device, switch
 
 # kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
@@ -18,17 +18,37 @@ console = Console()
 
 
 def export_command(
-    backbone: Path = typer.Option(..., "--backbone", help="diffusion run folder the features came from"),
+    from_result: Path = typer.Option(
+        None,
+        "--from",
+        help="probe result folder (results/<study>/metrics/<experiment>/<method>/seedN, with selected.json): "
+        "its store, split, selected or fused pairs, object size and loss, instead of the four options below "
+        "(default: none)",
+    ),
+    backbone: Path = typer.Option(
+        None,
+        "--backbone",
+        help="run folder the features came from, DDPM or baseline (with --from: default the store's)",
+    ),
     features: Path = typer.Option(
-        ..., "--features", help="feature store folder (plankdiff features extract)"
+        None, "--features", help="feature store folder (plankdiff features extract; default: none)"
     ),
     split: str = typer.Option(
-        ...,
+        None,
         "--split",
-        help="split name, e.g. long-tailed-s0: the probe fits on train, selects and calibrates on val",
+        help="split name, e.g. long-tailed-s0: the probe fits on train, selects and calibrates on val "
+        "(default: none)",
     ),
     pair: list[str] = typer.Option(
-        ..., "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate"
+        None, "--pair", help="feature pair, e.g. 'dec2@16/t=5'; repeat to concatenate (default: none)"
+    ),
+    object_size: bool = switch(
+        False, "--object-size", help="append the log object size to every pair (the protocol's object_size)"
+    ),
+    transductive: bool = switch(
+        False,
+        "--transductive",
+        help="allow calibration and test rows the backbone saw (unlabelled) in pre-training; refused otherwise",
     ),
     out: Path = typer.Option(..., "--out", help="classifier folder to write"),
     data: str = typer.Option("", "--data", help="prepared dataset name or folder (default: the store's)"),
@@ -44,32 +64,59 @@ def export_command(
 ) -> None:
     """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder.
 
-    Example: plankdiff export --backbone runs/ddpm --features cache/features/ddpm --split long-tailed-s0 --pair dec2@16/t=5 --out models/ndsb
+    Example: plankdiff export --from results/cpu/metrics/ndsb_long-tailed/diffusion/seed0 --out models/ndsb
     """
-    from plankdiff.deploy.export import export_from_store, load_classifier
+    from plankdiff.deploy.export import export_from_result, export_from_store, load_classifier
     from plankdiff.features.store import FeatureStore
 
-    if (features / "store.json").is_file():  # else export_from_store names the missing store
-        check_split(console, open_dataset(console, data or FeatureStore(features).info["dataset"]), split)
     try:
-        path = export_from_store(
-            backbone_run=backbone,
-            features=features,
-            split=split,
-            pairs=pair,
-            out=out,
-            data=data or None,
-            target_precision=target_precision,
-            loss=loss,
-            seed=seed,
-        )
+        if from_result is not None:
+            given = [f"--{n}" for n, v in (("features", features), ("split", split), ("pair", pair)) if v]
+            if given:
+                raise ValueError(
+                    f"--from {from_result} gives the store, split and pairs; drop {', '.join(given)}"
+                )
+            path = export_from_result(
+                from_result,
+                out=out,
+                backbone_run=backbone,
+                target_precision=target_precision,
+                transductive=transductive,
+            )
+        else:
+            missing = [
+                f"--{n}"
+                for n, v in (("backbone", backbone), ("features", features), ("split", split), ("pair", pair))
+                if not v
+            ]
+            if missing:
+                raise ValueError(f"give --from RESULT, or {', '.join(missing)}")
+            if (features / "store.json").is_file():  # else export_from_store names the missing store
+                check_split(
+                    console, open_dataset(console, data or FeatureStore(features).info["dataset"]), split
+                )
+            path = export_from_store(
+                backbone_run=backbone,
+                features=features,
+                split=split,
+                pairs=pair,
+                out=out,
+                data=data or None,
+                target_precision=target_precision,
+                loss=loss,
+                seed=seed,
+                object_size=object_size,
+                transductive=transductive,
+            )
     except (FileNotFoundError, KeyError, ValueError) as error:
         fail(console, error)
     card = load_classifier(path).card
     test, abstention = card["metrics"]["test"], card["abstention"]
     decided = test["abstention"]["accuracy_when_decided"]
     console.print(
-        f"[green]exported[/green] {len(card['classes'])} classes from {', '.join(pair)} → {path}\n"
+        f"[green]exported[/green] {len(card['classes'])} classes from "
+        f"{' + '.join(p['name'] for p in card['pairs'])}"
+        f"{' with object size' if card['recipe']['object_size'] else ''} → {path}\n"
         f"test: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}; abstaining below the "
         f"val-calibrated thresholds: coverage {test['abstention']['coverage']:.3f}, accuracy "
         + (f"{decided:.3f}" if decided is not None else "n/a (nothing decided)")
@@ -111,6 +158,22 @@ def predict_command(
     score: bool = switch(
         False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"
     ),
+    output_format: OutputFormat = typer.Option(
+        "csv",
+        "--format",
+        help="csv: the CSV tables only; ecotaxa: also OUT/ecotaxa/ (ecotaxa_*.tsv and every image as PNG) "
+        "for EcoTaxa's import",
+    ),
+    counts: Counting = typer.Option(
+        None,
+        "--counts",
+        help="how counts.csv counts (default: the decisions after abstention, unclassified kept apart: "
+        "what you will validate, but thresholds set in one period abstain on most of a shifted one); "
+        "cc, pcc, pacc or emq estimate each sample's class counts from every image's posteriors (QuaPy), "
+        "with 95%% bootstrap intervals: pacc corrects the classifier's confusions measured on validation "
+        "(assumes the look of each class unchanged), emq re-weights the class priors (assumes only the "
+        "priors change, needs calibrated posteriors), cc and pcc correct nothing",
+    ),
 ) -> None:
     """Classify images; run under `accelerate launch` to spread them over processes.
 
@@ -141,6 +204,8 @@ def predict_command(
             sample_by=sample_by,
             captured_from=captured_from.date() if captured_from else None,
             captured_to=captured_to.date() if captured_to else None,
+            output_format=output_format,
+            counts=counts,
         )
     except (ModelCardError, SourceError) as error:
         fail(console, error)
@@ -149,6 +214,8 @@ def predict_command(
     for note in run.notes or []:
         console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
     skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""
+    if counts is not None:
+        console.print(f"counts by {counts} with 95% bootstrap intervals (count, low, high) in {run.counts}")
     console.print(
         f"[green]{run.n_predicted} images[/green] in {run.seconds:.1f} s → {run.predictions}, {run.counts}{skipped}"
     )

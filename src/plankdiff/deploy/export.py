@@ -2,7 +2,11 @@
 
     unet/               the frozen EMA denoiser (diffusers `save_pretrained`, safetensors)
     scheduler/          its noise schedule (ᾱ_t of every feature pair comes from here)
+    baseline/           instead of unet/ and scheduler/, for a baseline backbone (supervised,
+                        SimCLR, BYOL, DINO, MAE): its run's `baseline.json` and checkpoint weights
     probe.safetensors   the linear probe: mean, std, weight [classes, features], bias
+    quantify.safetensors  validation posteriors (temperature-scaled) and labels: what the counting
+                        methods of `predict --counts` are fitted on (hashed with the rest)
     card.json           what it takes to reproduce a prediction: the (block, t) pairs with ᾱ_t and
                         width, pooling and noise draws, the preprocessing parameters, class names,
                         abstention thresholds, training data, metrics, git SHA, plankdiff version,
@@ -22,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,6 +34,15 @@ from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.numpy import load_file, save_file
 
 from plankdiff import __version__
+from plankdiff.baselines.extract import (
+    WEIGHTS_FILE,
+    build_baseline,
+    is_baseline_run,
+    load_baseline,
+    method_features,
+)
+from plankdiff.baselines.registry import Method
+from plankdiff.baselines.train import BASELINE_FILE
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import PreprocessParams
 from plankdiff.data.splits import SPLITS, Split
@@ -49,14 +62,20 @@ from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash,
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
+from plankdiff.probe.protocol import Loss
+from plankdiff.probe.run import check_lineage, load_pairs
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
 CARD_FORMAT = "plankdiff-classifier"
 CARD_VERSION = 2  # 2: the card's content is hashed with the weights (`content_sha256`)
 CARD_FILE = "card.json"
 PROBE_FILE = "probe.safetensors"
+# Validation posteriors and labels for the prior-shift corrections (`plankdiff.deploy.quantify`);
+# optional, so that a classifier exported without them still loads (its `--counts` is refused).
+QUANTIFY_FILE = "quantify.safetensors"
 UNET_DIR = "unet"
 SCHEDULER_DIR = "scheduler"
+BASELINE_DIR = "baseline"
 # Every file whose change would change a prediction; all are hashed into the card.
 HASHED_FILES = (
     f"{UNET_DIR}/diffusion_pytorch_model.safetensors",
@@ -64,14 +83,23 @@ HASHED_FILES = (
     f"{SCHEDULER_DIR}/scheduler_config.json",
     PROBE_FILE,
 )
+BASELINE_HASHED_FILES = (f"{BASELINE_DIR}/{BASELINE_FILE}", f"{BASELINE_DIR}/{WEIGHTS_FILE}", PROBE_FILE)
+BackboneKind = Literal["diffusion", "baseline"]
 UNCLASSIFIED = "unclassified"
+# The probe protocol's object size: log original width, height and object area, appended to every
+# pair (as `plankdiff.probe.run.load_pairs` does), so a fused "a+b" probe reads [a, size, b, size].
+SIZE_COLUMNS = 3
 # The card entries that change what a prediction says: hashed together with the weight hashes, so
 # renamed or swapped class names, zeroed thresholds or edited pairs are refused at load.
 HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "calibration", "sha256")
+# Entries added since: hashed when the card has them, so cards written before keep their hash (and
+# removing one from a card that had it still changes the hash).
+LATER_HASHED_CARD_KEYS = ("quantification", "recipe")
 
 
 def card_content_hash(card: Mapping[str, Any]) -> str:
-    return sha256_json({key: card.get(key) for key in HASHED_CARD_KEYS})
+    content = {key: card.get(key) for key in HASHED_CARD_KEYS}
+    return sha256_json(content | {key: card[key] for key in LATER_HASHED_CARD_KEYS if key in card})
 
 
 class ModelCardError(ValueError):
@@ -142,6 +170,8 @@ def export_classifier(
     classes: Sequence[str] | None = None,
     extraction: ExtractionRequest | None = None,
     calibration: Mapping[str, Any] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    object_size: bool = False,
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
@@ -152,13 +182,15 @@ def export_classifier(
     orientations are copied to the card; default: the features stage's defaults). The folder is
     written beside `out` and renamed into place, so a crash never leaves a half-written model.
     calibration: `{"temperature": T, ...}` applied to the probe's posteriors before abstention
-    (default none: T = 1).
+    (default none: T = 1). validation: (posteriors [N, C] after that temperature, class indices [N])
+    of the validation rows, saved for `predict --counts` (default: not saved; counting refused).
+    object_size: the probe reads the log object size after every pair (`SIZE_COLUMNS` each).
     """
     out = Path(out)
-    parsed = [Pair.parse(p) for p in pairs]
-    if not parsed:
+    kind: BackboneKind = "baseline" if is_baseline_run(backbone_run) else "diffusion"
+    if not pairs:
         raise ValueError("at least one feature pair is needed")
-    if len({p.name for p in parsed}) != len(parsed):
+    if len(set(pairs)) != len(pairs):
         raise ValueError(f"pair listed twice in {list(pairs)}")
     classes = list(classes if classes is not None else dataset.classes)
     if classifier.n_classes != len(classes):
@@ -166,19 +198,45 @@ def export_classifier(
             f"probe has {classifier.n_classes} classes, but {len(classes)} class names were given"
         )
     settings = extraction or ExtractionRequest()
-    extraction_card = {
-        "pooling": settings.pooling,
-        "noise_draws": settings.noise_draws,
-        "orientations": settings.orientations,
-        "noise_seed": "first 63 bits of sha256(the image's path inside its input), then (t, draw)",
-        "feature_dtype": "float16 (as the feature store keeps them)",
-    }
-    unet, scheduler = load_backbone(backbone_run)
-    dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
-    total = sum(dims[p.block] for p in parsed)
+    if kind == "diffusion":
+        parsed = [Pair.parse(p) for p in pairs]
+        extraction_card = {
+            "pooling": settings.pooling,
+            "noise_draws": settings.noise_draws,
+            "orientations": settings.orientations,
+            "noise_seed": "first 63 bits of sha256(the image's path inside its input), then (t, draw)",
+            "feature_dtype": "float16 (as the feature store keeps them)",
+        }
+        unet, scheduler = load_backbone(backbone_run)
+        dims = _block_dims(unet, scheduler, _request(parsed, extraction_card))
+        pair_cards = [
+            {"name": p.name, "block": p.block, "dim": dims[p.block], **timestep_info(scheduler, p.t)}
+            for p in parsed
+        ]
+        backbone_card = {"source": str(Path(backbone_run).resolve()), "model_hash": model_hash(backbone_run)}
+    else:
+        method, info, checkpoint = load_baseline(backbone_run)
+        dims = {b.name: b.dim for b in method.feature_blocks()}
+        unknown = [p for p in pairs if p not in dims]
+        if unknown:
+            raise ValueError(
+                f"{backbone_run}: {info['method']} has no feature block {unknown[0]!r} (it has {', '.join(dims)})"
+            )
+        extraction_card = {
+            "orientations": settings.orientations,
+            "feature_dtype": "float16 (as the feature store keeps them)",
+        }
+        pair_cards = [{"name": p, "block": p, "dim": dims[p], "t": None} for p in pairs]
+        backbone_card = {
+            "source": str(Path(backbone_run).resolve()),
+            "method": info["method"],
+            "checkpoint": checkpoint.name,
+            "model_hash": sha256_file(checkpoint / WEIGHTS_FILE),
+        }
+    total = sum(p["dim"] for p in pair_cards) + (SIZE_COLUMNS * len(pairs) if object_size else 0)
     if classifier.n_features != total:
         raise ValueError(
-            f"probe takes {classifier.n_features} features, but pairs {[p.name for p in parsed]} give {total}"
+            f"probe takes {classifier.n_features} features, but pairs {list(pairs)} give {total}"
         )
     abstention = Abstention.given(thresholds) if isinstance(thresholds, Mapping) else thresholds
     if abstention is not None and set(abstention.thresholds) != set(classes):
@@ -190,25 +248,47 @@ def export_classifier(
 
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
-    scheduler.save_pretrained(staging / SCHEDULER_DIR)
+    if kind == "diffusion":
+        unet.save_pretrained(staging / UNET_DIR, safe_serialization=True)
+        scheduler.save_pretrained(staging / SCHEDULER_DIR)
+        hashed = list(HASHED_FILES)
+    else:
+        (staging / BASELINE_DIR).mkdir(parents=True)
+        shutil.copyfile(Path(backbone_run) / BASELINE_FILE, staging / BASELINE_DIR / BASELINE_FILE)
+        shutil.copyfile(checkpoint / WEIGHTS_FILE, staging / BASELINE_DIR / WEIGHTS_FILE)
+        hashed = list(BASELINE_HASHED_FILES)
     save_file(classifier.state_dict(), str(staging / PROBE_FILE))
+    quantification = None
+    if validation is not None:
+        val_proba, val_labels = np.asarray(validation[0], np.float32), np.asarray(validation[1], np.int64)
+        if val_proba.shape != (len(val_labels), len(classes)):
+            raise ValueError(
+                f"validation posteriors {val_proba.shape} for {len(val_labels)} labels and {len(classes)} classes"
+            )
+        save_file({"proba": val_proba, "labels": val_labels}, str(staging / QUANTIFY_FILE))
+        hashed.append(QUANTIFY_FILE)
+        quantification = {"file": QUANTIFY_FILE, "n_val": len(val_labels), "posteriors": "temperature-scaled"}
     card = {
         "format": CARD_FORMAT,
         "card_version": CARD_VERSION,
         "plankdiff_version": __version__,
         "git_sha": git_sha(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backbone": {"source": str(Path(backbone_run).resolve()), "model_hash": model_hash(backbone_run)},
-        "pairs": [
-            {"name": p.name, "block": p.block, "dim": dims[p.block], **timestep_info(scheduler, p.t)}
-            for p in parsed
-        ],
+        "backbone": backbone_card,
+        "pairs": pair_cards,
         "extraction": extraction_card,
         "preprocess": dataset.info["preprocess"],
         "classes": classes,
         "abstention": abstention.to_card() if abstention is not None else None,
         "calibration": dict(calibration) if calibration is not None else {"temperature": 1.0},
+        "quantification": quantification,
+        # How the features reaching the probe are built, beyond the pairs: predict does the same.
+        "recipe": {
+            "backbone": kind,
+            "object_size": bool(object_size),
+            "fused_pairs": len(pairs),
+            "orientations": settings.orientations,
+        },
         "training_data": {
             "name": dataset.name,
             "key": dataset.key,
@@ -216,13 +296,38 @@ def export_classifier(
             "source_hash": dataset.info.get("source_hash"),
         },
         "metrics": dict(metrics),
-        "sha256": {name: sha256_file(staging / name) for name in HASHED_FILES},
+        "sha256": {name: sha256_file(staging / name) for name in hashed},
     }
     card["content_sha256"] = card_content_hash(card)
     write_json(staging / CARD_FILE, card)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
+
+
+@dataclass
+class _StoreOn(FeatureStore):
+    """A feature store read with the dataset `export` opened and checked: `--data` may name one that
+    the store's own record (a dataset name) does not resolve to, and `check_lineage` and the object
+    size (`load_pairs`) read the store's dataset."""
+
+    opened: PreparedDataset | None = None
+
+    def dataset(self) -> PreparedDataset:
+        return self.opened
+
+
+def _weights_hash(run: Path) -> str:
+    """The hash a feature store records as its `model_hash`: of the DDPM's weights, or of a baseline's
+    newest checkpoint."""
+    if is_baseline_run(run):
+        return sha256_file(load_baseline(run)[2] / WEIGHTS_FILE)
+    return model_hash(run)
+
+
+def _kind(card: Mapping[str, Any]) -> BackboneKind:
+    """Cards written before baselines could be exported hold a diffusion backbone."""
+    return (card.get("recipe") or {}).get("backbone", "diffusion")
 
 
 def export_from_store(
@@ -234,9 +339,13 @@ def export_from_store(
     out: Path,
     data: str | Path | None = None,
     target_precision: float = DEFAULT_TARGET_PRECISION,
-    loss: str = "ce",
+    loss: Loss = "ce",
     seed: int = 0,
     progress: bool = True,
+    object_size: bool = False,
+    probe_options: Mapping[str, Any] | None = None,
+    transductive: bool = False,
+    source: Mapping[str, Any] | None = None,
 ) -> Path:
     """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
 
@@ -244,6 +353,11 @@ def export_from_store(
     `fit_single`), the abstention thresholds are calibrated on the val rows, and the test rows are
     scored once, for the card. `data` is the prepared dataset (default: the one the store names);
     the store must hold features of `backbone_run` on that very dataset, or the card would lie.
+    Several pairs are fused (concatenated); `object_size` appends the log object size to each, as
+    the probe protocol does. Validation and test rows the backbone trained on are refused
+    (`plankdiff.probe.run.check_lineage`) unless the use is declared `transductive`.
+    `probe_options`: `fit_probe_grid` options (epochs, min_steps); `source`: recorded in the card
+    (where the recipe came from).
     """
     store = FeatureStore(Path(features))
     if not (store.root / "store.json").exists():
@@ -254,21 +368,28 @@ def export_from_store(
             f"{features}: extraction stopped at {store.rows_done()} of {len(store.rows)} rows; "
             "finish it with `plankdiff features extract` first"
         )
-    if info["model_hash"] != model_hash(backbone_run):
+    if info["model_hash"] != _weights_hash(backbone_run):
         raise ValueError(f"{features}: features of another model than {backbone_run} (weights hash differs)")
     dataset = PreparedDataset.open(data if data is not None else info["dataset"])
     if dataset.key != info["dataset_key"]:
         raise ValueError(
             f"{features}: features of another version of dataset {dataset.name} ({dataset.root})"
         )
+    store = _StoreOn(store.root, dataset)
     chosen = Split.load(dataset, split)
     empty = [s for s in SPLITS if len(chosen.indices(s)) == 0]
     if empty:
         raise ValueError(f"split {split!r} of {dataset.name} has no {' / '.join(empty)} rows")
-    x = {
-        s: np.concatenate([store.load(p)[store.positions(chosen.indices(s))] for p in pairs], axis=1)
-        for s in SPLITS
-    }
+    for pair in pairs:
+        if not is_baseline_run(backbone_run):
+            Pair.parse(pair)
+        if pair not in store.pairs:
+            raise ValueError(f"{features}: no pair {pair!r} (it has {', '.join(store.pairs[:4])}, …)")
+    lineage = check_lineage(store, chosen, ("val", "test"), transductive=transductive)
+    x = {}
+    for s in SPLITS:
+        by_pair = load_pairs(store, list(pairs), store.positions(chosen.indices(s)), with_size=object_size)
+        x[s] = np.concatenate([by_pair[p] for p in pairs], axis=1)
     y = {s: chosen.labels(s) for s in SPLITS}
     n_train, n_val = len(y["train"]), len(y["val"])
     grid = fit_single(
@@ -281,6 +402,7 @@ def export_from_store(
         loss=loss,
         seed=seed,
         progress=progress,
+        **dict(probe_options or {}),
     )
     classifier = grid.classifier()
     # Temperature-scale on validation first: the thresholds are then set on calibrated posteriors.
@@ -308,6 +430,8 @@ def export_from_store(
     metrics = {
         "split": split,
         "features": {"path": str(store.root.resolve()), "key": info["key"]},
+        "lineage": lineage,
+        "source": dict(source) if source is not None else {"pairs": list(pairs), "loss": loss},
         "probe": grid.hyperparameters(),
         "val": {"accuracy": float(best["val_accuracy"]), "macro_f1": float(best["val_macro_f1"]), "n": n_val},
         "test": {
@@ -326,12 +450,76 @@ def export_from_store(
         metrics=metrics,
         out=out,
         classes=chosen.classes,
+        # A baseline store's request names its method and blocks, and its orientations only when 8.
         extraction=ExtractionRequest(
-            pooling=request["pooling"],
-            noise_draws=request["noise_draws"],
-            orientations=request["orientations"],
+            **{key: request[key] for key in ("pooling", "noise_draws") if key in request},
+            orientations=request.get("orientations", 1),
         ),
         calibration=calibration,
+        validation=(val_proba, y["val"]),
+        object_size=object_size,
+    )
+
+
+def export_from_result(
+    result: Path,
+    *,
+    out: Path,
+    backbone_run: Path | None = None,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
+    transductive: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export the probe a probe result folder selected (`results/<study>/metrics/<experiment>/<method>/seedN`
+    or `plankdiff probe --out`), with its whole recipe: its feature store (orientations included),
+    split, selected pair or fused pairs (`a+b+c`), object size, loss and probe budget.
+
+    `backbone_run`: the run folder the store's features came from (default: the one the store
+    records). The probe is refitted on the train rows with the same protocol, so its numbers in
+    the card are this export's, not copied from the result.
+    """
+    result = Path(result)
+    selected_file = result / "selected.json"
+    if not selected_file.exists():
+        raise FileNotFoundError(f"{result}: no selected.json; give a probe result folder (…/metrics/…/seedN)")
+    selected = read_json(selected_file)
+    if selected.get("protocol", "linear") != "linear":
+        raise ValueError(
+            f"{selected_file}: a {selected['protocol']} probe; only linear probes can be exported"
+        )
+    store = FeatureStore(Path(selected["features"]))
+    if not (store.root / "store.json").exists():
+        raise FileNotFoundError(f"{selected_file}: its feature store {store.root} is gone")
+    # Diffusion stores record their run; baseline stores have always recorded it under `baseline`.
+    backbone = backbone_run or store.info.get("backbone") or (store.info.get("baseline") or {}).get("run")
+    if backbone is None:
+        raise ValueError(
+            f"{store.root}: the store does not record its backbone run (extracted before it did); give --backbone"
+        )
+    protocol = (selected.get("config") or {}).get("protocol") or {}
+    options = {key: protocol[key] for key in ("epochs", "min_steps") if key in protocol}
+    seed = int(result.name[4:]) if result.name.startswith("seed") and result.name[4:].isdigit() else 0
+    pairs = selected["pair"].split("+")
+    return export_from_store(
+        backbone_run=Path(backbone),
+        features=store.root,
+        split=selected["split"],
+        pairs=pairs,
+        out=out,
+        target_precision=target_precision,
+        loss=selected.get("loss") or "ce",
+        seed=seed,
+        progress=progress,
+        object_size=bool(selected.get("with_size", False)),
+        probe_options=options,
+        transductive=transductive,
+        source={
+            "result": str(result.resolve()),
+            "pairs": pairs,
+            "loss": selected.get("loss"),
+            "object_size": bool(selected.get("with_size", False)),
+            "val_in_result": selected.get("val"),
+        },
     )
 
 
@@ -362,7 +550,9 @@ def read_card(path: Path) -> dict[str, Any]:
             + "); refusing to load it"
         )
     hashes = card.get("sha256", {})
-    for name in HASHED_FILES:
+    optional = [QUANTIFY_FILE] if (card.get("quantification") or {}).get("file") == QUANTIFY_FILE else []
+    required = BASELINE_HASHED_FILES if _kind(card) == "baseline" else HASHED_FILES
+    for name in [*required, *optional]:
         file = path / name
         if name not in hashes:
             raise ModelCardError(f"{card_path}: no sha256 for {name}; the card is incomplete")
@@ -385,11 +575,22 @@ class DeployedClassifier:
     """
 
     def __init__(
-        self, *, root: Path, card: dict, unet: UNet2DModel, scheduler: DDPMScheduler, probe: LinearClassifier
+        self,
+        *,
+        root: Path,
+        card: dict,
+        unet: UNet2DModel | None,
+        scheduler: DDPMScheduler | None,
+        probe: LinearClassifier,
+        baseline: Method | None = None,
     ):
         self.root, self.card, self.unet, self.scheduler, self.probe = root, card, unet, scheduler, probe
-        self.pairs = [Pair(p["block"], p["t"]) for p in card["pairs"]]
-        self.request = _request(self.pairs, card["extraction"])
+        self.baseline = baseline  # a baseline's frozen network instead of the denoiser
+        self.blocks = [p["block"] for p in card["pairs"]]
+        self.pairs = [] if baseline is not None else [Pair(p["block"], p["t"]) for p in card["pairs"]]
+        # Cards written before the recipe was recorded had no object size.
+        self.object_size = bool((card.get("recipe") or {}).get("object_size", False))
+        self.request = _request(self.pairs, card["extraction"]) if baseline is None else None
         abstention = card["abstention"]
         self.abstention = Abstention.from_card(abstention) if abstention is not None else None
         self._thresholds = self.abstention.array(self.classes) if self.abstention is not None else None
@@ -404,8 +605,12 @@ class DeployedClassifier:
         return PreprocessParams(**self.card["preprocess"])
 
     @property
+    def network(self) -> torch.nn.Module:
+        return self.baseline if self.baseline is not None else self.unet
+
+    @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        return next(self.network.parameters()).device
 
     def to(self, device: str | torch.device) -> DeployedClassifier:
         if torch.device(device) == self.device:
@@ -413,7 +618,7 @@ class DeployedClassifier:
         if self._extractor is not None:
             self._extractor.close()  # it holds the old device; rebuilt on next use
             self._extractor = None
-        self.unet.to(device)
+        self.network.to(device)
         return self
 
     @property
@@ -422,12 +627,18 @@ class DeployedClassifier:
             self._extractor = Extractor(self.unet, self.scheduler, request=self.request)
         return self._extractor
 
-    def features(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def features(self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         """The probe's input [N, D]: every pair's pooled features, concatenated in card order.
 
         Pairs that share a t come from one forward pass. Values are rounded through float16,
-        as the feature store keeps them, so the probe sees what it was trained on.
+        as the feature store keeps them, so the probe sees what it was trained on. sizes: the
+        `log_size_features` [N, 3] of the images, needed (and appended after every pair) when the
+        card's recipe has the object size.
         """
+        if self.object_size and (sizes is None or len(sizes) != len(pixels)):
+            raise ValueError(
+                f"{self.root}: this classifier reads the object size; pass one size row per image"
+            )
         if not (pixels.ndim == 4 and pixels.dtype == np.uint8):
             raise ValueError(
                 f"expected preprocessed uint8 images [N, C, S, S], got {pixels.dtype} {pixels.shape}"
@@ -436,16 +647,41 @@ class DeployedClassifier:
             raise ValueError(f"{len(seeds)} seeds for {len(pixels)} images")
         # A memory-mapped dataset is read-only; torch wants a writable buffer (copied only then).
         x0 = to_model_range(torch.from_numpy(np.require(pixels, requirements=["C", "W"])))
-        rows = np.asarray(seeds, dtype=np.int64)
-        by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
-        parts = [by_t[p.t][p.block].numpy().astype(np.float16) for p in self.pairs]
-        return np.concatenate(parts, axis=1).astype(np.float32)
+        if self.baseline is not None:  # a deterministic network: the seeds are not needed
+            features, _ = method_features(
+                self.baseline, x0.to(self.device), orientations=self.card["extraction"]["orientations"]
+            )
+            blocks = [features[b].float().cpu().numpy() for b in self.blocks]
+        else:
+            rows = np.asarray(seeds, dtype=np.int64)
+            by_t = {t: self.extractor(x0, rows, t) for t in self.request.timesteps}
+            blocks = [by_t[p.t][p.block].numpy() for p in self.pairs]
+        parts = []
+        for block in blocks:
+            parts.append(block.astype(np.float16).astype(np.float32))
+            if self.object_size:
+                parts.append(np.asarray(sizes, dtype=np.float32))
+        return np.concatenate(parts, axis=1)
 
-    def predict_proba(self, pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    def predict_proba(
+        self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None
+    ) -> np.ndarray:
         """Posteriors [N, C], temperature-scaled as calibrated at export (cards without it: T = 1)."""
-        proba = self.probe.predict_proba(self.features(pixels, seeds))
+        proba = self.probe.predict_proba(self.features(pixels, seeds, sizes))
         temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
         return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
+
+    def quantifier(self, method: str):
+        """A QuaPy quantifier (`plankdiff.deploy.quantify`) fitted on the exported validation posteriors."""
+        from plankdiff.deploy.quantify import fit_quantifier  # QuaPy loads only when counting
+
+        if not (self.card.get("quantification") or {}).get("file"):
+            raise ModelCardError(
+                f"{self.root / CARD_FILE}: exported without validation posteriors, so --counts {method} "
+                "cannot be fitted; re-export the classifier"
+            )
+        saved = load_file(str(self.root / QUANTIFY_FILE))
+        return fit_quantifier(method, saved["proba"], saved["labels"])
 
     def decisions(self, proba: np.ndarray) -> list[str]:
         """The top-1 class name per row, or `unclassified` below that class's threshold."""
@@ -457,8 +693,10 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     """Load an exported classifier, refusing one that fails a version, hash or shape check."""
     root = Path(path)
     card = read_card(root)
-    unet, scheduler = load_backbone(root / UNET_DIR)
     probe = LinearClassifier.from_arrays(**load_file(str(root / PROBE_FILE)))
+    if _kind(card) == "baseline":
+        return _load_baseline_classifier(root, card, probe).to(device)
+    unet, scheduler = load_backbone(root / UNET_DIR)
     pairs = [Pair.parse(p["name"]) for p in card["pairs"]]
     dims = _block_dims(unet, scheduler, _request(pairs, card["extraction"]))
     for entry, pair in zip(card["pairs"], pairs, strict=True):
@@ -472,10 +710,35 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
             raise ModelCardError(
                 f"{root / SCHEDULER_DIR}: ᾱ_t at t={pair.t} is {alpha_bar:.6g}, the card says {entry['alpha_bar']:.6g}"
             )
-    total = sum(dims[p.block] for p in pairs)
+    _check_probe(root, card, probe, dims)
+    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
+    return classifier.to(device)
+
+
+def _load_baseline_classifier(root: Path, card: dict, probe: LinearClassifier) -> DeployedClassifier:
+    folder = root / BASELINE_DIR
+    method = build_baseline(read_json(folder / BASELINE_FILE), folder / WEIGHTS_FILE)
+    dims = {b.name: b.dim for b in method.feature_blocks()}
+    for entry in card["pairs"]:
+        if dims.get(entry["block"]) != entry["dim"]:
+            raise ModelCardError(
+                f"{root / CARD_FILE}: block {entry['block']} has width {entry['dim']} in the card, "
+                f"{dims.get(entry['block'])} in {folder}"
+            )
+    _check_probe(root, card, probe, dims)
+    return DeployedClassifier(root=root, card=card, unet=None, scheduler=None, probe=probe, baseline=method)
+
+
+def _check_probe(root: Path, card: dict, probe: LinearClassifier, dims: Mapping[str, int]) -> None:
+    """The probe must read what the card's blocks (and object size) give, and name its classes."""
+    blocks = [p["block"] for p in card["pairs"]]
+    size_columns = SIZE_COLUMNS * len(blocks) if (card.get("recipe") or {}).get("object_size") else 0
+    total = sum(dims[b] for b in blocks) + size_columns
     if probe.n_features != total:
         raise ModelCardError(
-            f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs give {total}"
+            f"{root / PROBE_FILE}: probe takes {probe.n_features} features, the card's pairs"
+            + (" and object size" if size_columns else "")
+            + f" give {total}"
         )
     if probe.n_classes != len(card["classes"]):
         raise ModelCardError(
@@ -484,8 +747,6 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     abstention = card["abstention"]
     if abstention is not None and set(abstention["thresholds"]) != set(card["classes"]):
         raise ModelCardError(f"{root / CARD_FILE}: abstention thresholds do not name the card's classes")
-    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
-    return classifier.to(device)
 
 
 __all__ = [
@@ -494,6 +755,7 @@ __all__ = [
     "Pair",
     "UNCLASSIFIED",
     "export_classifier",
+    "export_from_result",
     "export_from_store",
     "image_seed",
     "load_classifier",

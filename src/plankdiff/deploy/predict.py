@@ -32,7 +32,9 @@ Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (
 count, every class of every sample, zeros kept; `unclassified` is a class of its own),
 `counts_wide.csv` (one row per sample: volume_ml where known, n_images, a count column per class
 and, where the volume is known, a `<class>_per_ml` column each) and `skipped.csv` (every image or
-bin that could not be read, with the reason). The previous run's outputs are removed when a run
+bin that could not be read, with the reason); with `output_format="ecotaxa"`, also `ecotaxa/`:
+`ecotaxa_<out folder>.tsv` and every classified image as `<object_id>.png` beside it, the bundle
+EcoTaxa imports (see `plankdiff.deploy.ecotaxa`). The previous run's outputs are removed when a run
 starts and the new ones moved into place at the end, so a killed run never leaves old files that
 look current. Under `accelerate launch`, process i takes images i, i+n, i+2n, … and
 writes its own parts; the main process merges them back into input order.
@@ -43,10 +45,12 @@ from __future__ import annotations
 import csv
 import heapq
 import os
+import shutil
 import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -59,9 +63,9 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from PIL import Image
 
-from plankdiff.choices import SampleBy
+from plankdiff.choices import OutputFormat, SampleBy
 from plankdiff.data.ifcb import IfcbBin, IfcbCollection, IfcbError, find_bins, is_ifcb_source, parse_roi_name
-from plankdiff.data.preprocess import ImageRejected, decode, preprocess
+from plankdiff.data.preprocess import ImageRejected, decode, log_size_features, preprocess
 from plankdiff.data.sources import (
     IMAGE_SUFFIXES,
     MANIFEST_NAME,
@@ -71,15 +75,21 @@ from plankdiff.data.sources import (
     read_member,
 )
 from plankdiff.data.timestamps import capture_time
+from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
+from plankdiff.deploy.quantify import COUNTINGS, Counting, sample_counts
 from plankdiff.progress import progress_bar
 
-TOP_K = 3
+TOP_K = ecotaxa.TOP_K_COLUMNS
 SAMPLE_BY: tuple[str, ...] = get_args(SampleBy)
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
 COUNT_COLUMNS = ["sample", "class", "count"]
+# Binary parts of `--counts` runs: every classified image's posteriors (float32) and position (int64).
+POSTERIORS, POSITIONS = "posteriors.f32", "positions.i64"
+N_BOOT = 200  # bootstrap resamples per sample for the counts' 95 % intervals
 # Every file a run writes into its folder: removed when a run starts, so none is left from an older one.
 OUTPUT_FILES = (
     "predictions.csv",
@@ -382,25 +392,40 @@ def predict_share(
     num_processes: int,
     batch_size: int,
     show_progress: bool,
+    object_ids: Sequence[str] | None = None,
+    keep_posteriors: bool = False,
 ) -> None:
     """Classify images process_index, process_index + n, … into this process's CSV parts.
 
     Memory is bounded by one batch: rows are written as each batch finishes, and counts are kept
-    per (sample, class) only.
+    per (sample, class) only. `object_ids` (one per image, `ecotaxa.object_ids`): also write each
+    image as `ecotaxa/<id>.png` and its line of the EcoTaxa tsv. `keep_posteriors`: also append
+    each image's position and posteriors to this process's binary parts, for `--counts`.
     """
     params, class_names = classifier.params, classifier.classes
     mine = [(i, images[i]) for i in range(process_index, len(images), num_processes)]
     counts: Counter[tuple[str, str]] = Counter()
     started = time.perf_counter()
-    with (
-        open(_part(out_csv, process_index), "w", newline="") as predictions_file,
-        open(_part(out_csv.with_name("skipped.csv"), process_index), "w", newline="") as skipped_file,
-        progress_bar("predict", total=len(mine), enabled=show_progress) as advance,
-    ):
-        predictions, skipped = csv.writer(predictions_file), csv.writer(skipped_file)
+    bundle = out_csv.with_name(ecotaxa.FOLDER)
+    if object_ids is not None:
+        bundle.mkdir(exist_ok=True)
+    tsv_part = _part(bundle / "objects.tsv", process_index)
+    with ExitStack() as files:
+        predictions = csv.writer(files.enter_context(open(_part(out_csv, process_index), "w", newline="")))
+        skipped = csv.writer(
+            files.enter_context(open(_part(out_csv.with_name("skipped.csv"), process_index), "w", newline=""))
+        )
+        objects = None
+        if object_ids is not None:
+            tsv_file = files.enter_context(open(tsv_part, "w", newline="", encoding="ascii"))
+            objects = csv.writer(tsv_file, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if keep_posteriors:
+            kept_proba = files.enter_context(open(_part(out_csv.with_name(POSTERIORS), process_index), "wb"))
+            kept_at = files.enter_context(open(_part(out_csv.with_name(POSITIONS), process_index), "wb"))
+        advance = files.enter_context(progress_bar("predict", total=len(mine), enabled=show_progress))
         done, reading = 0, -1
         for batch in _batches(mine, batch_size):
-            pixels, kept = [], []
+            pixels, sizes, kept = [], [], []
             for position, image in batch:
                 if image.placeholder:
                     counts[image.sample, UNCLASSIFIED] += 0  # the sample exists, with nothing in it
@@ -414,16 +439,29 @@ def predict_share(
                     reading = image.reader
                 try:
                     decoded = readers[image.reader].read_image(image.member)
-                    pixels.append(preprocess(decoded, params, orig_size=image.orig_size).pixels)
+                    # The original size as `data prepare` takes it: the manifest's, else the file's own.
+                    orig = image.orig_size or decoded.size
+                    prepared = preprocess(decoded, params, orig_size=orig)
+                    pixels.append(prepared.pixels)
+                    # Rounded as the prepared metadata table stores the area the probe was trained on.
+                    sizes.append((*orig, round(prepared.object_area, 1)))
+                    if object_ids is not None:
+                        ecotaxa.write_image(decoded, bundle, object_ids[position])
                 except READ_ERRORS as error:
                     reason = str(error) if isinstance(error, ImageRejected) else f"could not read: {error}"
                     skipped.writerow([position, image.sample, image.source, reason])
                     continue
                 kept.append((position, image))
             if kept:
+                width, height, area = np.array(sizes, dtype=float).T
                 proba = classifier.predict_proba(
-                    np.stack(pixels), np.array([image_seed(i.key) for _, i in kept])
+                    np.stack(pixels),
+                    np.array([image_seed(i.key) for _, i in kept]),
+                    log_size_features(width, height, area) if classifier.object_size else None,
                 )
+                if keep_posteriors:
+                    kept_proba.write(np.ascontiguousarray(proba, dtype=np.float32).tobytes())
+                    kept_at.write(np.array([p for p, _ in kept], dtype=np.int64).tobytes())
                 for (position, image), row, decision in zip(
                     kept, proba, classifier.decisions(proba), strict=True
                 ):
@@ -442,6 +480,18 @@ def predict_share(
                         ]
                     )
                     counts[image.sample, decision] += 1
+                    if objects is not None:
+                        line = ecotaxa.row(
+                            object_id=object_ids[position],
+                            sample=image.sample,
+                            key=image.key,
+                            source=image.source,
+                            names=names,
+                            probabilities=probabilities,
+                            decision=decision,
+                            abstained=decision == UNCLASSIFIED,
+                        )
+                        objects.writerow([position, *line])
             done += len(batch)
             advance(len(batch), img_per_s=done / max(time.perf_counter() - started, 1e-9))
     if reading >= 0:
@@ -456,16 +506,30 @@ def _staged(path: Path) -> Path:
     return path.with_name(f".{path.name}.staged")
 
 
-def _merge(path: Path, columns: list[str], num_processes: int) -> int:
-    """Interleave the parts back into input order (each is sorted by position); returns the row count."""
-    parts = [_part(path, i) for i in range(num_processes)]
-    handles = [open(p, newline="") for p in parts]  # noqa: SIM115 - closed below, after the merge
+def _merge(
+    path: Path,
+    columns: list[str],
+    num_processes: int,
+    *,
+    parts_of: Path | None = None,
+    header: Sequence[list[str]] = (),
+    tsv: bool = False,
+) -> int:
+    """Interleave the parts back into input order (each is sorted by position); returns the row count.
+
+    parts_of: where the parts were written (default `path`); header: lines after the column names
+    (EcoTaxa's types line); tsv: tab-separated ASCII, never quoted (EcoTaxa's import format)."""
+    parts = [_part(parts_of or path, i) for i in range(num_processes)]
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    encoding = "ascii" if tsv else None
+    handles = [open(p, newline="", encoding=encoding) for p in parts]  # noqa: SIM115 - closed below
     try:
-        readers = [((int(row[0]), row[1:]) for row in csv.reader(h)) for h in handles]
+        readers = [((int(row[0]), row[1:]) for row in csv.reader(h, **dialect)) for h in handles]
         rows = 0
-        with open(_staged(path), "w", newline="") as out:
-            writer = csv.writer(out)
+        with open(_staged(path), "w", newline="", encoding=encoding) as out:
+            writer = csv.writer(out, **dialect)
             writer.writerow(columns)
+            writer.writerows(header)
             for _, row in heapq.merge(*readers, key=lambda entry: entry[0]):
                 writer.writerow(row)
                 rows += 1
@@ -478,19 +542,73 @@ def _merge(path: Path, columns: list[str], num_processes: int) -> int:
 
 
 def wide_table(
-    counts: pd.DataFrame, volumes: dict[str, float | None], classes: Sequence[str]
+    counts: pd.DataFrame,
+    volumes: dict[str, float | None],
+    classes: Sequence[str],
+    *,
+    n_images: dict[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Samples × classes: volume_ml, n_images, one count column per class, and `<class>_per_ml`
-    columns where any sample's volume is known (empty for the samples whose volume is not)."""
-    table = counts.pivot_table(index="sample", columns="class", values="count", aggfunc="sum", fill_value=0)
-    table = table.reindex(columns=list(classes), fill_value=0).astype(int)
-    table.columns.name = None
+    """Samples × classes: volume_ml, n_images, one count column per class (and `<class>_low`,
+    `<class>_high` when `counts` has interval columns), and the same `_per_ml` where any sample's
+    volume is known (empty for the samples whose volume is not). n_images: per sample (default the
+    sum of its counts)."""
+    bounds = [name for name in ("low", "high") if name in counts.columns]
+
+    def pivot(values: str) -> pd.DataFrame:
+        table = counts.pivot_table(
+            index="sample", columns="class", values=values, aggfunc="sum", fill_value=0
+        )
+        table = table.reindex(columns=list(classes), fill_value=0)
+        table.columns.name = None
+        return table if bounds else table.astype(int)
+
+    table = pivot("count")
+    blocks = [table, *(pivot(b).add_suffix(f"_{b}") for b in bounds)]
     volume = pd.Series({s: volumes.get(s) for s in table.index}, dtype=float)
-    wide = pd.concat([volume.rename("volume_ml"), table.sum(axis=1).rename("n_images"), table], axis=1)
+    n = table.sum(axis=1) if n_images is None else pd.Series({s: n_images.get(s, 0) for s in table.index})
+    wide = pd.concat([volume.rename("volume_ml"), n.rename("n_images"), *blocks], axis=1)
     if volume.notna().any():
-        per_ml = table.div(volume, axis=0).add_suffix("_per_ml")
-        wide = pd.concat([wide, per_ml], axis=1)
+        wide = pd.concat([wide, *(b.div(volume, axis=0).add_suffix("_per_ml") for b in blocks)], axis=1)
     return wide.rename_axis("sample").reset_index()
+
+
+def _posteriors(out_csv: Path, num_processes: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every process's kept (positions, posteriors), read back and removed."""
+    positions, proba = [], []
+    for index in range(num_processes):
+        at, values = _part(out_csv.with_name(POSITIONS), index), _part(out_csv.with_name(POSTERIORS), index)
+        positions.append(np.fromfile(at, dtype=np.int64))
+        proba.append(np.fromfile(values, dtype=np.float32).reshape(-1, n_classes))
+        at.unlink()
+        values.unlink()
+    return np.concatenate(positions), np.concatenate(proba)
+
+
+def quantified_counts(
+    quantifier,
+    method: Counting,
+    proba: np.ndarray,
+    samples: Sequence[str],
+    classes: Sequence[str],
+    *,
+    all_samples: Sequence[str] = (),
+    volumes: dict[str, float | None] | None = None,
+    n_boot: int = N_BOOT,
+) -> pd.DataFrame:
+    """Long table (sample, class, count, low, high[, *_per_ml]) by `method`: every class of every sample
+    (those of `all_samples` without an image count zero), each sample's images resampled for the 95 %
+    interval. Counts are prevalences × images, so they are fractional for every method but cc."""
+    samples = np.asarray(samples)
+    rows = []
+    for sample in sorted({*samples.tolist(), *all_samples}):
+        count, low, high = sample_counts(quantifier, method, proba[samples == sample], n_boot=n_boot)
+        rows += [(sample, name, *values) for name, *values in zip(classes, count, low, high, strict=True)]
+    table = pd.DataFrame(rows, columns=[*COUNT_COLUMNS, "low", "high"])
+    volume = table["sample"].map(volumes or {}).astype(float)
+    if volume.notna().any():
+        for column in ("count", "low", "high"):
+            table[f"{column}_per_ml"] = table[column] / volume
+    return table
 
 
 def merge_parts(
@@ -499,12 +617,36 @@ def merge_parts(
     num_processes: int,
     classes: Sequence[str] | None = None,
     volumes: dict[str, float | None] | None = None,
+    output_format: OutputFormat = "csv",
+    counting: Counting | None = None,
+    quantifier=None,
+    samples: Sequence[str] = (),
 ) -> tuple[int, int]:
     """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
     remove the parts. With `classes` (the classifier's, `unclassified` added), every sample gets a
-    row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table.
-    Each file is written under a temporary name and moved into place at the end."""
+    row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table;
+    `output_format="ecotaxa"` adds `ecotaxa/ecotaxa_<out folder>.tsv` (the PNGs are there already).
+    `counting` (with its fitted `quantifier` and `samples`, the sample of each image position): the
+    counts are that method's, with intervals, from the kept posteriors (`quantified_counts`), and
+    the decisions after abstention stay in predictions.csv. Each file is written under a temporary name and moved into place at the end."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
+    final = [
+        out_csv.with_name("skipped.csv"),
+        out_csv.with_name("counts.csv"),
+        out_csv.with_name("counts_wide.csv"),
+    ]
+    if output_format == "ecotaxa":
+        bundle = out_csv.with_name(ecotaxa.FOLDER)
+        tsv = bundle / ecotaxa.tsv_name(out_csv.parent)
+        _merge(
+            tsv,
+            ecotaxa.COLUMNS,
+            num_processes,
+            parts_of=bundle / "objects.tsv",
+            header=[ecotaxa.TYPES],
+            tsv=True,
+        )
+        final.append(tsv)
     n_skipped = _merge(out_csv.with_name("skipped.csv"), SKIPPED_COLUMNS, num_processes)
     counts_path = out_csv.with_name("counts.csv")
     counts: Counter[tuple[str, str]] = Counter()
@@ -519,15 +661,37 @@ def merge_parts(
         for sample in {sample for sample, _ in counts}:
             for name in all_classes:
                 counts[sample, name] += 0
-    with open(_staged(counts_path), "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COUNT_COLUMNS)
-        ordered = sorted(counts.items(), key=lambda entry: (entry[0][0], -entry[1], entry[0][1]))
-        writer.writerows([sample, name, count] for (sample, name), count in ordered)
-    long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
     wide_path = out_csv.with_name("counts_wide.csv")
-    wide_table(long, volumes or {}, all_classes).to_csv(_staged(wide_path), index=False)
-    for path in (out_csv.with_name("skipped.csv"), counts_path, wide_path, out_csv):
+    if counting is not None:
+        if classes is None:
+            raise RuntimeError("counting needs the classifier's classes")
+        positions, proba = _posteriors(out_csv, num_processes, len(classes))
+        per_image = np.asarray(samples)[positions]
+        long = quantified_counts(
+            quantifier,
+            counting,
+            proba,
+            per_image,
+            classes,
+            all_samples=sorted({sample for sample, _ in counts}),
+            volumes=volumes,
+        )
+        long.sort_values(["sample", "count", "class"], ascending=[True, False, True]).to_csv(
+            _staged(counts_path), index=False
+        )
+        n_images = Counter(per_image.tolist())
+        wide = wide_table(long, volumes or {}, list(classes), n_images=dict(n_images))
+        wide.insert(1, "method", counting)
+        wide.to_csv(_staged(wide_path), index=False)
+    else:
+        with open(_staged(counts_path), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COUNT_COLUMNS)
+            ordered = sorted(counts.items(), key=lambda entry: (entry[0][0], -entry[1], entry[0][1]))
+            writer.writerows([sample, name, count] for (sample, name), count in ordered)
+        long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
+        wide_table(long, volumes or {}, all_classes).to_csv(_staged(wide_path), index=False)
+    for path in [*final, out_csv]:  # predictions.csv last: its presence means the run finished
         os.replace(_staged(path), path)
     return n_predicted, n_skipped
 
@@ -543,16 +707,30 @@ def predict(
     sample_by: SampleBy = "input",
     captured_from: date | None = None,
     captured_to: date | None = None,
+    output_format: OutputFormat = "csv",
+    counts: Counting | None = None,
 ) -> PredictionRun:
     """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv, counts_wide.csv
     and skipped.csv; the returned run's `table` is counts_wide.csv as a DataFrame, `frame()` reads
-    predictions.csv.
+    predictions.csv. `output_format="ecotaxa"` also writes the EcoTaxa import bundle `ecotaxa/`
+    beside them (see `plankdiff.deploy.ecotaxa`).
+
+    counts: None counts the decisions after abstention (`unclassified` a class of its own); a
+    counting method (`plankdiff.deploy.quantify`) estimates every sample's class counts from all
+    its posteriors instead, fitted on the classifier's exported validation posteriors, with 95 %
+    bootstrap intervals (columns count, low, high, and per mL where the volume is known).
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,
     else CUDA when present, else CPU). On one process this is a plain run.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
+    if counts is not None and counts not in COUNTINGS:
+        raise ValueError(f"counts must be one of {', '.join(COUNTINGS)}, not {counts!r}")
+    # Fitted before any image is read: a classifier exported without validation posteriors stops here.
+    quantifier = classifier.quantifier(counts) if counts is not None else None
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     # Without cpu=True accelerate ignores a multi-process CPU launch and every process thinks it is alone.
@@ -572,7 +750,11 @@ def predict(
     if state.is_main_process:  # an older run's files must not pass for this one's if it is killed
         for name in {out_csv.name, *OUTPUT_FILES}:
             out_csv.with_name(name).unlink(missing_ok=True)
+        shutil.rmtree(out_csv.with_name(ecotaxa.FOLDER), ignore_errors=True)
     state.wait_for_everyone()
+    ids = None
+    if output_format == "ecotaxa":
+        ids = ecotaxa.object_ids([i.sample for i in images], [i.key for i in images])
     predict_share(
         classifier,
         images,
@@ -582,11 +764,22 @@ def predict(
         num_processes=state.num_processes,
         batch_size=batch_size,
         show_progress=show_progress and state.is_main_process,
+        object_ids=ids,
+        keep_posteriors=counts is not None,
     )
     state.wait_for_everyone()
     volumes = {image.sample: image.volume_ml for image in images if not image.problem}
     totals = [
-        merge_parts(out_csv, num_processes=state.num_processes, classes=classifier.classes, volumes=volumes)
+        merge_parts(
+            out_csv,
+            num_processes=state.num_processes,
+            classes=classifier.classes,
+            volumes=volumes,
+            output_format=output_format,
+            counting=counts,
+            quantifier=quantifier,
+            samples=[image.sample for image in images],
+        )
         if state.is_main_process
         else None
     ]

@@ -19,16 +19,16 @@ prevalence error per sample and pooled), the table issue #16 asks for on the two
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 from quapy.method.aggregative import CC, EMQ, PACC, PCC
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from plankdiff.choices import Counting
 from plankdiff.deploy.score import bray_curtis
 
-Counting = Literal["cc", "pcc", "pacc", "emq"]
 COUNTINGS: tuple[str, ...] = get_args(Counting)
 _METHODS = {"cc": CC, "pcc": PCC, "pacc": PACC, "emq": EMQ}
 
@@ -140,3 +140,18 @@ def quantification_table(
             }
         )
     return pd.DataFrame(rows, columns=["method", "sample", "n", "bray_curtis", "mae"])
+
+
+def sample_counts(
+    quantifier, method: Counting, proba: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(count, low, high) per class for one sample's posteriors [n, C]: the prevalences of
+    `bootstrap_prevalence` times the sample's n images. An empty sample counts zero, interval (0, 0)."""
+    n, n_classes = np.shape(proba)
+    if n == 0:
+        zeros = np.zeros(n_classes)
+        return zeros, zeros, zeros
+    estimate, low, high = bootstrap_prevalence(
+        quantifier, method, proba, n_boot=n_boot, level=level, seed=seed
+    )
+    return estimate * n, low * n, high * n

@@ -222,6 +222,9 @@ def extract_features(
             "pairs": pairs,
             "blocks": [b.__dict__ for b in extractor.blocks],
             "git_sha": git_sha(),
+            # Where the weights came from, so `plankdiff export --from` can find them (not in the key:
+            # the same weights moved elsewhere give the same features).
+            "backbone": str(Path(backbone).resolve()) if backbone is not None else None,
         }
         existing = FeatureStore(out)
         if (out / "store.json").exists():
