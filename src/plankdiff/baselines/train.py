@@ -344,7 +344,7 @@ class BaselineTrainer:
                 stop_signals() as stop_requested,
                 progress_bar(
                     description,
-                    total=config.max_steps,
+                    total=None if max_steps == math.inf else int(max_steps),
                     enabled=self.show_progress,
                     budget_s=budget,
                     clock=lambda: self.elapsed,

@@ -286,7 +286,7 @@ class DiffusionTrainer:
                 stop_signals() as stop_requested,
                 progress_bar(
                     "diffusion train",
-                    total=train.max_steps,
+                    total=None if last_step == math.inf else int(last_step),
                     enabled=self.show_progress,
                     budget_s=budget,
                     clock=lambda: self.elapsed,
