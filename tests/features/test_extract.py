@@ -350,10 +350,6 @@ def test_coarse_to_fine_can_keep_the_best_blocks_and_average_orientations_in_the
     assert search["fine_forward_passes"] == len(prepared_small_ndsb) * 1 * 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coarse_to_fine ranks timesteps and blocks by macro-F1 alone, not by plankdiff.probe.selection",
-)
 def test_a_tie_in_macro_f1_between_timesteps_is_broken_by_the_selection_rule(
     backbone, prepared_small_ndsb, tmp_path, monkeypatch
 ):

@@ -26,6 +26,7 @@ from plankdiff.features.extract import ExtractionRequest, extract_features
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import fit_probe_grid
 from plankdiff.probe.metrics import plot_heatmap
+from plankdiff.probe.selection import rank
 from plankdiff.provenance import write_json
 
 
@@ -141,13 +142,15 @@ def coarse_to_fine(
     )
     coarse_seconds = time.perf_counter() - started
     ranking = rank_pairs(coarse, split, subset, seed=seed, **(probe_options or {}))
-    by_t = ranking.groupby("t")["val_macro_f1"].max().sort_values(ascending=False)
-    kept = tuple(sorted(int(t) for t in by_t.index[:keep_timesteps]))
+    # Each timestep (then each block) stands for its best pair under the one selection rule, and
+    # they are ranked by the same rule, ties between them broken by t (block name) ascending.
+    by_t = rank(rank(ranking).groupby("t", sort=False).head(1), name="t")
+    kept = tuple(sorted(int(t) for t in by_t["t"].head(keep_timesteps)))
     kept_blocks = None
     if keep_blocks is not None:
-        at_kept = ranking[ranking["t"].isin(kept)]
-        by_block = at_kept.groupby("block")["val_macro_f1"].max().sort_values(ascending=False, kind="stable")
-        kept_blocks = tuple(by_block.index[:keep_blocks])
+        at_kept = rank(ranking[ranking["t"].isin(kept)])
+        by_block = rank(at_kept.groupby("block", sort=False).head(1), name="block")
+        kept_blocks = tuple(by_block["block"].head(keep_blocks))
     fine_request = replace(
         request,
         timesteps=kept,

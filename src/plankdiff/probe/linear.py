@@ -167,7 +167,7 @@ class ProbeGrid:
 
     `table` has one row per (pair, hp), pairs in the order given and hps in grid order, with columns
     pair, dim, lr, weight_decay, val_macro_f1, val_accuracy, train_loss (mean over the last epoch).
-    Selection everywhere is: highest val macro-F1, ties broken by val accuracy, then by table order.
+    Selection everywhere is: highest val macro-F1, ties broken by val accuracy, then by pair name (`plankdiff.probe.selection`).
     """
 
     table: pd.DataFrame

@@ -22,7 +22,7 @@ def best(table: pd.DataFrame, *, name: str = "pair") -> pd.Series:
 
 def better(a: pd.Series | dict, b: pd.Series | dict) -> bool:
     """Whether `a` beats `b` under the rule (ties keep `b`, the incumbent)."""
-    return (a["val_macro_f1"], a["val_accuracy"]) > (b["val_macro_f1"], b["val_accuracy"])
+    return bool((a["val_macro_f1"], a["val_accuracy"]) > (b["val_macro_f1"], b["val_accuracy"]))
 
 
 __all__ = ["KEYS", "best", "better", "rank"]
