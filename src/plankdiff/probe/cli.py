@@ -7,10 +7,21 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Loss, Protocol
+from plankdiff.choices import Protocol
 from plankdiff.cli_support import fail, load_split, switch
+from plankdiff.probe.protocol import LOSSES, EvaluationProtocol
 
 console = Console()
+# The study's `protocol:` block and this command share one typed object and its defaults.
+DEFAULTS = EvaluationProtocol()
+
+
+def _known_losses(values: list[str]) -> list[str]:
+    """typer takes no list of choices: the repeatable --loss is checked here, at parse time."""
+    unknown = [value for value in values if value not in LOSSES]
+    if unknown:
+        raise typer.BadParameter(f"{unknown[0]!r} is not one of {', '.join(map(repr, LOSSES))}")
+    return values
 
 
 def probe_command(
@@ -19,17 +30,30 @@ def probe_command(
     protocol: Protocol = typer.Option(
         "linear", "--protocol", help="linear: batched linear probes; knn: weighted k-NN on cosine similarity"
     ),
-    loss: Loss = typer.Option(
-        "ce",
+    loss: list[str] = typer.Option(
+        list(DEFAULTS.losses),
         "--loss",
-        help="linear probe loss: ce; class-balanced (effective-number weights, Cui et al. 2019); logit-adjusted (log-prior offsets, for long tails)",
+        callback=_known_losses,
+        help="probe loss, repeatable (checked against the protocol's losses): each is tried and the one that wins on validation is kept; ce; "
+        "class-balanced (effective-number weights, Cui et al. 2019); logit-adjusted (log-prior offsets, "
+        "for long tails)",
     ),
     out: Path = typer.Option(
         None, "--out", help="result folder (default: FEATURES/probe-<split>-<protocol>)"
     ),
     with_size: bool = switch(False, "--with-size", help="append log original width, height, area"),
     fuse_top: int = typer.Option(
-        0, "--fuse-top", min=0, help="also try the top-k pairs concatenated (0: no)"
+        DEFAULTS.fuse_top, "--fuse-top", min=1, help="also try the top-k pairs concatenated (1: no fusion)"
+    ),
+    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", min=1, help="passes over the training rows"),
+    min_steps: int = typer.Option(
+        DEFAULTS.min_steps,
+        "--min-steps",
+        min=1,
+        help="optimiser steps at least, whatever the training-set size",
+    ),
+    bootstrap: int = typer.Option(
+        DEFAULTS.bootstrap, "--bootstrap", min=0, help="test resamples for the 95 % intervals"
     ),
     shifted: list[str] = typer.Option(
         [], "--shifted", help="FEATURES:SPLIT of a shifted test set (repeatable; default: none)"
@@ -42,6 +66,14 @@ def probe_command(
     """
     from plankdiff.probe.run import Shifted, probe_features
 
+    settings = EvaluationProtocol(
+        object_size=with_size,
+        fuse_top=fuse_top,
+        losses=tuple(dict.fromkeys(loss)),
+        epochs=epochs,
+        min_steps=min_steps,
+        bootstrap=bootstrap,
+    )
     store = _open_store(features)
     try:  # the store's own dataset, refused when it was prepared again since
         dataset = store.dataset()
@@ -67,12 +99,14 @@ def probe_command(
             store,
             chosen,
             protocol=protocol,
-            loss=loss,
-            with_size=with_size,
-            fuse_top=fuse_top,
+            loss=settings.losses,
+            with_size=settings.object_size,
+            fuse_top=settings.fuse_top,
             shifted=shifts,
             seed=seed,
             out=out,
+            bootstrap=settings.bootstrap,
+            probe_options=settings.probe_options(),
         )
     except ValueError as error:
         fail(console, error)

@@ -91,7 +91,7 @@ def probe_features(
     loss: Loss | Sequence[Loss] = "ce",
     pairs: list[str] | None = None,
     with_size: bool = False,
-    fuse_top: int = 0,
+    fuse_top: int = 1,
     shifted: list[Shifted] = (),
     seed: int = 0,
     bootstrap: int = 1000,
