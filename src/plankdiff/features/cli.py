@@ -10,10 +10,11 @@ from rich.table import Table
 
 from plankdiff.choices import Device, Pooling, Precision
 from plankdiff.cli_support import fail, int_list, load_split, open_dataset, resolve_device, say_device, switch
+from plankdiff.features.spec import SearchSpec
 
-# kept here, not imported from features.extract (torch): `--help` must not load the library.
-# tests/test_cli.py checks that the two agree.
-DEFAULT_TIMESTEPS = "1,5,10,25,50,100,200,400,700"
+# `features search` and the study's `features:` block share one typed object and its defaults.
+SEARCH = SearchSpec()
+DEFAULT_TIMESTEPS = ",".join(map(str, SEARCH.timesteps))
 TIMESTEPS_HELP = "comma-separated diffusion timesteps t, each in 0–999 (0: nearly clean, 999: pure noise)"
 PRECISION_HELP = "auto: bf16 autocast on CUDA, fp32 on the CPU; fp32; bf16: bf16 autocast on the CPU too"
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -133,18 +134,25 @@ def search_command(
     out: Path = typer.Option(..., "--out", help="folder for the coarse and fine feature stores"),
     timesteps: str = typer.Option(DEFAULT_TIMESTEPS, "--timesteps", help=TIMESTEPS_HELP),
     per_class_train: int = typer.Option(
-        20, "--per-class-train", min=1, help="coarse pass: train images per class"
+        SEARCH.per_class_train, "--per-class-train", min=1, help="coarse pass: train images per class"
     ),
-    per_class_val: int = typer.Option(10, "--per-class-val", min=1, help="coarse pass: val images per class"),
-    keep_timesteps: int = typer.Option(2, "--keep-timesteps", min=1, help="fine pass: the k best timesteps"),
+    per_class_val: int = typer.Option(
+        SEARCH.per_class_val, "--per-class-val", min=1, help="coarse pass: val images per class"
+    ),
+    keep_timesteps: int = typer.Option(
+        SEARCH.keep_timesteps, "--keep-timesteps", min=1, help="fine pass: the k best timesteps"
+    ),
     orientations: int = typer.Option(1, "--orientations", help="1, or 8 to average over flips and rotations"),
     keep_blocks: int = typer.Option(
-        0, "--keep-blocks", min=0, help="fine pass: only the k best blocks (0: all)"
+        SEARCH.keep_blocks,
+        "--keep-blocks",
+        min=1,
+        help="fine pass: only the k best blocks (default: every block)",
     ),
     fine_orientations: int = typer.Option(
-        0, "--fine-orientations", help="fine pass: 1 or 8 orientations (0: as --orientations)"
+        None, "--fine-orientations", help="fine pass: 1 or 8 orientations (default: as --orientations)"
     ),
-    batch_size: int = typer.Option(128, "--batch-size", min=1, help="images per forward pass"),
+    batch_size: int = typer.Option(SEARCH.batch_size, "--batch-size", min=1, help="images per forward pass"),
     precision: Precision = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Coarse-to-fine: full grid on a stratified subset, the best timesteps on every image.
@@ -174,8 +182,8 @@ def search_command(
         per_class_train=per_class_train,
         per_class_val=per_class_val,
         keep_timesteps=keep_timesteps,
-        keep_blocks=keep_blocks or None,
-        fine_orientations=fine_orientations or None,
+        keep_blocks=keep_blocks,
+        fine_orientations=fine_orientations,
     )
     console.print(
         f"kept timesteps {result.kept_timesteps}, blocks {result.kept_blocks or 'all'}; best on the subset: {result.ranking.iloc[0]['pair']}"

@@ -26,11 +26,10 @@ from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.config import NUM_TIMESTEPS
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.blocks import Block, list_blocks
+from plankdiff.features.spec import DEFAULT_TIMESTEPS
 from plankdiff.features.store import FeatureStore, pair_name
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, sha256_file, sha256_json
-
-DEFAULT_TIMESTEPS = (1, 5, 10, 25, 50, 100, 200, 400, 700)
 
 
 class _StopForward(Exception):

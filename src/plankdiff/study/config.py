@@ -11,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
-from plankdiff.diffusion.config import NUM_TIMESTEPS, PRESETS, load_config
+from plankdiff.diffusion.config import PRESETS, load_config
+from plankdiff.features.spec import SearchSpec
 from plankdiff.probe.protocol import EvaluationProtocol
 from plankdiff.validation import problems
 
@@ -77,23 +78,6 @@ class BaselineSpec(Budget):
         return methods
 
 
-class FeatureSpec(Strict):
-    timesteps: tuple[int, ...] = Field((1, 5, 10, 25, 50, 100, 200, 400, 700), min_length=1)
-    per_class_train: int = Field(20, ge=1)
-    per_class_val: int = Field(10, ge=1)
-    keep_timesteps: int = Field(2, ge=1)
-    keep_blocks: int | None = Field(None, ge=1)  # None: every block in the fine pass
-    batch_size: int = Field(128, ge=1)
-
-    @field_validator("timesteps")
-    @classmethod
-    def _within_the_process(cls, timesteps: tuple[int, ...]) -> tuple[int, ...]:
-        outside = [t for t in timesteps if not 0 <= t < NUM_TIMESTEPS]
-        if outside:
-            raise ValueError(f"{outside} outside 0..{NUM_TIMESTEPS - 1} (the DDPM's T = {NUM_TIMESTEPS})")
-        return timesteps
-
-
 class Caps(Strict):
     """Reduced budgets: at most this many images per class in each part of every split."""
 
@@ -120,7 +104,7 @@ class ExperimentConfig(Strict):
     pretrain: dict[str, PretrainSpec]
     diffusion: DiffusionSpec
     baselines: BaselineSpec
-    features: FeatureSpec = FeatureSpec()
+    features: SearchSpec = SearchSpec()
     # One protocol for every method's features (orientations, object size, fusion, probe losses
     # and grid, precision); every choice in it is made on validation rows.
     protocol: EvaluationProtocol = EvaluationProtocol()
