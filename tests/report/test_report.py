@@ -22,6 +22,7 @@ HOSTILE = '<script>alert("x")</script>'
 HOSTILE_ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"  # markupsafe's escaping
 FIGURE = "acc<b>bold.png"
 TABLE = "per<b>class.md"
+LAPTOP, PHONE = 1366, 390  # window widths the report is checked at (CSS pixels)
 
 
 def headline_frame() -> pd.DataFrame:
@@ -64,6 +65,7 @@ def results_dir(tmp_path: Path) -> Path:
         "budgets": [{"method": HOSTILE, "minutes": 12.25, "images_seen": 1234567, "parameters": 35_700_000}],
         "seeds": [0, 1, 2],
         "varies": "backbone seed, probe seed",
+        "experiments": {"in-distribution": "in-distribution"},
         "description": "A tiny study for the report's tests.",
         "versions": {"python": "3.11.2", "torch": "2.4.0"},
         "test_readouts": [{"dataset": "ndsb", "split": "long-tailed-s0", "readouts": 4}],
@@ -262,17 +264,32 @@ def test_report_in_headless_chromium(results_dir: Path, tmp_path: Path) -> None:
     dom = dump.stdout
     assert "<table" in dom and "diffusion" in dom and "61.2 ± 0.4" in dom
     assert "&lt;script&gt;alert" in dom and "<script" not in dom.lower()
-    shot_path = tmp_path / "shot.png"
-    shot = chromium(report, tmp_path / "profile-shot", f"--screenshot={shot_path}", "--window-size=1200,2000")
-    assert shot.returncode == 0, shot.stderr
-    for run in (dump, shot):
+    # The browser's DOM has every section of #17, in reading order, with its content.
+    for name, content in [
+        ("meaning", "the numbers mean nothing"),
+        ("found", "best first"),
+        ("tables", "61.2 ± 0.4"),
+        ("classes", "Most confused pairs"),
+        ("images", "Training-loss curves"),
+        ("provenance", "Test readouts"),
+    ]:
+        assert content in section(dom, name), name
+    runs = [dump]
+    for width in LAPTOP, PHONE:
+        shot_path = tmp_path / f"shot-{width}.png"
+        shot = chromium(
+            report, tmp_path / f"profile-{width}", f"--screenshot={shot_path}", f"--window-size={width},2000"
+        )
+        assert shot.returncode == 0, shot.stderr
+        runs.append(shot)
+        with Image.open(shot_path) as image:
+            assert image.size == (width, 2000)
+            colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 16, "the screenshot is (nearly) one colour"
+    for run in runs:
         assert "Uncaught" not in run.stderr
         assert "ERR_FILE_NOT_FOUND" not in run.stderr
         assert "Not allowed to load local resource" not in run.stderr
         # A missing file does not log ERR_FILE_NOT_FOUND in headless mode, so check what was opened.
         opened = {unquote(url) for url in re.findall(r"FileURLLoader::Start: (\S+)", run.stderr)}
         assert opened == {unquote(report.as_uri())}, opened
-    with Image.open(shot_path) as image:
-        assert image.size == (1200, 2000)
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-    assert colours is None or len(colours) > 16, "the screenshot is (nearly) one colour"

@@ -144,7 +144,7 @@ def _label(metric: str) -> str:
     return METRICS.get(metric, (metric, False))[0]
 
 
-def _experiment(frame: pd.DataFrame, name: str) -> ExperimentView:
+def _experiment(frame: pd.DataFrame, name: str, slug: str) -> ExperimentView:
     rows = frame[frame["experiment"] == name]
     methods = list(dict.fromkeys(rows["method"]))
     settings = list(dict.fromkeys(rows["setting"]))
@@ -197,7 +197,7 @@ def _experiment(frame: pd.DataFrame, name: str) -> ExperimentView:
     ]
     return ExperimentView(
         name=name,
-        slug=name.replace("/", "_").replace("→", "-to-").replace(" ", "_"),
+        slug=slug,
         sentences=sentences,
         figure=_uri(experiment_figure(rows, name)),
         columns=columns,
@@ -372,7 +372,11 @@ def render_report(results_dir: Path) -> Path:
     headline = read_headline(results_dir / "headline.csv")
     headline["std"] = headline["std"].astype(float)
     figures = _study_figures(results_dir)
-    experiments = [_experiment(headline, name) for name in dict.fromkeys(headline["experiment"])]
+    folders = study.get("experiments") or {}  # experiment → folder under metrics/ (`Study._report`)
+    experiments = [
+        _experiment(headline, name, str(folders.get(name, name)))
+        for name in dict.fromkeys(headline["experiment"])
+    ]
     placed: set[str] = set()
     for view in experiments:
         view.classes = _classes(results_dir, view.slug, [c["method"] for c in view.columns])

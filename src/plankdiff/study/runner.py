@@ -625,6 +625,8 @@ class Study:
                 },
                 "budgets": budgets,
                 "seeds": list(self.config.seeds),
+                # experiment → its folder under metrics/ (the report reads per-class files there)
+                "experiments": {e.name: e.slug for r in replicates for e in r.experiments},
                 "varies": self._varies(),
                 "test_readouts": self._test_readouts(replicates),
                 "notes": self._notes(),
