@@ -181,7 +181,7 @@ def test_report_sections_in_reading_order(results_dir: Path) -> None:
         < meaning.index("A tiny study")
         < meaning.index("3 replicates")
     )
-    assert "12.2 min" in meaning
+    assert "12 min" in meaning
     found = section(page, "found")
     assert found.count("<figure>") == 3  # one per experiment, plus the captioned study figure
     assert f"accuracy (%), best first: {HOSTILE_ESCAPED} 70.0, diffusion 61.2 ± 0.4." in found

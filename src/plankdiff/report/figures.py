@@ -37,10 +37,15 @@ def experiment_figure(rows: pd.DataFrame, experiment: str) -> bytes:
     metrics += sorted(set(rows["metric"]) - set(metrics))
     methods = list(dict.fromkeys(rows["method"]))
     settings = list(dict.fromkeys(rows["setting"]))
-    fig = Figure(figsize=(min(4.2 * len(metrics), 12), 3.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
+    # At most two panels a row: four side by side shrink to illegible on a phone.
+    columns = min(2, len(metrics))
+    lines = -(-len(metrics) // columns)
+    fig = Figure(figsize=(4.4 * columns, 3.4 * lines), layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
     width = 0.8 / len(settings)
-    for ax, metric in zip(axes, metrics, strict=True):
+    for ax, metric in zip(axes, metrics, strict=False):
         label, percent = METRICS.get(metric, (metric, False))
         scale = 100.0 if percent else 1.0
         for k, setting in enumerate(settings):

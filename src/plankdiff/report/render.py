@@ -107,9 +107,9 @@ def _meaning(study: dict[str, Any], headline: pd.DataFrame) -> list[str]:
         for method, values in spent.items():
             bits = []
             if "minutes" in values:
-                bits.append(f"{max(values['minutes']):.1f} min")
+                bits.append(f"{max(values['minutes']):.2g} min")
             if "tflops" in values:
-                bits.append(f"{max(values['tflops']):.2f} TFLOP")
+                bits.append(f"{max(values['tflops']):.2g} TFLOP")
             if "steps" in values:
                 bits.append(f"{max(values['steps']):,} steps")
             parts.append(f"{method} {', '.join(bits)}")
