@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 from plankdiff.report import app, headline_table, render_report, to_markdown, write_tables
 
 HOSTILE = '<script>alert("x")</script>'
-HOSTILE_ESCAPED = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
+HOSTILE_ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"  # markupsafe's escaping
 FIGURE = "acc<b>bold.png"
 TABLE = "per<b>class.md"
+LAPTOP, PHONE = 1366, 390  # window widths the report is checked at (CSS pixels)
 
 
 def headline_frame() -> pd.DataFrame:
@@ -63,8 +64,14 @@ def results_dir(tmp_path: Path) -> Path:
         },
         "budgets": [{"method": HOSTILE, "minutes": 12.25, "images_seen": 1234567, "parameters": 35_700_000}],
         "seeds": [0, 1, 2],
+        "varies": "backbone seed, probe seed",
+        "experiments": {"in-distribution": "in-distribution"},
+        "description": "A tiny study for the report's tests.",
+        "versions": {"python": "3.11.2", "torch": "2.4.0"},
+        "test_readouts": [{"dataset": "ndsb", "split": "long-tailed-s0", "readouts": 4}],
         "notes": ["<img src=x onerror=alert(1)>", "plain note"],
     }
+    study["config"]["note"] = "A pipeline check: the numbers mean nothing."
     (root / "study.json").write_text(json.dumps(study))
     headline_frame().to_csv(root / "headline.csv", index=False)
     figure, axes = plt.subplots(figsize=(3, 2), dpi=60)
@@ -74,6 +81,33 @@ def results_dir(tmp_path: Path) -> Path:
     (root / "figures" / "captions.json").write_text(json.dumps({FIGURE: f"Accuracy by t {HOSTILE}"}))
     (root / "tables" / TABLE).write_text(f"| class | acc |\n| --- | --- |\n| {HOSTILE} | 0.5 |\n")
     (root / "metrics" / "probe" / "<b>seed0.json").write_text("{}")
+    # The selected diffusion probe of "in-distribution", as `save_metrics` writes it.
+    probe = root / "metrics" / "in-distribution" / "diffusion" / "seed0"
+    probe.mkdir(parents=True)
+    names = ["copepod", HOSTILE, "detritus"]
+    pd.DataFrame(
+        {
+            "class": [0, 1, 2],
+            "name": names,
+            "precision": [0.8, 0.25, 0.5],
+            "recall": [0.9, 0.5, 0.2],
+            "f1": [0.847, 0.333, 0.286],
+            "support": [10, 2, 5],
+        }
+    ).to_csv(probe / "per_class.csv", index=False)
+    pd.DataFrame([[9, 1, 0], [0, 1, 1], [1, 3, 1]], index=names, columns=names).to_csv(
+        probe / "confusion.csv"
+    )
+    (probe / "metrics.json").write_text("{}")
+    training = root / "training" / "ndsb" / "diffusion"
+    training.mkdir(parents=True)
+    (training / "seed0.jsonl").write_text(
+        "".join(json.dumps({"step": step, "loss": 1 / step}) + "\n" for step in range(1, 6))
+    )
+    (root / "training" / "ndsb" / "simclr").mkdir()
+    (root / "training" / "ndsb" / "simclr" / "seed0.jsonl").write_text("")
+    for name in ("samples_ndsb.png", "contact_ndsb.png"):
+        Image.new("L", (40, 20), 128).save(root / "figures" / name)
     return root
 
 
@@ -118,7 +152,7 @@ def test_report_escapes_every_string(results_dir: Path) -> None:
     assert report == results_dir / "report.html"
     page = report.read_text(encoding="utf-8")
     assert "<script" not in page and "<b>" not in page and "<img src=x" not in page
-    assert page.count(HOSTILE_ESCAPED) >= 4  # headline, budgets, caption, markdown table
+    assert page.count(HOSTILE_ESCAPED) >= 6  # tables, budgets, caption, markdown table, class names
     assert "acc&lt;b&gt;bold.png" in page and "per&lt;b&gt;class.md" in page
     assert "probe/&lt;b&gt;seed0.json" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "&lt;/pre&gt;" in page  # the config value cannot close the <pre> it sits in
@@ -128,11 +162,69 @@ def test_report_escapes_every_string(results_dir: Path) -> None:
     assert all(source.startswith("data:") for source in re.findall(r'src="([^"]*)"', page))
 
 
+def section(page: str, name: str) -> str:
+    """The HTML of `<section id=name>`."""
+    match = re.search(rf'<section[^>]* id="{name}">(.*?)</section>', page, re.S)
+    assert match, f"no section {name}"
+    return match.group(1)
+
+
+def test_report_sections_in_reading_order(results_dir: Path) -> None:
+    page = render_report(results_dir).read_text(encoding="utf-8")
+    ids = ["meaning", "found", "tables", "classes", "images", "provenance"]
+    positions = [page.index(f'id="{name}"') for name in ids]
+    assert positions == sorted(positions)
+    # The first lines: the experiment's note and description, then what the replicates allow.
+    meaning = re.sub(r"\s+", " ", section(page, "meaning"))
+    assert (
+        meaning.index("the numbers mean nothing")
+        < meaning.index("A tiny study")
+        < meaning.index("3 replicates")
+    )
+    assert "12 min" in meaning
+    found = section(page, "found")
+    assert found.count("<figure>") == 3  # one per experiment, plus the captioned study figure
+    assert f"accuracy (%), best first: {HOSTILE_ESCAPED} 70.0, diffusion 61.2 ± 0.4." in found
+    # Tables: methods as columns, metrics as rows, no empty column (the clustering table has one method).
+    tables = section(page, "tables")
+    headers = [
+        re.findall(r"<th[^>]*>([^<]*)</th>", head)
+        for head in re.findall(r"<thead>(.*?)</thead>", tables, re.S)
+    ]
+    assert headers == [["metric", "diffusion", HOSTILE_ESCAPED], ["metric", "diffusion"]]
+    assert 'title="selected features (block @ timestep, chosen on validation): mid@t=100"' in tables
+    assert re.search(r"<th>macro F1 \(%\)</th><td[^>]*>50.0 ± 1.2</td><td[^>]*>–</td>", tables)
+    # Per class: support order, the most confused pairs (ties by name), counts on hover.
+    classes = section(page, "classes")
+    side = re.search(r"F1 \(%\) by class.*?<tbody>(.*?)</tbody>", classes, re.S).group(1)
+    assert re.findall(r"<tr><td>([^<]*)</td><td class=\"num\">(\d+)</td>", side) == [
+        ("copepod", "10"),
+        ("detritus", "5"),
+        (HOSTILE_ESCAPED, "2"),
+    ]
+    pairs = re.search(r'<table class="pairs">.*?<tbody>(.*?)</tbody>', classes, re.S).group(1)
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", pairs)]
+    assert rows == [
+        ["detritus", HOSTILE_ESCAPED, "3", "60 %"],
+        [HOSTILE_ESCAPED, "detritus", "1", "50 %"],
+        ["copepod", HOSTILE_ESCAPED, "1", "10 %"],
+        ["detritus", "copepod", "1", "20 %"],
+    ]
+    assert 'title="true copepod → predicted copepod: 9 of 10 (90%)"' in classes
+    images = section(page, "images")
+    assert "every backbone pre-trained on ndsb" in images and "No loss was logged for: simclr" in images
+    assert "samples_ndsb.png" in images and "contact_ndsb.png" in images
+    assert "Misclassified examples" in images and "Coverage against accuracy" in images
+    provenance = section(page, "provenance")
+    assert "long-tailed-s0" in provenance and "3.11.2" in provenance and "ca70a24" in provenance
+
+
 def test_report_without_optional_pieces(tmp_path: Path) -> None:
     (tmp_path / "study.json").write_text(json.dumps({"name": "bare"}))
     headline_frame().to_csv(tmp_path / "headline.csv", index=False)
     page = render_report(tmp_path).read_text(encoding="utf-8")
-    assert "Headline results" in page and "<h2>Figures</h2>" not in page and "<h2>Notes</h2>" not in page
+    assert "2. Results tables" in page and "Caveats" not in page
+    assert "No per-class files" in page and "No training logs" in page and "One replicate" not in page
     (tmp_path / "headline.csv").unlink()
     with pytest.raises(FileNotFoundError, match="headline.csv"):
         render_report(tmp_path)
@@ -172,17 +264,32 @@ def test_report_in_headless_chromium(results_dir: Path, tmp_path: Path) -> None:
     dom = dump.stdout
     assert "<table" in dom and "diffusion" in dom and "61.2 ± 0.4" in dom
     assert "&lt;script&gt;alert" in dom and "<script" not in dom.lower()
-    shot_path = tmp_path / "shot.png"
-    shot = chromium(report, tmp_path / "profile-shot", f"--screenshot={shot_path}", "--window-size=1200,2000")
-    assert shot.returncode == 0, shot.stderr
-    for run in (dump, shot):
+    # The browser's DOM has every section of #17, in reading order, with its content.
+    for name, content in [
+        ("meaning", "the numbers mean nothing"),
+        ("found", "best first"),
+        ("tables", "61.2 ± 0.4"),
+        ("classes", "Most confused pairs"),
+        ("images", "Training-loss curves"),
+        ("provenance", "Test readouts"),
+    ]:
+        assert content in section(dom, name), name
+    runs = [dump]
+    for width in LAPTOP, PHONE:
+        shot_path = tmp_path / f"shot-{width}.png"
+        shot = chromium(
+            report, tmp_path / f"profile-{width}", f"--screenshot={shot_path}", f"--window-size={width},2000"
+        )
+        assert shot.returncode == 0, shot.stderr
+        runs.append(shot)
+        with Image.open(shot_path) as image:
+            assert image.size == (width, 2000)
+            colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 16, "the screenshot is (nearly) one colour"
+    for run in runs:
         assert "Uncaught" not in run.stderr
         assert "ERR_FILE_NOT_FOUND" not in run.stderr
         assert "Not allowed to load local resource" not in run.stderr
         # A missing file does not log ERR_FILE_NOT_FOUND in headless mode, so check what was opened.
         opened = {unquote(url) for url in re.findall(r"FileURLLoader::Start: (\S+)", run.stderr)}
         assert opened == {unquote(report.as_uri())}, opened
-    with Image.open(shot_path) as image:
-        assert image.size == (1200, 2000)
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
-    assert colours is None or len(colours) > 16, "the screenshot is (nearly) one colour"

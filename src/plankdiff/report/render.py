@@ -1,79 +1,50 @@
-"""One self-contained `report.html` per study: what was run, the headline numbers, every figure.
+"""One self-contained `report.html` per study, built from Jinja2 templates (`report/templates/`).
+
+Reading order (issue #17): what the budgets mean for the numbers; 1. what was found, in words and
+one figure per experiment; 2. tables with methods as columns; 3. per-class scores and confusions of
+each method's selected probe; 4. images (classes, DDPM samples), training-loss curves, and what the
+study did not record; 5. provenance.
 
 The file travels alone (mail, chat, an archive), so nothing is loaded from outside it: figures are
-embedded as base64 data URIs, the style sheet is inline and there is no JavaScript. Every string that
-comes from the results folder (method and class names, file names, config values, notes) goes
-through `html.escape`: a results folder is data, and data must never become markup.
+embedded as base64 data URIs, the style sheet is inline and there is no JavaScript. Jinja2's
+autoescaping turns every string from the results folder (method and class names, file names, config
+values, notes) into text: a results folder is data, and data must never become markup.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime
-from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+
+import pandas as pd
 
 from plankdiff.provenance import atomic_write
-from plankdiff.report.tables import headline_table, read_headline
+from plankdiff.report.classes import (
+    ConfusionTable,
+    confused_pairs,
+    confusion_table,
+    read_confusion,
+    read_per_class,
+)
+from plankdiff.report.figures import experiment_figure, loss_figure, read_loss_log
+from plankdiff.report.tables import METRICS, format_score, read_headline
 
-STYLE = """
-body { margin: 0; background: #fff; color: #1f2328; line-height: 1.45;
-  font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
-h1 { font-size: 1.8rem; margin: 0 0 .25rem; }
-h2 { font-size: 1.35rem; margin: 2rem 0 .6rem; padding-bottom: .25rem; border-bottom: 1px solid #d0d7de; }
-h3 { font-size: 1.05rem; margin: 1.2rem 0 .4rem; }
-.subtitle { color: #59636e; margin: 0 0 1rem; }
-.muted { color: #59636e; font-size: .9rem; }
-table { border-collapse: collapse; margin: .4rem 0 .8rem; font-size: .92rem; }
-th, td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: left; vertical-align: top; }
-th { background: #eef1f4; }
-tbody tr:nth-child(even) { background: #f6f8fa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.wide { overflow-x: auto; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: .4rem 0; }
-dl.facts dt { font-weight: 600; }
-dl.facts dd { margin: 0; }
-code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85rem; }
-pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .6rem .8rem; overflow-x: auto; }
-details { margin: .4rem 0; }
-summary { cursor: pointer; font-weight: 600; }
-figure { margin: 1rem 0 1.6rem; }
-figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
-figcaption { color: #59636e; font-size: .92rem; margin-top: .3rem; }
-"""
+SECTIONS = {
+    "found": "1. What was found",
+    "tables": "2. Results tables",
+    "classes": "3. Per-class results",
+    "images": "4. Images and training",
+    "provenance": "5. Provenance",
+}
+TRAINING_DIR = "training"  # results/<study>/training/<pretrain key>/<method>/seed<k>.jsonl (`Study._report`)
 
 
-def _e(value: Any) -> str:
-    """The one way a value reaches the page: as text, escaped (quotes too, for attributes)."""
-    return escape(str(value), quote=True)
-
-
-def _count(value: Any) -> str:
-    """Thousands separators for counts; anything else as text (`_table` escapes it)."""
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def _table(headers: list[str], rows: list[list[Any]], numeric: Collection[int] = ()) -> str:
-    """An HTML table of escaped cells; columns in `numeric` are right-aligned."""
-    head = "".join(f"<th>{_e(header)}</th>" for header in headers)
-    body = "".join(
-        "<tr>"
-        + "".join(f"<td{' class=num' if i in numeric else ''}>{_e(cell)}</td>" for i, cell in enumerate(row))
-        + "</tr>"
-        for row in rows
-    )
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _link(results_dir: Path, path: Path) -> str:
-    """A relative link to a file next to the report (it works while the folder stays together)."""
-    relative = path.relative_to(results_dir).as_posix()
-    return f'<a href="{_e(quote(relative))}"><code>{_e(relative)}</code></a>'
+def _uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _duration(started: Any, finished: Any) -> str:
@@ -88,51 +59,15 @@ def _duration(started: Any, finished: Any) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def _facts(pairs: list[tuple[Any, Any]]) -> str:
-    return (
-        '<dl class="facts">'
-        + "".join(f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in pairs)
-        + "</dl>"
-    )
+def _count(value: Any) -> str:
+    """Thousands separators for counts; '–' for a missing value; anything else as text."""
+    if value is None:
+        return "–"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _what_was_run(study: dict[str, Any]) -> str:
-    started, finished = study.get("started", "–"), study.get("finished", "–")
-    took = _duration(started, finished)
-    facts = [
-        ("Name", study.get("name", "–")),
-        ("Git SHA", study.get("git_sha", "–")),
-        ("Started", started),
-        ("Finished", f"{finished} ({took})" if took else finished),
-        ("Seeds", ", ".join(str(seed) for seed in study.get("seeds", [])) or "–"),
-    ]
-    parts = ["<h2>What was run</h2>", _facts(facts)]
-    machine = study.get("machine") or {}
-    if machine:
-        parts.append("<h3>Machine</h3>")
-        parts.append(_facts([(key, _plain(value)) for key, value in machine.items()]))
-    datasets = study.get("datasets") or {}
-    if datasets:
-        parts.append("<h3>Datasets</h3>")
-        rows = [
-            [name, _count(info.get("images", "–")), _count(info.get("classes", "–")), info.get("source", "")]
-            for name, info in datasets.items()
-        ]
-        parts.append(_table(["dataset", "images", "classes", "source"], rows, numeric={1, 2}))
-    budgets = study.get("budgets") or []
-    if budgets:
-        parts.append("<h3>Budgets</h3>")
-        rows = [
-            [
-                budget.get("method", "–"),
-                f"{budget['minutes']:.1f}" if isinstance(budget.get("minutes"), int | float) else "–",
-                _count(budget.get("images_seen", "–")),
-                _count(budget.get("parameters", "–")),
-            ]
-            for budget in budgets
-        ]
-        parts.append(_table(["method", "minutes", "images seen", "parameters"], rows, numeric={1, 2, 3}))
-    return "\n".join(parts)
+def _number(value: Any, digits: int) -> str:
+    return f"{value:,.{digits}f}" if isinstance(value, int | float) else "–"
 
 
 def _plain(value: Any) -> str:
@@ -140,103 +75,355 @@ def _plain(value: Any) -> str:
     return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
 
 
-def _headline(results_dir: Path) -> str:
-    table = headline_table(read_headline(results_dir / "headline.csv"))
-    fixed = {"experiment", "setting", "method", "pair", "seeds"}
-    numeric = {i for i, column in enumerate(table.columns) if column not in fixed or column == "seeds"}
-    note = (
-        "Mean ± standard deviation over seeds. Columns marked (%) are percentages, (pp) percentage points; "
-        "NMI and ARI are fractions."
-    )
-    return (
-        "<h2>Headline results</h2>\n"
-        + _table(list(table.columns), table.values.tolist(), numeric=numeric)
-        + f'\n<p class="muted">{_e(note)}</p>'
+# -- the first lines: what the budgets mean --------------------------------------------------------
+def _meaning(study: dict[str, Any], headline: pd.DataFrame) -> list[str]:
+    """What the numbers can and cannot say, from the experiment's own `note` and description, then
+    facts read from the study (replicates, budgets, caps): nothing here is a judgement made up by
+    the report."""
+    config = study.get("config") or {}
+    lines = [str(text) for text in (config.get("note"), study.get("description")) if text]
+    seeds = study.get("seeds") or config.get("seeds") or []
+    n_max = int(headline["n_seeds"].max()) if len(headline) else 0
+    if len(seeds) == 1 or n_max == 1:
+        lines.append(
+            "One replicate: the numbers carry no spread (no ±), so no difference between methods is "
+            "established by this study."
+        )
+    elif seeds:
+        lines.append(
+            f"{len(seeds)} replicates; ± is one standard deviation over them. A difference smaller than "
+            "the spread is not established."
+        )
+    budgets = study.get("budgets") or []
+    spent = {}
+    for budget in budgets:
+        method = str(budget.get("method", "–")).split(" (")[0]
+        for key in ("minutes", "tflops", "steps"):
+            value = budget.get(key)
+            if isinstance(value, int | float):
+                spent.setdefault(method, {}).setdefault(key, []).append(value)
+    if spent:
+        parts = []
+        for method, values in spent.items():
+            bits = []
+            if "minutes" in values:
+                bits.append(f"{max(values['minutes']):.2g} min")
+            if "tflops" in values:
+                bits.append(f"{max(values['tflops']):.2g} TFLOP")
+            if "steps" in values:
+                bits.append(f"{max(values['steps']):,} steps")
+            parts.append(f"{method} {', '.join(bits)}")
+        lines.append(
+            "Training budget spent per backbone (largest over replicates): " + "; ".join(parts) + "."
+        )
+    caps = config.get("caps")
+    if isinstance(caps, dict) and caps:
+        lines.append(
+            "Splits capped at "
+            + "/".join(str(caps.get(k, "–")) for k in ("train", "val", "test"))
+            + " images per class (train/val/test)."
+        )
+    return lines
+
+
+# -- 1 and 2: experiments ---------------------------------------------------------------------------
+@dataclass
+class ExperimentView:
+    name: str
+    slug: str
+    sentences: list[str]
+    figure: str
+    columns: list[dict[str, str]]  # {"method", "title"}
+    rows: list[dict[str, Any]]  # {"label", "cells": [{"text", "title"}]}
+    pairs: list[tuple[str, str]]  # (method, selected feature pair), for the footnote
+    figures: list[dict[str, str]] = field(default_factory=list)  # copied study figures of this experiment
+    classes: ClassesView | None = None
+
+
+def _label(metric: str) -> str:
+    return METRICS.get(metric, (metric, False))[0]
+
+
+def _experiment(frame: pd.DataFrame, name: str, slug: str) -> ExperimentView:
+    rows = frame[frame["experiment"] == name]
+    methods = list(dict.fromkeys(rows["method"]))
+    settings = list(dict.fromkeys(rows["setting"]))
+    metrics = [m for m in METRICS if m in set(rows["metric"])]
+    metrics += sorted(set(rows["metric"]) - set(metrics))
+    varies = rows["varies"].iloc[0] if "varies" in rows and len(rows) else ""
+    sentences = []
+    for setting in settings:
+        at = rows[rows["setting"] == setting]
+        metric = next(m for m in metrics if m in set(at["metric"]))
+        ranked = at[at["metric"] == metric].sort_values("mean", ascending=False, kind="stable")
+        listed = ", ".join(
+            f"{r.method} {format_score(metric, r.mean, r.std)}" for r in ranked.itertuples(index=False)
+        )
+        where = f"{setting}, " if len(settings) > 1 else ""
+        sentences.append(f"{where}{_label(metric)}, best first: {listed}.")
+    table_rows = []
+    for setting in settings:
+        for metric in metrics:
+            at = rows[(rows["setting"] == setting) & (rows["metric"] == metric)].set_index("method")
+            if at.empty:
+                continue
+            cells = []
+            for method in methods:
+                if method in at.index:
+                    hit = at.loc[method]
+                    n = int(hit["n_seeds"])
+                    title = f"mean over {n} replicate{'s' * (n != 1)}" + (
+                        f"; varies: {varies}" if varies else ""
+                    )
+                    cells.append({"text": format_score(metric, hit["mean"], hit["std"]), "title": title})
+                else:
+                    cells.append({"text": "–", "title": "not measured for this method"})
+            label = f"{setting} · {_label(metric)}" if len(settings) > 1 else _label(metric)
+            table_rows.append({"label": label, "cells": cells})
+    pairs = []
+    for method in methods:
+        chosen = sorted({p for p in rows.loc[rows["method"] == method, "pair"] if p})
+        if chosen:
+            pairs.append((method, ", ".join(chosen)))
+    pair_of = dict(pairs)
+    columns = [
+        {
+            "method": method,
+            "title": f"selected features (block @ timestep, chosen on validation): {pair_of[method]}"
+            if method in pair_of
+            else "",
+        }
+        for method in methods
+    ]
+    return ExperimentView(
+        name=name,
+        slug=slug,
+        sentences=sentences,
+        figure=_uri(experiment_figure(rows, name)),
+        columns=columns,
+        rows=table_rows,
+        pairs=pairs,
     )
 
 
-def _figures(results_dir: Path) -> str:
-    figures = sorted((results_dir / "figures").glob("*.png"))
-    if not figures:
-        return ""
-    captions_path = results_dir / "figures" / "captions.json"
+# -- 3: per class ------------------------------------------------------------------------------------
+@dataclass
+class MethodClasses:
+    method: str
+    seed: str
+    per_class: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    confusion: ConfusionTable
+
+
+@dataclass
+class ClassesView:
+    methods: list[MethodClasses]
+    side_by_side: list[dict[str, Any]]  # class, support, F1 per method (P and R in titles)
+
+
+def _first_seed(folder: Path) -> Path | None:
+    seeds = sorted(
+        (p for p in folder.glob("seed*") if (p / "per_class.csv").is_file()),
+        key=lambda p: (len(p.name), p.name),
+    )
+    return seeds[0] if seeds else None
+
+
+def _classes(results_dir: Path, slug: str, methods: list[str]) -> ClassesView | None:
+    root = results_dir / "metrics" / slug
+    views = []
+    for method in methods:
+        folder = _first_seed(root / method)
+        if folder is None:
+            continue
+        per_class = read_per_class(folder)
+        confusion = read_confusion(folder)
+        views.append(
+            MethodClasses(
+                method=method,
+                seed=folder.name.removeprefix("seed"),
+                per_class=per_class.to_dict("records"),
+                pairs=confused_pairs(confusion),
+                confusion=confusion_table(confusion),
+            )
+        )
+    if not views:
+        return None
+    support = {}
+    scores: dict[str, dict[str, dict]] = {}
+    for view in views:
+        for record in view.per_class:
+            support.setdefault(record["name"], record["support"])
+            scores.setdefault(record["name"], {})[view.method] = record
+    order = sorted(support, key=lambda name: (-support[name], name))
+    side = [
+        {
+            "name": name,
+            "support": support[name],
+            "cells": [
+                {
+                    "text": f"{scores[name][v.method]['f1'] * 100:.1f}",
+                    "title": f"{v.method}, {name}: precision {scores[name][v.method]['precision']:.0%}, "
+                    f"recall {scores[name][v.method]['recall']:.0%}",
+                }
+                if v.method in scores[name]
+                else {"text": "–", "title": ""}
+                for v in views
+            ],
+        }
+        for name in order
+    ]
+    return ClassesView(methods=views, side_by_side=side)
+
+
+# -- 4: images and training -------------------------------------------------------------------------
+def _study_figures(results_dir: Path) -> dict[str, dict[str, str]]:
+    """Every PNG under figures/, keyed by file name, with its caption from captions.json."""
+    folder = results_dir / "figures"
+    captions_path = folder / "captions.json"
     captions = json.loads(captions_path.read_text(encoding="utf-8")) if captions_path.is_file() else {}
-    parts = ["<h2>Figures</h2>"]
-    for figure in figures:
-        data = base64.b64encode(figure.read_bytes()).decode("ascii")
-        caption = captions.get(figure.name, "")
-        text = (
-            f"{_e(caption)} <code>{_e(figure.name)}</code>" if caption else f"<code>{_e(figure.name)}</code>"
+    return {
+        path.name: {
+            "name": path.name,
+            "caption": str(captions.get(path.name, "")),
+            "src": _uri(path.read_bytes()),
+        }
+        for path in sorted(folder.glob("*.png"))
+    }
+
+
+def _loss_curves(results_dir: Path) -> list[dict[str, str]]:
+    """One figure per pre-training (a dataset and split), every backbone trained on it."""
+    root = results_dir / TRAINING_DIR
+    figures = []
+    for key in sorted(p for p in root.glob("*") if p.is_dir()):
+        logs = {
+            method.name: {
+                int(log.stem.removeprefix("seed")): read_loss_log(log)
+                for log in sorted(method.glob("seed*.jsonl"))
+            }
+            for method in sorted(p for p in key.iterdir() if p.is_dir())
+        }
+        logs = {method: seeds for method, seeds in logs.items() if seeds}
+        if logs:
+            figures.append(
+                {
+                    "name": key.name,
+                    "src": _uri(loss_figure(logs, f"pre-training on {key.name}")),
+                    "empty": ", ".join(m for m, s in logs.items() if all(not len(log) for log in s.values())),
+                }
+            )
+    return figures
+
+
+# -- 5: provenance ----------------------------------------------------------------------------------
+def _budgets(study: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for budget in study.get("budgets") or []:
+        rows.append(
+            [
+                str(budget.get("method", "–")),
+                _count(budget.get("seed")),
+                _number(budget.get("minutes"), 1),
+                _count(budget.get("steps")),
+                _count(budget.get("images_seen")),
+                _number(budget.get("tflops"), 2),
+                _count(budget.get("parameters")),
+            ]
         )
-        parts.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption or figure.name)}">'
-            f"<figcaption>{text}</figcaption></figure>"
-        )
-    return "\n".join(parts)
+    return rows
 
 
-def _files(results_dir: Path) -> str:
-    """Markdown tables inline (collapsed), raw metric files as a list of links."""
-    tables = sorted((results_dir / "tables").glob("*.md"))
-    metrics = sorted(path for path in (results_dir / "metrics").rglob("*.json") if path.is_file())
-    parts = []
-    if tables:
-        parts.append("<h2>Tables</h2>")
-        parts += [
-            f"<details><summary>{_link(results_dir, path)}</summary>"
-            f"<pre>{_e(path.read_text(encoding='utf-8'))}</pre></details>"
-            for path in tables
-        ]
-    if metrics:
-        parts.append("<h2>Metric files</h2><ul>")
-        parts += [f"<li>{_link(results_dir, path)}</li>" for path in metrics]
-        parts.append("</ul>")
-    return "\n".join(parts)
+def _facts(study: dict[str, Any]) -> list[tuple[str, str]]:
+    started, finished = study.get("started", "–"), study.get("finished", "–")
+    took = _duration(started, finished)
+    return [
+        ("Name", str(study.get("name", "–"))),
+        ("Git SHA", str(study.get("git_sha", "–"))),
+        ("Started", str(started)),
+        ("Finished", f"{finished} ({took})" if took else str(finished)),
+        ("Seeds", ", ".join(str(seed) for seed in study.get("seeds", [])) or "–"),
+        ("What a replicate varies", str(study.get("varies", "–"))),
+    ]
 
 
-def _notes(study: dict[str, Any]) -> str:
-    """Caveats about the run (a crashed seed, a changed budget): shown before the numbers they qualify."""
-    notes = study.get("notes") or []
-    if not notes:
-        return ""
-    return "<h2>Notes</h2><ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>"
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
 
-
-def _config(study: dict[str, Any]) -> str:
-    """The whole config, collapsed: it answers 'with which settings exactly?' without burying the results."""
-    config = json.dumps(study.get("config", {}), indent=2, ensure_ascii=False, default=str)
-    return (
-        "<h2>Configuration</h2>\n"
-        f"<details><summary>Full experiment config</summary><pre>{_e(config)}</pre></details>"
+    return Environment(
+        loader=PackageLoader("plankdiff.report", "templates"),
+        autoescape=True,  # every template, whatever its extension: data never becomes markup
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
 def render_report(results_dir: Path) -> Path:
-    """Write `<results_dir>/report.html` from `study.json`, `headline.csv` and whatever tables,
-    figures and metric files exist; return its path. The two required files fail loudly if absent."""
+    """Write `<results_dir>/report.html` from `study.json`, `headline.csv` and whatever per-class
+    files, figures, training logs and tables exist; return its path. The two required files fail
+    loudly if absent."""
     results_dir = Path(results_dir)
     for required in ("study.json", "headline.csv"):
         if not (results_dir / required).is_file():
             raise FileNotFoundError(f"{results_dir / required} not found: is {results_dir} a results folder?")
     study = json.loads((results_dir / "study.json").read_text(encoding="utf-8"))
-    name = study.get("name", results_dir.name)
-    subtitle = f"{study.get('git_sha', 'unknown commit')} · {study.get('finished', study.get('started', ''))}"
-    sections = [
-        f"<h1>plankdiff report: {_e(name)}</h1>",
-        f'<p class="subtitle">{_e(subtitle)}</p>',
-        _what_was_run(study),
-        _notes(study),
-        _headline(results_dir),
-        _figures(results_dir),
-        _files(results_dir),
-        _config(study),
+    headline = read_headline(results_dir / "headline.csv")
+    headline["std"] = headline["std"].astype(float)
+    figures = _study_figures(results_dir)
+    folders = study.get("experiments") or {}  # experiment → folder under metrics/ (`Study._report`)
+    experiments = [
+        _experiment(headline, name, str(folders.get(name, name)))
+        for name in dict.fromkeys(headline["experiment"])
     ]
+    placed: set[str] = set()
+    for view in experiments:
+        view.classes = _classes(results_dir, view.slug, [c["method"] for c in view.columns])
+        own = [name for name in figures if name.startswith(view.slug + "_")]
+        view.figures = [figures[name] for name in own]
+        placed.update(own)
+    samples = [f for name, f in figures.items() if name.startswith("samples_")]
+    contacts = [f for name, f in figures.items() if name.startswith("contact_")]
+    placed.update(f["name"] for f in samples + contacts)
+    other = [f for name, f in figures.items() if name not in placed]
+    tables = sorted((results_dir / "tables").glob("*.md"))
+    metric_files = sorted(
+        path.relative_to(results_dir).as_posix() for path in (results_dir / "metrics").rglob("*.json")
+    )
     page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>plankdiff report: {_e(name)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>\n"
-        + "\n".join(section for section in sections if section)
-        + "\n</main>\n</body>\n</html>\n"
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            name=str(study.get("name", results_dir.name)),
+            subtitle=f"{study.get('git_sha', 'unknown commit')} · {study.get('finished', study.get('started', ''))}",
+            sections=SECTIONS,
+            meaning=_meaning(study, headline),
+            notes=[str(note) for note in study.get("notes") or []],
+            experiments=experiments,
+            other_figures=other,
+            samples=samples,
+            contacts=contacts,
+            losses=_loss_curves(results_dir),
+            facts=_facts(study),
+            versions=sorted((study.get("versions") or {}).items()),
+            machine=[(str(k), _plain(v)) for k, v in (study.get("machine") or {}).items()],
+            datasets=[
+                [name, _count(info.get("images")), _count(info.get("classes")), str(info.get("source", ""))]
+                for name, info in (study.get("datasets") or {}).items()
+            ],
+            budgets=_budgets(study),
+            readouts=[
+                [str(r.get("dataset", "–")), str(r.get("split", "–")), _count(r.get("readouts"))]
+                for r in study.get("test_readouts") or []
+            ],
+            tables=[
+                (path.relative_to(results_dir).as_posix(), path.read_text(encoding="utf-8"))
+                for path in tables
+            ],
+            metric_files=metric_files,
+            config=json.dumps(study.get("config", {}), indent=2, ensure_ascii=False, default=str),
+        )
     )
     out = results_dir / "report.html"
     atomic_write(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
 from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
+from plankdiff.data.info import contact_sheet
 from plankdiff.data.lineage import readouts
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.preprocess import default_background
@@ -537,6 +538,7 @@ class Study:
     # -- report ---------------------------------------------------------------------------------
     def _report(self, started: datetime, runs, replicates: list[Replicate]) -> Path:
         from plankdiff.report import render_report, write_tables
+        from plankdiff.report.render import TRAINING_DIR
 
         figures = self.results / "figures"
         tables = self.results / "tables"
@@ -548,6 +550,13 @@ class Study:
             for key, methods in by_key.items():
                 for method in methods:
                     result = self.stage.result(f"pretrain/seed{seed}/{key}/{method}") or {}
+                    # The report draws every backbone's loss curve; run folders live under the
+                    # work dir, so the results folder gets a copy of each (small) training log.
+                    log = methods[method] / "metrics.jsonl"
+                    if log.exists():
+                        copy = self.results / TRAINING_DIR / key / method / f"seed{seed}.jsonl"
+                        copy.parent.mkdir(parents=True, exist_ok=True)
+                        copy.write_bytes(log.read_bytes())
                     budgets.append(
                         {
                             "method": f"{method} ({key})",
@@ -574,6 +583,12 @@ class Study:
                 captions[target.name] = (
                     f"{metrics_dir.parent.parent.name}, diffusion, seed {first}: {png.stem.replace('_', ' ')}"
                 )
+        for name, dataset in self.datasets.items():
+            contact_sheet(dataset, figures / f"contact_{name}.png", per_class=6, cell=32)
+            captions[f"contact_{name}.png"] = (
+                f"{name}: six random prepared images per class (as the backbones see them), "
+                "with the class's image count"
+            )
         _embedding_figure(self, figures / "embedding_ndsb.png")
         captions["embedding_ndsb.png"] = (
             "t-SNE of the selected diffusion features, NDSB test images, coloured by class"
@@ -597,6 +612,7 @@ class Study:
                 "git_sha": git_sha(),
                 "started": started.isoformat(),
                 "finished": datetime.now(timezone.utc).isoformat(),
+                "versions": _versions(),
                 "machine": {
                     "platform": platform.platform(),
                     "processor": platform.processor(),
@@ -609,6 +625,8 @@ class Study:
                 },
                 "budgets": budgets,
                 "seeds": list(self.config.seeds),
+                # experiment → its folder under metrics/ (the report reads per-class files there)
+                "experiments": {e.name: e.slug for r in replicates for e in r.experiments},
                 "varies": self._varies(),
                 "test_readouts": self._test_readouts(replicates),
                 "notes": self._notes(),
@@ -657,6 +675,19 @@ class Study:
                 "was pre-trained on every training label, so its rows are a reference, not a few-label result."
             )
         return notes
+
+
+def _versions() -> dict[str, str]:
+    """The versions the numbers were made with: Python and the packages that compute them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("plankdiff", "torch", "diffusers", "lightly", "scikit-learn", "numpy", "pandas"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def _aggregate(experiment, setting, method, pair, metric, values, varies) -> dict:

@@ -1,0 +1,116 @@
+"""Figures the report draws from the results folder's data (headline rows, training logs).
+
+Each is returned as PNG bytes for embedding: the report is one file. Matplotlib's object API (no
+pyplot) keeps the caller's backend untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plankdiff.report.tables import METRICS
+
+COLOURS = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5")
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def experiment_figure(rows: pd.DataFrame, experiment: str) -> bytes:
+    """One panel per metric, methods side by side along x, one bar per setting; error bars are one
+    standard deviation over replicates (none with a single replicate), n written under each method."""
+    from matplotlib.figure import Figure
+
+    rows = rows[rows["experiment"] == experiment]
+    metrics = [m for m in METRICS if m in set(rows["metric"])]
+    metrics += sorted(set(rows["metric"]) - set(metrics))
+    methods = list(dict.fromkeys(rows["method"]))
+    settings = list(dict.fromkeys(rows["setting"]))
+    # At most two panels a row: four side by side shrink to illegible on a phone.
+    columns = min(2, len(metrics))
+    lines = -(-len(metrics) // columns)
+    fig = Figure(figsize=(4.4 * columns, 3.4 * lines), layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    width = 0.8 / len(settings)
+    for ax, metric in zip(axes, metrics, strict=False):
+        label, percent = METRICS.get(metric, (metric, False))
+        scale = 100.0 if percent else 1.0
+        for k, setting in enumerate(settings):
+            hits = rows[(rows["metric"] == metric) & (rows["setting"] == setting)].set_index("method")
+            x = np.array([i for i, m in enumerate(methods) if m in hits.index], dtype=float)
+            if not len(x):
+                continue
+            present = [m for m in methods if m in hits.index]
+            mean = hits.loc[present, "mean"].to_numpy(float) * scale
+            std = np.nan_to_num(hits.loc[present, "std"].to_numpy(float)) * scale
+            ax.bar(
+                x + (k - (len(settings) - 1) / 2) * width,
+                mean,
+                width,
+                yerr=std,
+                capsize=3,
+                color=COLOURS[k % len(COLOURS)],
+                label=setting,
+            )
+        n = rows[rows["metric"] == metric].groupby("method")["n_seeds"].max()
+        ax.set_xticks(
+            range(len(methods)),
+            [f"{m}\nn={n.get(m, 0)}" for m in methods],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
+        ax.set_title(label, fontsize=10)
+        ax.axhline(0, color="#888", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    if len(settings) > 1:
+        axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(experiment, fontsize=11)
+    return _png(fig)
+
+
+def read_loss_log(path: Path) -> pd.DataFrame:
+    """A run's `metrics.jsonl` (step, loss, …) as a frame; empty when nothing was logged."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pd.DataFrame(records, columns=None if records else ["step", "loss"])
+
+
+def loss_figure(logs: dict[str, dict[int, pd.DataFrame]], title: str) -> bytes:
+    """One panel per method (losses of different objectives do not share a scale), one line per
+    seed; x is the optimisation step."""
+    from matplotlib.figure import Figure
+
+    methods = list(logs)
+    columns = min(3, len(methods))
+    lines = -(-len(methods) // columns)
+    fig = Figure(figsize=(3.6 * columns, 2.6 * lines), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(lines, columns, squeeze=False).ravel())
+    for ax, method in zip(axes, methods, strict=False):
+        for k, (seed, log) in enumerate(sorted(logs[method].items())):
+            if len(log):
+                ax.plot(log["step"], log["loss"], color=COLOURS[k % len(COLOURS)], label=f"seed {seed}")
+        ax.set_title(method, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(methods) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
