@@ -93,6 +93,8 @@ Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
 class ExperimentConfig(Strict):
     name: str
     description: str = ""
+    # What the budgets mean for the numbers, shown first in the report (e.g. "a pipeline check").
+    note: str = ""
     # ndsb: balanced and long-tailed (with label efficiency and k-means); zoolake: the two temporal
     # shifts; ndsb-pwssc: the geographic/instrument shift. A study may run a subset of them.
     experiments: tuple[Family, ...] = EXPERIMENT_FAMILIES
