@@ -726,7 +726,12 @@ def _embedding_figure(study: Study, out: Path) -> None:
         axis=1,
     )
     x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-    points = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(x)
+    if len(test) < 4:  # t-SNE needs a few points per neighbourhood; nothing to show on fewer
+        return
+    # Perplexity 30 (sklearn's default) needs more than 30 points; a small collection of one's own
+    # gets the largest that keeps 3 points per neighbourhood.
+    perplexity = min(30.0, (len(test) - 1) / 3)
+    points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(x)
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()
     ax.scatter(points[:, 0], points[:, 1], c=split.targets[test], cmap="tab20", s=4)
