@@ -124,3 +124,21 @@ def test_an_init_experiment_file_takes_a_folder_of_ones_own_images_to_a_report(r
     assert "my-images/long-tailed" in (results / "report.html").read_text()
     assert list((results / "figures").glob("embedding_*.png"))  # the t-SNE of the first long-tailed one
     assert (results / "metrics" / "my-images_long-tailed" / "diffusion" / "seed0" / "selected.json").exists()
+
+    # README's path on from there: a classifier from what the study selected, counts per sample.
+    model, predictions = tmp_path / "model", tmp_path / "predictions"
+    exported = run_cli(
+        "export",
+        "--from",
+        results / "metrics" / "my-images_long-tailed" / "diffusion" / "seed0",
+        "--out",
+        model,
+    )
+    assert exported.exit_code == 0, exported.output
+    predicted = run_cli("predict", model, my_images, "--out", predictions, "--counts", "pacc")
+    assert predicted.exit_code == 0, predicted.output
+    labels = pd.read_csv(predictions / "predictions.csv")
+    assert len(labels) == len(RENAMED) * PER_CLASS
+    assert set(labels["top1"]) <= set(RENAMED.values())  # the classes are the folder's own
+    counts = pd.read_csv(predictions / "counts.csv")
+    assert {"low", "high"} <= set(counts.columns)  # pacc estimates, with bootstrap intervals
