@@ -21,7 +21,7 @@ from plankdiff.diffusion.cli import app as diffusion_app
 from plankdiff.features.cli import app as features_app
 from plankdiff.probe.cli import probe_command
 from plankdiff.report.cli import app as report_app
-from plankdiff.study.cli import run_command
+from plankdiff.study.cli import init_command, run_command
 
 # What the library raises for input a person can fix: every project error (SourceError,
 # SplitMismatch, StoreMismatch, LeakError, ModelCardError, CheckpointError, pydantic's
@@ -97,6 +97,7 @@ app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.add_typer(report_app, name="report", help="Render a results folder into one self-contained report.html.")
 app.command("probe")(probe_command)
+app.command("init")(init_command)
 app.command("run")(run_command)
 
 

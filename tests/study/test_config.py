@@ -211,3 +211,77 @@ def test_what_a_run_would_fail_on_is_refused_up_front(tmp_path, case, edits, mes
         load_experiment(path)
     assert str(caught.value).startswith(f"{path}: invalid experiment: ")
     assert "\n" not in str(caught.value)
+
+
+OWN = """
+name: mine
+datasets: {mine: {source: my-images}}
+pretrain: {mine: {dataset: mine, split: long-tailed}}
+experiments: [{pretrain: mine, split: long-tailed}, {pretrain: mine, split: balanced}]
+diffusion: {preset: tiny, max_tflops: 1}
+baselines: {methods: [simclr], max_tflops: 1}
+"""
+
+
+def test_an_experiment_on_ones_own_data_needs_no_shipped_dataset(tmp_path):
+    config = load_experiment(write(tmp_path, OWN))
+    assert config.families == () and [config.own_name(e) for e in config.own] == [
+        "mine/long-tailed",
+        "mine/balanced",
+    ]
+    assert config.splits.fractions == (0.7, 0.1, 0.2)  # the shipped studies' partition, exactly
+    assert config.splits.temporal_val_fraction == 0.125  # their temporal validation share, exactly
+
+
+OWN_REFUSED = [
+    ("nothing selected", {"experiments: [": "experiments: []\n#"}, r"experiments: selects no experiment"),
+    (
+        "unknown family",
+        {"[{pretrain: mine, split: long-tailed}, ": "[mine, "},
+        r"experiments\.0\.family: Input should be 'ndsb', 'zoolake' or 'ndsb-pwssc'",
+    ),
+    (
+        "unknown split",
+        {"split: balanced}]": "split: balance}]"},
+        r"experiments\.1\.own\.split: Input should be 'long-tailed' or 'balanced'$",
+    ),
+    (
+        "unknown pretrain",
+        {"{pretrain: mine, split: balanced}": "{pretrain: mne, split: balanced}"},
+        r"experiments\.1\.pretrain names unknown pretrain entry 'mne' \(known: mine\)",
+    ),
+    (
+        "temporal pretrain",
+        {"split: long-tailed}}": 'split: "temporal:2018-2019"}}'},
+        r"experiments\.0\.pretrain: pretrain\.mine has split 'temporal:2018-2019'.*must be 'long-tailed'",
+    ),
+    (
+        "twice",
+        {"split: balanced}]": "split: long-tailed}]"},
+        r"experiments\.1\.pretrain: experiment 'mine/long-tailed' is selected twice",
+    ),
+    (
+        "no training share",
+        {"name: mine": "name: mine\nsplits: {val_fraction: 0.3, test_fraction: 0.7}"},
+        r"splits: val_fraction 0\.3 \+ test_fraction 0\.7 leave no training images",
+    ),
+    (
+        "misspelt split option",
+        {"name: mine": "name: mine\nsplits: {val_share: 0.3}"},
+        r"splits\.val_share: Extra inputs are not permitted",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "edits", "message"), OWN_REFUSED, ids=[c[0] for c in OWN_REFUSED])
+def test_a_wrong_experiment_on_ones_own_data_is_refused_naming_the_file_and_key(
+    tmp_path, case, edits, message
+):
+    text = OWN
+    for old, new in edits.items():
+        assert old in text, f"{case}: the edit does not apply"
+        text = text.replace(old, new, 1)
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_experiment(path)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)

@@ -94,6 +94,89 @@ def test_no_backbone_scores_its_own_training_images_in_any_shipped_experiment(ex
     assert leaks(config, stand_ins) == []
 
 
+def own_dataset(per_class: dict[str, int]) -> ManifestDataset:
+    """A dataset of one's own (not a shipped one): `per_class` images per made-up class."""
+    labels = [label for label, n in per_class.items() for _ in range(n)]
+    meta = pd.DataFrame({"label": labels, "path": [f"{label}/{i:04d}.png" for i, label in enumerate(labels)]})
+    classes = sorted(per_class)
+    meta["class_index"] = meta["label"].map({c: i for i, c in enumerate(classes)})
+    meta["capture_time"] = ""
+    return ManifestDataset("mine", meta, classes, {"source_hash": "sha-of-my-folder"})
+
+
+OWN = """
+name: mine
+seeds: [0, 1, 2]
+datasets: {mine: {source: my-images}}
+pretrain: {mine: {dataset: mine, split: long-tailed}}
+experiments: [{pretrain: mine, split: long-tailed}, {pretrain: mine, split: balanced}]
+diffusion: {preset: tiny, max_tflops: 1}
+baselines: {methods: [simclr], max_tflops: 1}
+"""
+# A long tail: three classes reach a balanced split's 60 training images, two do not.
+LONG_TAIL = {"copepod": 400, "diatom_chain": 150, "marine_snow": 110, "larva": 30, "egg": 4}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["", "caps: {train: 40, val: 8, test: 10}", "splits: {val_fraction: 0.15, test_fraction: 0.25}"],
+    ids=["full", "capped", "other-shares"],
+)
+def test_no_backbone_scores_its_own_training_images_in_an_experiment_on_ones_own_data(extra, tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(OWN + extra)
+    config = load_experiment(path)
+    datasets = {"mine": own_dataset(LONG_TAIL)}
+    assert leaks(config, datasets) == []
+    replicate = plan_replicate(config, datasets, 1)
+    assert [e.name for e in replicate.experiments] == ["mine/long-tailed", "mine/balanced"]
+    assert replicate.headline.name == "mine/long-tailed" and not replicate.skipped
+    # The scored long-tailed split is the pre-training partition itself, not one drawn beside it.
+    assert replicate.experiments[0].split is replicate.pretrain["mine"][1]
+    assert replicate.experiments[1].split.classes == ["copepod", "diatom_chain", "marine_snow"]
+
+
+def test_the_validation_share_reaches_the_split(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(OWN + "splits: {val_fraction: 0.3, test_fraction: 0.2}")
+    split = (
+        plan_replicate(load_experiment(path), {"mine": own_dataset({"a": 100, "b": 100})}, 0)
+        .experiments[0]
+        .split
+    )
+    assert split.summary() == {"train": 100, "val": 60, "test": 40, "classes": 2}
+    assert split.name == "long-tailed-v30t20-s0"
+
+
+def test_a_balanced_split_the_data_does_not_allow_is_skipped_with_the_reason(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(OWN)
+    replicate = plan_replicate(load_experiment(path), {"mine": own_dataset({"a": 50, "b": 40, "c": 9})}, 0)
+    assert [e.name for e in replicate.experiments] == ["mine/long-tailed"]
+    assert len(replicate.skipped) == 1
+    assert (
+        replicate.skipped[0].startswith("mine/balanced skipped: ")
+        and "60+ training images" in replicate.skipped[0]
+    )
+
+
+def test_the_invariant_catches_an_own_balanced_split_drawn_with_another_seed(tmp_path, monkeypatch):
+    """A balanced split re-stratified beside the pre-training partition puts training images in its
+    validation and test rows: the invariant must see it on one's own data too."""
+    from plankdiff.study import plan
+
+    original = plan.balanced_split
+    monkeypatch.setattr(
+        plan,
+        "balanced_split",
+        lambda dataset, *, seed, **options: original(dataset, seed=seed + 1, **options),
+    )
+    path = tmp_path / "mine.yaml"
+    path.write_text(OWN)
+    found = leaks(load_experiment(path), {"mine": own_dataset(LONG_TAIL)})
+    assert any("mine/balanced" in f and "test" in f for f in found), found
+
+
 def test_the_invariant_catches_a_source_split_drawn_beside_the_pretraining_partition(stand_ins, monkeypatch):
     """The old NDSB → PWSSC split re-stratified NDSB by group: the invariant must see that leak."""
     from plankdiff.data import splits

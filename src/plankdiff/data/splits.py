@@ -42,6 +42,10 @@ class SplitMismatch(ValueError):
     """A saved split whose rows belong to another preparation of its dataset."""
 
 
+class TooFewClasses(ValueError):
+    """The data has too few classes with enough images for the split asked for."""
+
+
 @dataclass
 class Split:
     """Row indices of a prepared dataset per split, and the label to predict for each row."""
@@ -177,10 +181,18 @@ def _relabel(name: str, rows: dict[str, np.ndarray], labels: np.ndarray, names: 
     return Split(name=name, rows=rows, targets=targets, classes=kept)
 
 
+def _shares(fractions) -> str:
+    """A split name's tag for non-default shares (`-v15t25`: 15 % validation, 25 % test), so a
+    partition drawn with other shares never takes the name, and the saved file, of the default one."""
+    if tuple(fractions) == DEFAULT_FRACTIONS:
+        return ""
+    return f"-v{round(fractions[1] * 100):g}t{round(fractions[2] * 100):g}"
+
+
 def long_tailed_split(dataset: PreparedDataset, *, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> Split:
     labels = dataset.labels
     rows = _stratify(labels, np.arange(len(labels)), fractions, seed)
-    return _relabel(f"long-tailed-s{seed}", rows, labels, dataset.classes)
+    return _relabel(f"long-tailed{_shares(fractions)}-s{seed}", rows, labels, dataset.classes)
 
 
 def balanced_split(
@@ -202,7 +214,7 @@ def balanced_split(
     train_counts = np.bincount(labels[base["train"]], minlength=len(dataset.classes))
     keep = np.flatnonzero(train_counts >= min_train)
     if len(keep) < 2:
-        raise ValueError(
+        raise TooFewClasses(
             f"{dataset.root}: a balanced split needs 2 classes with {min_train}+ training images, "
             f"this data has {len(keep)} (largest: {train_counts.max()}); use --kind long-tailed"
         )
@@ -215,7 +227,8 @@ def balanced_split(
                 members = np.sort(rng.choice(members, caps[split], replace=False))
             chosen.append(members)
         rows[split] = np.sort(np.concatenate(chosen))
-    return _relabel(f"balanced-s{seed}", rows, labels, dataset.classes)
+    limits = "" if (min_train, cap) == (BALANCED_MIN_TRAIN, BALANCED_CAP) else f"-m{min_train}c{cap}"
+    return _relabel(f"balanced{limits}{_shares(fractions)}-s{seed}", rows, labels, dataset.classes)
 
 
 def translate(split: Split, source: PreparedDataset, target: PreparedDataset) -> Split:

@@ -39,3 +39,25 @@ def run_command(
             console.print(f"  {status:>10}  {name}")
         return
     console.print(f"[green]report[/green] → {report}")
+
+
+def init_command(
+    path: Path = typer.Argument(
+        Path("mine.yaml"), help="experiment file to write (its stem names the study)"
+    ),
+    source: Path = typer.Option(
+        None,
+        "--source",
+        help="folder or .zip of your images in <class>/<image> layout (default: a placeholder to edit)",
+    ),
+    force: bool = switch(False, "--force", help="overwrite PATH if it exists"),
+) -> None:
+    """Write a commented experiment file for your own images, sized for 2 CPU cores.
+
+    Example: plankdiff init mine.yaml --source ~/plankton/ && plankdiff run mine.yaml
+    """
+    from plankdiff.study.template import write_experiment
+
+    written, summary = write_experiment(path, source=source, force=force)
+    console.print(f"[green]wrote[/green] {written}: {summary}")
+    console.print(f"next: plankdiff run {written} --dry-run, then plankdiff run {written}")

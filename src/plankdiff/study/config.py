@@ -5,12 +5,22 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
+from plankdiff.data.splits import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.features.spec import SearchSpec
 from plankdiff.probe.protocol import EvaluationProtocol
@@ -88,6 +98,63 @@ class Caps(Strict):
 
 EXPERIMENT_FAMILIES = ("ndsb", "zoolake", "ndsb-pwssc")
 Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
+# The scored split of an experiment on one's own data (`OwnExperiment.split`).
+OwnSplit = Literal["long-tailed", "balanced"]
+
+
+class OwnExperiment(Strict):
+    """An experiment on any dataset (a folder or zip of one's own), named `<dataset>/<split>`.
+
+    Its probes read the backbones of pre-training `pretrain` (a `long-tailed` one) and are scored
+    on that same partition, so no backbone sees a validation or test image: `long-tailed` is the
+    pre-training split itself; `balanced` caps the same stratified assignment per class, and is
+    skipped with a warning when fewer than 2 classes have `splits.balanced_min_train` training
+    images."""
+
+    pretrain: str
+    split: OwnSplit = "long-tailed"
+
+
+# A family name or a mapping, told apart before validation so that a mistake gets one message
+# about what it is meant to be (not one per member of the union).
+ExperimentEntry = Annotated[
+    Annotated[Family, Tag("family")] | Annotated[OwnExperiment, Tag("own")],
+    Discriminator(lambda value: "own" if isinstance(value, dict | OwnExperiment) else "family"),
+]
+
+
+class SplitOptions(Strict):
+    """How the stratified partitions are drawn. The defaults are the shipped studies' 70/10/20."""
+
+    # Shares of each class's images held out for validation (where every choice is made) and for
+    # test; the rest trains. A temporal split keeps the same validation share of its training
+    # period's non-test images, and carves `test_fraction` of its training rows as in-period test.
+    val_fraction: float = Field(DEFAULT_FRACTIONS[1], gt=0, lt=1)
+    test_fraction: float = Field(DEFAULT_FRACTIONS[2], gt=0, lt=1)
+    # Balanced splits: classes with at least this many training images, each capped at `balanced_cap`.
+    balanced_min_train: int = Field(BALANCED_MIN_TRAIN, ge=1)
+    balanced_cap: int = Field(BALANCED_CAP, ge=1)
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> SplitOptions:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no training images"
+            )
+        return self
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """(train, val, test); exactly DEFAULT_FRACTIONS by default, so shipped splits are unchanged."""
+        if (self.val_fraction, self.test_fraction) == DEFAULT_FRACTIONS[1:]:
+            return DEFAULT_FRACTIONS
+        return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
+
+    @property
+    def temporal_val_fraction(self) -> float:
+        """The validation share of a training period (0.125 by default: 0.1 of 0.8). Rounded so the
+        default is exactly 0.125: a share one ulp off moves a class's val count where n/8 ends in .5."""
+        return round(self.val_fraction / (1 - self.test_fraction), 10)
 
 
 class ExperimentConfig(Strict):
@@ -95,9 +162,11 @@ class ExperimentConfig(Strict):
     description: str = ""
     # What the budgets mean for the numbers, shown first in the report (e.g. "a pipeline check").
     note: str = ""
-    # ndsb: balanced and long-tailed (with label efficiency and k-means); zoolake: the two temporal
-    # shifts; ndsb-pwssc: the geographic/instrument shift. A study may run a subset of them.
-    experiments: tuple[Family, ...] = EXPERIMENT_FAMILIES
+    # ndsb: balanced and long-tailed; zoolake: the two temporal shifts; ndsb-pwssc: the
+    # geographic/instrument shift; {pretrain: KEY, split: long-tailed|balanced}: an experiment on
+    # any dataset (`OwnExperiment`). A study may run a subset of them; label efficiency, k-means
+    # and the t-SNE figure are read on the first long-tailed experiment. An empty list is refused.
+    experiments: tuple[ExperimentEntry, ...] = EXPERIMENT_FAMILIES
     # One replicate per seed: backbones retrained with it, probes fitted with it, and (with
     # vary_partition) its own stratified train/val/test partition.
     seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
@@ -111,8 +180,33 @@ class ExperimentConfig(Strict):
     # and grid, precision); every choice in it is made on validation rows.
     protocol: EvaluationProtocol = EvaluationProtocol()
     caps: Caps | None = None
+    splits: SplitOptions = SplitOptions()
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The shipped experiment families selected (ndsb, zoolake, ndsb-pwssc)."""
+        return tuple(e for e in self.experiments if isinstance(e, str))
+
+    @property
+    def own(self) -> tuple[OwnExperiment, ...]:
+        """The experiments on datasets of one's own, in the order the file lists them."""
+        return tuple(e for e in self.experiments if isinstance(e, OwnExperiment))
+
+    def own_name(self, entry: OwnExperiment) -> str:
+        """`<dataset>/<split>`, the name an experiment on one's own data has in tables and results."""
+        return f"{self.pretrain[entry.pretrain].dataset}/{entry.split}"
+
+    @field_validator("experiments")
+    @classmethod
+    def _selects_something(cls, experiments: tuple) -> tuple:
+        if not experiments:
+            raise ValueError(
+                "selects no experiment: name a family (ndsb, zoolake, ndsb-pwssc) or "
+                "{pretrain: KEY, split: long-tailed|balanced}"
+            )
+        return experiments
 
     @field_validator("label_fractions")
     @classmethod
@@ -163,7 +257,7 @@ def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
         if spec.dataset not in config.datasets:
             raise ValueError(f"{source}: pretrain.{name}.dataset names unknown dataset {spec.dataset!r}")
     needed = {"ndsb": ("ndsb",), "zoolake": ("zoolake",), "ndsb-pwssc": ("ndsb", "pwssc")}
-    for family in config.experiments:
+    for family in config.families:
         for dataset in needed[family]:
             if dataset not in config.datasets:
                 raise ValueError(f"{source}: datasets.{dataset} is required by the {family} experiments")
@@ -173,11 +267,37 @@ def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
         "ndsb-pwssc": [("ndsb", "long-tailed")],
         "zoolake": [("zoolake", "temporal:2018+2019-2020"), ("zoolake", "temporal:2018-2019")],
     }
-    for family in config.experiments:
+    for family in config.families:
         for dataset, split in wanted[family]:
             if (dataset, split) not in pretrained:
                 raise ValueError(
                     f"{source}: the {family} experiments need a pretrain entry with dataset {dataset} "
                     f"and split {split!r}"
                 )
+    _check_own(config, source)
     return config
+
+
+def _check_own(config: ExperimentConfig, source: object) -> None:
+    """Experiments on one's own data: each reads an existing long-tailed pre-training (its scored
+    split is drawn from that partition), and no two experiments share a name."""
+    names = ["ndsb/long-tailed", "ndsb/balanced"] if "ndsb" in config.families else []
+    for position, entry in enumerate(config.experiments):
+        if not isinstance(entry, OwnExperiment):
+            continue
+        key = f"experiments.{position}.pretrain"
+        spec = config.pretrain.get(entry.pretrain)
+        if spec is None:
+            known = ", ".join(config.pretrain) or "none"
+            raise ValueError(
+                f"{source}: {key} names unknown pretrain entry {entry.pretrain!r} (known: {known})"
+            )
+        if spec.split != "long-tailed":
+            raise ValueError(
+                f"{source}: {key}: pretrain.{entry.pretrain} has split {spec.split!r}; an experiment on "
+                "one's own data is scored on its pre-training partition, which must be 'long-tailed'"
+            )
+        name = config.own_name(entry)
+        if name in names:
+            raise ValueError(f"{source}: {key}: experiment {name!r} is selected twice")
+        names.append(name)

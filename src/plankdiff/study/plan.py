@@ -9,7 +9,13 @@ derived from the partition its backbones trained on, never re-drawn beside it:
 - ZooLake's in-period test is carved out of the training years before pre-training
   (`in_and_out_of_period`), and the backbones train on what is left;
 - NDSB → PWSSC keeps every mapped NDSB row in the part it has in the pre-training split
-  (translated by image identity to the preparation without polarity normalisation).
+  (translated by image identity to the preparation without polarity normalisation);
+- an experiment on one's own data (`OwnExperiment`) is planned like NDSB's: `<dataset>/long-tailed`
+  is its pre-training split, `<dataset>/balanced` caps the same assignment (skipped, with a
+  warning in `Replicate.skipped`, when fewer than 2 classes have enough training images).
+
+Label efficiency, k-means and the t-SNE figure are read on `Replicate.headline`, the first
+long-tailed experiment (`ndsb/long-tailed` in the shipped studies).
 
 `scored_sets` lists every (backbone, scored rows) pair, which the invariant test checks for every
 shipped experiment file.
@@ -18,11 +24,13 @@ shipped experiment file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from plankdiff.data.mapping import cross_domain_splits, load_mapping
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import (
     Split,
+    TooFewClasses,
     balanced_split,
     cap_per_class,
     in_and_out_of_period,
@@ -31,6 +39,9 @@ from plankdiff.data.splits import (
     translate,
 )
 from plankdiff.study.config import ExperimentConfig, Family, PretrainSpec
+
+# What an experiment's scored split is, whatever its family.
+Kind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
 
 
 @dataclass(frozen=True)
@@ -41,13 +52,14 @@ class ShiftedSet:
     split: Split
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     """One probed setting: a backbone pre-training, the split its probe is fitted, selected and
     tested on, and the shifted test sets the same probe is applied to."""
 
-    name: str  # e.g. "ndsb/long-tailed", "zoolake/2018+2019→2020"
-    family: Family
+    name: str  # e.g. "ndsb/long-tailed", "zoolake/2018+2019→2020", "mine/balanced"
+    family: Family | Literal["own"]
+    kind: Kind
     dataset: str
     pretrain: str
     split: Split
@@ -65,6 +77,13 @@ class Replicate:
     seed: int
     pretrain: dict[str, tuple[str, Split]]  # pretrain key → (dataset key, split whose train rows it learns)
     experiments: tuple[Experiment, ...]
+    skipped: tuple[str, ...] = ()  # experiments the data does not allow, each with the reason
+
+    @property
+    def headline(self) -> Experiment | None:
+        """The first long-tailed experiment: label efficiency, k-means, the supervised network's own
+        head and the t-SNE figure are read on it (the natural class distribution, every class)."""
+        return next((e for e in self.experiments if e.kind == "long-tailed"), None)
 
     def scored_sets(self) -> list[tuple[str, str, str, Split, str]]:
         """(experiment, pretrain key, dataset key, split, part) for every part a probe selects or tests on."""
@@ -94,8 +113,15 @@ def _temporal(
     config: ExperimentConfig, dataset: PreparedDataset, kind: str, seed: int
 ) -> tuple[Split, Split]:
     train_years, test_years = _years(kind)
-    temporal = temporal_split(dataset, train_years=train_years, test_years=test_years, seed=seed)
-    return in_and_out_of_period(_cap(config, temporal, seed), seed=seed)
+    shares = config.splits
+    temporal = temporal_split(
+        dataset,
+        train_years=train_years,
+        test_years=test_years,
+        val_fraction=shares.temporal_val_fraction,
+        seed=seed,
+    )
+    return in_and_out_of_period(_cap(config, temporal, seed), fraction=shares.test_fraction, seed=seed)
 
 
 def pretrain_split(
@@ -103,8 +129,22 @@ def pretrain_split(
 ) -> Split:
     """The partition whose train rows a backbone learns from (validated kinds only)."""
     if spec.split == "long-tailed":
-        return _cap(config, long_tailed_split(dataset, seed=seed), seed)
+        return _cap(config, long_tailed_split(dataset, seed=seed, fractions=config.splits.fractions), seed)
     return _temporal(config, dataset, spec.split, seed)[0]
+
+
+def _balanced(config: ExperimentConfig, dataset: PreparedDataset, seed: int) -> Split:
+    """The long-tailed partition's stratified assignment (same seed, same shares), capped per class:
+    its validation and test rows are validation and test rows of the pre-training split."""
+    shares = config.splits
+    split = balanced_split(
+        dataset,
+        seed=seed,
+        min_train=shares.balanced_min_train,
+        cap=shares.balanced_cap,
+        fractions=shares.fractions,
+    )
+    return _cap(config, split, seed)
 
 
 def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset], seed: int) -> Replicate:
@@ -114,14 +154,16 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
         for key, spec in config.pretrain.items()
     }
     experiments: list[Experiment] = []
-    families = config.experiments
+    skipped: list[str] = []
+    families = config.families
     ndsb_key = next((k for k, spec in config.pretrain.items() if spec.dataset == "ndsb"), None)
     if "ndsb" in families:
-        long_tailed = pretrain[ndsb_key][1]
-        balanced = _cap(config, balanced_split(datasets["ndsb"], seed=s), s)
+        common = {"family": "ndsb", "dataset": "ndsb", "pretrain": ndsb_key}
         experiments += [
-            Experiment("ndsb/long-tailed", "ndsb", "ndsb", ndsb_key, long_tailed),
-            Experiment("ndsb/balanced", "ndsb", "ndsb", ndsb_key, balanced),
+            Experiment(name="ndsb/long-tailed", kind="long-tailed", split=pretrain[ndsb_key][1], **common),
+            Experiment(
+                name="ndsb/balanced", kind="balanced", split=_balanced(config, datasets["ndsb"], s), **common
+            ),
         ]
     if "zoolake" in families:
         for key, spec in config.pretrain.items():
@@ -129,9 +171,16 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
                 continue
             within, across = _temporal(config, datasets["zoolake"], spec.split, s)
             train_years, test_years = _years(spec.split)
-            name = f"zoolake/{'+'.join(map(str, train_years))}→{'+'.join(map(str, test_years))}"
             experiments.append(
-                Experiment(name, "zoolake", "zoolake", key, within, (ShiftedSet("zoolake", across),))
+                Experiment(
+                    name=f"zoolake/{'+'.join(map(str, train_years))}→{'+'.join(map(str, test_years))}",
+                    family="zoolake",
+                    kind="temporal",
+                    dataset="zoolake",
+                    pretrain=key,
+                    split=within,
+                    shifted=(ShiftedSet("zoolake", across),),
+                )
             )
     if "ndsb-pwssc" in families:
         mapping = load_mapping("ndsb_pwssc")
@@ -151,15 +200,45 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
             )
             experiments.append(
                 Experiment(
-                    f"ndsb→pwssc/{polarity} polarity normalisation",
-                    "ndsb-pwssc",
-                    source,
-                    ndsb_key,
-                    _cap(config, source_split, s),
-                    (ShiftedSet(target, _cap(config, target_split, s)),),
+                    name=f"ndsb→pwssc/{polarity} polarity normalisation",
+                    family="ndsb-pwssc",
+                    kind="cross-domain",
+                    dataset=source,
+                    pretrain=ndsb_key,
+                    split=_cap(config, source_split, s),
+                    shifted=(ShiftedSet(target, _cap(config, target_split, s)),),
                 )
             )
-    return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments))
+    for entry in config.own:
+        dataset, partition = pretrain[entry.pretrain]
+        name = config.own_name(entry)
+        if entry.split == "long-tailed":
+            split = partition
+        else:
+            try:
+                split = _balanced(config, datasets[dataset], s)
+            except TooFewClasses as error:
+                skipped.append(f"{name} skipped: {error}")
+                continue
+        experiments.append(
+            Experiment(
+                name=name,
+                family="own",
+                kind=entry.split,
+                dataset=dataset,
+                pretrain=entry.pretrain,
+                split=split,
+            )
+        )
+    return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
 
 
-__all__ = ["Experiment", "Replicate", "ShiftedSet", "partition_seed", "plan_replicate", "pretrain_split"]
+__all__ = [
+    "Experiment",
+    "Kind",
+    "Replicate",
+    "ShiftedSet",
+    "partition_seed",
+    "plan_replicate",
+    "pretrain_split",
+]

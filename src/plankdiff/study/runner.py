@@ -48,7 +48,6 @@ from plankdiff.study.stages import StageCache
 DIFFUSION = "diffusion"
 RAW = "raw-pixels"
 OWN_HEAD = "supervised (own head)"
-HEADLINE = "ndsb/long-tailed"  # label efficiency, k-means and the t-SNE figure are read here
 
 Stores = dict[tuple[str, str, str], FeatureStore]  # (experiment, method, dataset key) → store
 
@@ -79,6 +78,9 @@ class Study:
         self.kmeans_rows: list[dict] = []
         self.efficiency_rows: list[dict] = []
         self.datasets: dict[str, PreparedDataset] = {}
+        # The experiment label efficiency, k-means, the own head and the t-SNE figure are read on
+        # (`Replicate.headline`: the same name in every replicate), once the replicates are planned.
+        self.headline: Experiment | None = None
 
     @property
     def planned(self) -> list[tuple[str, str]]:
@@ -95,6 +97,7 @@ class Study:
             self.planned.append(("splits, pretraining, features, probes, report", "run after prepare"))
             return None
         replicates = [plan_replicate(self.config, self.datasets, seed) for seed in self.config.seeds]
+        self.headline = replicates[0].headline
         for replicate in replicates:
             self._save_splits(replicate)
         runs = {r.seed: self._pretrain(r) for r in replicates}
@@ -145,6 +148,8 @@ class Study:
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}
 
     def _save_splits(self, replicate: Replicate) -> None:
+        for reason in replicate.skipped:
+            self.console.print(f"[yellow]warning:[/yellow] seed {replicate.seed}: {reason}")
         for dataset_key, split in replicate.pretrain.values():
             split.save(self.datasets[dataset_key])
         for experiment in replicate.experiments:
@@ -397,7 +402,7 @@ class Study:
                 self.per_seed.append(
                     {"seed": seed, "experiment": experiment.name, "method": method, **result}
                 )
-            if experiment.name == HEADLINE and "supervised" in self._methods():
+            if experiment is replicate.headline and "supervised" in self._methods():
                 self._own_head(stores[(experiment.name, "supervised", experiment.dataset)], experiment, seed)
 
     def _own_head(self, store: FeatureStore, experiment: Experiment, seed: int) -> None:
@@ -423,11 +428,8 @@ class Study:
         )
 
     # -- label efficiency and clustering --------------------------------------------------------
-    def _headline_experiment(self, replicate: Replicate) -> Experiment | None:
-        return next((e for e in replicate.experiments if e.name == HEADLINE), None)
-
     def _label_efficiency(self, replicate: Replicate, stores: Stores) -> None:
-        experiment = self._headline_experiment(replicate)
+        experiment = replicate.headline
         if experiment is None or not self.config.label_fractions:
             return
         seed = replicate.seed
@@ -458,7 +460,7 @@ class Study:
     def _kmeans(self, replicate: Replicate, stores: Stores) -> None:
         """k-means on the test rows of the features each method's probe selected on validation (the
         first pair of a fused selection): no test label chooses what is clustered."""
-        experiment = self._headline_experiment(replicate)
+        experiment = replicate.headline
         if not self.config.kmeans or experiment is None:
             return
         seed, test = replicate.seed, experiment.split.indices("test")
@@ -509,7 +511,7 @@ class Study:
             for (method, fraction), group in efficiency.groupby(["method", "fraction"]):
                 rows.append(
                     _aggregate(
-                        "ndsb/label efficiency",
+                        f"{self.headline.dataset}/label efficiency",
                         f"{fraction:.0%} of train labels",
                         method,
                         "",
@@ -524,7 +526,7 @@ class Study:
                 for metric in ("nmi", "ari", "hungarian_accuracy", "purity"):
                     rows.append(
                         _aggregate(
-                            "ndsb/k-means (K = classes)",
+                            f"{self.headline.dataset}/k-means (K = classes)",
                             "test images, pair selected by the probe on validation",
                             method,
                             ", ".join(sorted(set(group["pair"]))),
@@ -740,7 +742,9 @@ def _embedding_figure(study: Study, out: Path) -> None:
     from matplotlib.figure import Figure
     from sklearn.manifold import TSNE
 
-    slug = HEADLINE.replace("/", "_")
+    if study.headline is None:
+        return
+    slug = study.headline.slug
     record = study.results / "metrics" / slug / DIFFUSION / f"seed{study.config.seeds[0]}" / "selected.json"
     if not record.exists():
         return
@@ -753,11 +757,16 @@ def _embedding_figure(study: Study, out: Path) -> None:
         axis=1,
     )
     x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-    points = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(x)
+    if len(test) < 4:  # t-SNE needs a few points per neighbourhood; nothing to show on fewer
+        return
+    # Perplexity 30 (sklearn's default) needs more than 30 points; a small collection of one's own
+    # gets the largest that keeps 3 points per neighbourhood.
+    perplexity = min(30.0, (len(test) - 1) / 3)
+    points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(x)
     fig = Figure(figsize=(7, 6))
     ax = fig.add_subplot()
     ax.scatter(points[:, 0], points[:, 1], c=split.targets[test], cmap="tab20", s=4)
-    ax.set_title(f"t-SNE of {selected['pair']} (NDSB test, {len(test)} images)")
+    ax.set_title(f"t-SNE of {selected['pair']} ({study.headline.name} test, {len(test)} images)")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.savefig(out, dpi=120, bbox_inches="tight")
