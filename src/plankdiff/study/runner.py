@@ -591,16 +591,17 @@ class Study:
                 f"{name}: six random prepared images per class (as the backbones see them), "
                 "with the class's image count"
             )
-        _embedding_figure(self, figures / "embedding_ndsb.png")
-        captions["embedding_ndsb.png"] = (
-            "t-SNE of the selected diffusion features, NDSB test images, coloured by class"
+        headline = self.headline.name if self.headline else ""
+        _embedding_figure(self, figures / "embedding.png")
+        captions["embedding.png"] = (
+            f"t-SNE of the selected diffusion features, {headline} test images, coloured by class"
         )
         if self.efficiency_rows:
             efficiency = pd.DataFrame(self.efficiency_rows)
             efficiency.to_csv(tables / "label_efficiency.csv", index=False)
             plot_label_efficiency(efficiency, figures / "label_efficiency.png")
             captions["label_efficiency.png"] = (
-                "NDSB long-tailed: test accuracy against the fraction of labelled training images"
+                f"{headline}: test accuracy against the fraction of labelled training images"
             )
         if self.kmeans_rows:
             pd.DataFrame(self.kmeans_rows).to_csv(tables / "kmeans.csv", index=False)
@@ -668,9 +669,12 @@ class Study:
             + ".",
             "Under shift, the probe selected in distribution is applied unchanged to the shifted test set.",
             "k-means clusters the test images in the features each method's probe selected on validation.",
-            "Without polarity normalisation, NDSB and PWSSC are prepared as recorded and read by the same "
-            "backbone, which was trained on polarity-normalised NDSB.",
         ]
+        if "ndsb-pwssc" in self.config.experiments:
+            notes.append(
+                "Without polarity normalisation, NDSB and PWSSC are prepared as recorded and read by the same "
+                "backbone, which was trained on polarity-normalised NDSB."
+            )
         if self.config.label_fractions and "supervised" in self._methods():
             notes.append(
                 "Label efficiency: only the linear probe sees the reduced share of labels. The supervised backbone "
