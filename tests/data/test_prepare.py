@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import kill_9_at_a_random_point
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.preprocess import PreprocessParams, decode, preprocess
 from plankdiff.data.sources import Collection, SourceError
@@ -294,10 +295,6 @@ module.prepare(sys.argv[1], name="killed", size=16, workers=2, out_dir=sys.argv[
 def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_prepare(
     small_ndsb_zip, tmp_path, monkeypatch
 ):
-    import os
-    import random
-    import subprocess
-    import sys
     import time
 
     import psutil
@@ -310,19 +307,9 @@ def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_prepare(
     )
     duration = time.perf_counter() - started
     out = tmp_path / "killed"
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PREPARE, str(small_ndsb_zip), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONPATH": str(Path(module.__file__).parents[2])},
-    )
-    assert child.stdout.readline().strip() == "preparing"
-    time.sleep(random.Random().uniform(0, duration))
-    workers = psutil.Process(child.pid).children(recursive=True)
-    child.kill()
-    child.wait()
+    killed = kill_9_at_a_random_point(KILLED_PREPARE, small_ndsb_zip, out, ready="preparing", within=duration)
     # The decoding workers die with their parent instead of lingering.
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(killed.descendants, timeout=5)
     assert not alive, f"workers left running: {[p.pid for p in alive]}"
     again = prepare(small_ndsb_zip, name="killed", size=16, workers=2, out_dir=out, show_progress=False)
     assert np.array_equal(np.asarray(again.images), np.asarray(straight.images))
