@@ -9,10 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import shutil
 import signal
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -146,3 +152,50 @@ def sigterm_during_step_two(monkeypatch) -> Callable:
         monkeypatch.setattr(trainer, "train_step", step_then_terminate)
 
     return arm
+
+
+@dataclass
+class Killed:
+    """A child process stopped by `kill_9_at_a_random_point`."""
+
+    delay: float  # seconds between its `ready` line and the SIGKILL (say it when a test fails)
+    descendants: list  # psutil.Process of every process it had started, as they were at the kill
+    finished: bool  # it exited on its own before the kill came
+    output: str  # what it printed besides `ready`
+
+
+def kill_9_at_a_random_point(
+    script: str, *args: str | Path, ready: str, within: float, env: dict[str, str] | None = None
+) -> Killed:
+    """Run `python -c script args…` with this checkout's sources on the path; once it prints the
+    line `ready` (other lines may come before), wait a random time in [0, `within`) seconds and SIGKILL it: no handler runs, no
+    final checkpoint is written, as when a machine's OOM killer or a scheduler ends a job.
+    `within` is how long the uninterrupted work takes, so the kill lands anywhere inside it."""
+    import psutil
+
+    import plankdiff
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(Path(plankdiff.__file__).parents[1])} | (env or {}),
+    )
+    output: list[str] = []
+    for line in child.stdout:
+        if line.strip() == ready:
+            break
+        output.append(line)
+    else:
+        raise AssertionError(f"child exited without printing {ready!r}: {''.join(output)}")
+    # Drained on the side: a child blocked on a full pipe would not be killed at a random point of its work.
+    drain = threading.Thread(target=lambda: output.extend(child.stdout), daemon=True)
+    drain.start()
+    delay = random.Random().uniform(0, within)
+    time.sleep(delay)
+    descendants = psutil.Process(child.pid).children(recursive=True) if child.poll() is None else []
+    finished = child.poll() is not None
+    child.kill()
+    child.wait()
+    drain.join(timeout=10)  # descendants that outlive it may hold the pipe open
+    return Killed(delay=delay, descendants=descendants, finished=finished, output="".join(output))

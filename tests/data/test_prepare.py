@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import kill_9_at_a_random_point
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.preprocess import PreprocessParams, decode, preprocess
 from plankdiff.data.sources import Collection, SourceError
@@ -294,10 +296,6 @@ module.prepare(sys.argv[1], name="killed", size=16, workers=2, out_dir=sys.argv[
 def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_prepare(
     small_ndsb_zip, tmp_path, monkeypatch
 ):
-    import os
-    import random
-    import subprocess
-    import sys
     import time
 
     import psutil
@@ -310,22 +308,45 @@ def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_prepare(
     )
     duration = time.perf_counter() - started
     out = tmp_path / "killed"
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PREPARE, str(small_ndsb_zip), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONPATH": str(Path(module.__file__).parents[2])},
-    )
-    assert child.stdout.readline().strip() == "preparing"
-    time.sleep(random.Random().uniform(0, duration))
-    workers = psutil.Process(child.pid).children(recursive=True)
-    child.kill()
-    child.wait()
+    killed = kill_9_at_a_random_point(KILLED_PREPARE, small_ndsb_zip, out, ready="preparing", within=duration)
     # The decoding workers die with their parent instead of lingering.
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(killed.descendants, timeout=5)
     assert not alive, f"workers left running: {[p.pid for p in alive]}"
     again = prepare(small_ndsb_zip, name="killed", size=16, workers=2, out_dir=out, show_progress=False)
     assert np.array_equal(np.asarray(again.images), np.asarray(straight.images))
     pd.testing.assert_frame_equal(again.meta, straight.meta)
     assert again.key == straight.key
     assert not list(out.glob(".partial-*"))
+
+
+STUCK_PREPARE = """
+import importlib, sys, time
+module = importlib.import_module("plankdiff.data.prepare")
+
+
+def stuck(*_args, **_kwargs):  # a decode that takes a minute, as a huge or hostile image may
+    print("decoding", flush=True)
+    time.sleep(60)
+
+
+module.preprocess = stuck  # the workers are forked from here and inherit it
+module.prepare(sys.argv[1], name="stuck", size=16, workers=2, out_dir=sys.argv[2], show_progress=False)
+"""
+
+
+def test_workers_stuck_in_a_decode_die_with_a_killed_prepare(small_ndsb_zip, tmp_path):
+    import psutil
+
+    # A worker waiting for its next chunk would also see its parent's pipe close; one inside a
+    # decode only stops because the kernel kills it (PR_SET_PDEATHSIG).
+    killed = kill_9_at_a_random_point(
+        STUCK_PREPARE, small_ndsb_zip, tmp_path / "stuck", ready="decoding", within=0.5
+    )
+    try:
+        assert killed.descendants, "no worker was running"
+        _, alive = psutil.wait_procs(killed.descendants, timeout=5)
+        assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    finally:
+        for worker in killed.descendants:  # a failed run must not leave them behind either
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()

@@ -6,20 +6,16 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
-import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import kill_9_at_a_random_point
 from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.diffusion.model import build_unet, count_parameters
@@ -365,20 +361,11 @@ def test_kill_9_at_a_random_point_then_resume_equals_an_uninterrupted_run(
     straight.train()
     duration = time.perf_counter() - started
     out = tmp_path / "killed"
-    src = str(Path(train_module.__file__).parents[2])
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_TRAINING, str(prepared_small_ndsb.root), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=os.environ | {"PYTHONPATH": src},
+    killed = kill_9_at_a_random_point(
+        KILLED_TRAINING, prepared_small_ndsb.root, out, ready="training", within=duration
     )
-    assert child.stdout.readline().strip() == "training"
-    delay = random.Random().uniform(0, duration)
-    time.sleep(delay)
-    child.kill()  # SIGKILL: no handler, no final checkpoint
-    child.wait()
     resumed = make_trainer(prepared_small_ndsb, out, resume=True, max_steps=12, checkpoint_every=2).train()
-    assert resumed.step == 12, f"killed after {delay:.2f} s"
+    assert resumed.step == 12, f"killed after {killed.delay:.2f} s"
     model_a, ema_a, state_a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step_0000012")
     model_b, ema_b, state_b = load_checkpoint(out / "checkpoints" / "step_0000012")
     assert_same_weights(model_a, model_b)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import kill_9_at_a_random_point
 from plankdiff.data.splits import long_tailed_split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.features import extract as extract_module
@@ -373,3 +376,58 @@ def test_noise_seeding_helper_is_deterministic():
     a = extract_module._seeded_noise(np.array([3, 4]), 10, 0, (1, 4, 4))
     b = extract_module._seeded_noise(np.array([3]), 10, 0, (1, 4, 4))
     assert (a[0] == b[0]).all() and not (a[0] == a[1]).all()
+
+
+KILLED_EXTRACTION = """
+import sys
+from plankdiff.cli import app
+from plankdiff.features import extract
+
+real = extract.extract_features
+
+
+def extract_features(*args, **kwargs):
+    # The clock of the kill starts when the extraction does, not while the child imports torch.
+    print("extracting", flush=True)
+    # The CLI flushes every 2,048 rows; every 4 here (2 batches): the kill lands between and inside flushes.
+    return real(*args, **kwargs, checkpoint_rows=4)
+
+
+extract.extract_features = extract_features  # the CLI imports it when it runs
+app(sys.argv[1:], prog_name="plankdiff")
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_rerun_equals_an_uninterrupted_extraction(
+    tiny_run, prepared_small_ndsb, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    command = ["features", "extract", str(tiny_run), str(prepared_small_ndsb.root)]
+    command += ["--timesteps", "5,50,200", "--batch-size", "2"]
+    started = time.perf_counter()
+    straight = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "straight")])
+    duration = time.perf_counter() - started
+    assert straight.exit_code == 0, straight.output
+    out = tmp_path / "killed"
+    killed = kill_9_at_a_random_point(
+        KILLED_EXTRACTION, *command, "--out", out, ready="extracting", within=duration
+    )
+    progress = out / "progress.json"
+    at_kill = f"killed after {killed.delay:.2f} s, " + (
+        f"{read_json(progress)['rows_done']} rows recorded done" if progress.exists() else "before the store"
+    )
+    again = CliRunner().invoke(app, [*command, "--out", str(out)])
+    assert again.exit_code == 0, f"{at_kill}: {again.output}"
+    reference, resumed = FeatureStore(tmp_path / "straight"), FeatureStore(out)
+    assert resumed.complete and resumed.info["key"] == reference.info["key"], at_kill
+    assert resumed.pairs == reference.pairs and len(reference.pairs) == 3 * 5
+    # Exactly equal: every image's noise is seeded by its row, and a resumed run starts at a
+    # recorded flush, a multiple of the batch size, so every batch has the same rows as before.
+    for pair in reference.pairs:
+        np.testing.assert_array_equal(
+            np.asarray(resumed.load(pair)), np.asarray(reference.load(pair)), at_kill
+        )

@@ -4,14 +4,16 @@ reuses every stage instead of recomputing it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import read_manifest, write_subset_zip
+from conftest import kill_9_at_a_random_point, read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
 from plankdiff.diffusion.train import DiffusionTrainer, TrainResult
+from plankdiff.provenance import read_json
 from plankdiff.study.config import load_experiment
 from plankdiff.study.runner import Study, StudyInterrupted
 
@@ -150,3 +152,74 @@ def test_a_study_of_one_experiment_family_trains_and_reports_only_what_it_needs(
     )  # pretrain/seed<s>/<key>/<method>
     headline = pd.read_csv(tmp_path / "results" / "tiny" / "headline.csv")
     assert {e.split("/")[0] for e in headline["experiment"]} == {"ndsb"}
+
+
+KILLED_STUDY = """
+import sys
+import plankdiff.study.runner  # torch and every stage imported before the clock of the kill starts
+from plankdiff.cli import app
+print("running", flush=True)
+app(["run", *sys.argv[1:]], prog_name="plankdiff")
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_a_random_point_then_rerun_gives_the_headline_of_an_uninterrupted_study(
+    tiny_experiment: Path, tmp_path: Path, monkeypatch
+):
+    """FLOP budgets, not minutes: a training resumed from its checkpoint stops at the same step as an
+    uninterrupted one, so every number must come out identical (with minutes it would not)."""
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    experiment = tmp_path / "one.yaml"
+    experiment.write_text(f"""
+name: one
+seeds: [0]
+experiments: [ndsb]
+datasets:
+  ndsb: {{source: {tiny_experiment / "ndsb.zip"}, size: 16}}
+pretrain:
+  ndsb: {{dataset: ndsb, split: long-tailed}}
+diffusion: {{preset: tiny, max_tflops: 0.0035}}  # 5 steps of 0.73 GFLOP (checkpoints at 3 and 5)
+baselines: {{methods: [simclr], max_tflops: 0.001}}  # one step (0.21 TFLOP at batch 128)
+features: {{timesteps: [5, 50], per_class_train: 4, per_class_val: 2, keep_timesteps: 1, batch_size: 64}}
+protocol: {{epochs: 2, min_steps: 10, bootstrap: 20, losses: [ce]}}
+label_fractions: [0.5, 1.0]
+""")
+
+    def run(name: str) -> pd.DataFrame:  # in this process, with its own cache of prepared data and stages
+        monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / name / "cache"))
+        result = CliRunner().invoke(app, ["run", str(experiment), "--results", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        return pd.read_csv(tmp_path / name / "one" / "headline.csv")
+
+    started = time.perf_counter()
+    straight = run("straight")
+    duration = time.perf_counter() - started
+    killed = kill_9_at_a_random_point(
+        KILLED_STUDY,
+        experiment,
+        "--results",
+        tmp_path / "killed",
+        ready="running",
+        within=duration,
+        env={"PLANKDIFF_CACHE": str(tmp_path / "killed" / "cache")},
+    )
+    stages = sorted(p.stem for p in (tmp_path / "killed" / "cache").glob("studies/one/stages/*.json"))
+    at_kill = f"killed after {killed.delay:.1f} of {duration:.1f} s, stages done: {stages}"
+    again = run("killed")
+    for method in ("diffusion", "simclr"):  # each stops at its FLOP budget, not at a step or time cap
+        record = (
+            tmp_path
+            / "killed"
+            / "cache"
+            / "studies"
+            / "one"
+            / "stages"
+            / f"pretrain_seed0_ndsb_{method}.json"
+        )
+        assert read_json(record)["result"]["stopped_by"] == "flops", at_kill
+    assert {"diffusion", "simclr", "raw-pixels"} <= set(straight["method"])
+    pd.testing.assert_frame_equal(again, straight, check_exact=True, obj=at_kill)
