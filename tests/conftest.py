@@ -109,6 +109,22 @@ def ndsb_copy(prepared_small_ndsb, tmp_path: Path):
     return PreparedDataset(shutil.copytree(prepared_small_ndsb.root, tmp_path / "ndsb-small"))
 
 
+@pytest.fixture
+def store_and_split(ndsb_copy, tmp_path: Path):
+    """(dataset, raw-pixel feature store, saved long-tailed split) on a private copy of the subset:
+    a real store to probe in well under a second."""
+    import numpy as np
+
+    from plankdiff.data.splits import long_tailed_split
+    from plankdiff.features.raw import raw_pixel_store
+
+    split = long_tailed_split(ndsb_copy, seed=0)
+    split.save(ndsb_copy)
+    every = np.concatenate([split.indices(p) for p in ("train", "val", "test")])
+    store = raw_pixel_store(ndsb_copy, rows=every, out=tmp_path / "raw")
+    return ndsb_copy, store, split
+
+
 @pytest.fixture(scope="session")
 def make_trainer() -> Callable:
     """`make_trainer(dataset, out, resume=False, **train_overrides)`: a `tiny` trainer whose weight

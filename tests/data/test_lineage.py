@@ -16,8 +16,6 @@ from plankdiff.data.lineage import (
     readouts,
     write_training_images,
 )
-from plankdiff.data.splits import long_tailed_split
-from plankdiff.features.raw import raw_pixel_store
 from plankdiff.probe.run import probe_features
 
 
@@ -35,15 +33,6 @@ def test_identities_are_shared_by_preparations_of_one_source_and_differ_across_s
     other.info = {"source_hash": "another-zip"}
     other.meta = prepared_small_ndsb.meta
     assert not np.isin(image_ids(other, rows), same).any()
-
-
-@pytest.fixture
-def store_and_split(ndsb_copy, tmp_path):
-    split = long_tailed_split(ndsb_copy, seed=0)
-    split.save(ndsb_copy)
-    every = np.concatenate([split.indices(p) for p in ("train", "val", "test")])
-    store = raw_pixel_store(ndsb_copy, rows=every, out=tmp_path / "raw")
-    return ndsb_copy, store, split
 
 
 OPTIONS = {"epochs": 2, "min_steps": 5}

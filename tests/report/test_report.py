@@ -99,6 +99,16 @@ def results_dir(tmp_path: Path) -> Path:
         probe / "confusion.csv"
     )
     (probe / "metrics.json").write_text("{}")
+    # Its per-image test predictions; no selected.json, so the report cannot find the images.
+    pd.DataFrame(
+        {
+            "row": range(10),
+            "true": ["copepod"] * 5 + [HOSTILE] * 3 + ["detritus"] * 2,
+            "predicted": ["copepod", HOSTILE, "copepod", "copepod", "copepod"]
+            + [HOSTILE, "detritus", HOSTILE, "detritus", "detritus"],
+            "probability": [0.95, 0.9, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2],
+        }
+    ).to_csv(probe / "test_predictions.csv", index=False)
     training = root / "training" / "ndsb" / "diffusion"
     training.mkdir(parents=True)
     (training / "seed0.jsonl").write_text(
@@ -214,7 +224,23 @@ def test_report_sections_in_reading_order(results_dir: Path) -> None:
     images = section(page, "images")
     assert "every backbone pre-trained on ndsb" in images and "No loss was logged for: simclr" in images
     assert "samples_ndsb.png" in images and "contact_ndsb.png" in images
-    assert "Misclassified examples" in images and "Coverage against accuracy" in images
+    # Misclassified: most confident first (the 0.9 tie has one mistake), captions escaped; the
+    # images cannot be found without selected.json, and the report says so instead of failing.
+    misclassified = images[images.index('id="misclassified"') : images.index('id="samples"')]
+    assert "diffusion (DDPM features, seed 0): 2 of 10 test images misclassified" in misclassified
+    assert re.findall(r'<figure class="thumb"[^>]*>(.*?)</figure>', misclassified) == [
+        f"<figcaption>copepod → {HOSTILE_ESCAPED} (0.90)</figcaption>",
+        f"<figcaption>{HOSTILE_ESCAPED} → detritus (0.50)</figcaption>",
+    ]
+    assert "Images not shown:" in misclassified and "selected.json" in misclassified
+    # Coverage: 8 of 10 right overall; 90 % only when the single most confident image is kept
+    # (at p ≥ 0.9 the tie keeps 3 images, one of them wrong).
+    coverage = images[images.index('id="coverage"') :]
+    assert coverage.count("<figure>") == 1 and "softmax-confidence threshold" in coverage
+    assert (
+        "diffusion (DDPM features): 80.0 % of all 10 test images correct; accuracy reaches 90 % when "
+        "10 % of the test images are kept (top-1 probability ≥ 0.95)." in coverage
+    )
     provenance = section(page, "provenance")
     assert "long-tailed-s0" in provenance and "3.11.2" in provenance and "ca70a24" in provenance
 
@@ -225,6 +251,7 @@ def test_report_without_optional_pieces(tmp_path: Path) -> None:
     page = render_report(tmp_path).read_text(encoding="utf-8")
     assert "2. Results tables" in page and "Caveats" not in page
     assert "No per-class files" in page and "No training logs" in page and "One replicate" not in page
+    assert "No per-image test predictions" in page and "so no coverage curve" in page
     (tmp_path / "headline.csv").unlink()
     with pytest.raises(FileNotFoundError, match="headline.csv"):
         render_report(tmp_path)
@@ -271,6 +298,8 @@ def test_report_in_headless_chromium(results_dir: Path, tmp_path: Path) -> None:
         ("tables", "61.2 ± 0.4"),
         ("classes", "Most confused pairs"),
         ("images", "Training-loss curves"),
+        ("images", "test images misclassified"),
+        ("images", "softmax-confidence threshold"),
         ("provenance", "Test readouts"),
     ]:
         assert content in section(dom, name), name

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -31,23 +31,52 @@ STATUS_MEANING = {
 }
 
 
-def smallest_threshold(confidence: np.ndarray, correct: np.ndarray, *, target: float) -> float | None:
-    """The smallest τ among the observed confidences with precision(p ≥ τ) ≥ target; None if none.
+class CoverageCurve(NamedTuple):
+    """What a single threshold τ keeps, for every τ among the observed confidences, highest first."""
 
-    Only observed values are candidates: between two of them the kept set, and so the precision,
+    threshold: np.ndarray  # τ
+    kept: np.ndarray  # images with p ≥ τ
+    correct: np.ndarray  # correct ones among them
+    total: int  # images in all
+
+    @property
+    def coverage(self) -> np.ndarray:
+        return self.kept / self.total
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """Accuracy (precision) of the kept images; at the lowest τ, the accuracy of all of them."""
+        return self.correct / self.kept
+
+    def widest_reaching(self, target: float) -> int | None:
+        """The index of the lowest τ (largest coverage) whose kept images reach `target` accuracy,
+        or None when none does. Compares counts, not ratios: no rounding at the target."""
+        reached = np.flatnonzero(self.correct >= target * self.kept)
+        return int(reached[-1]) if len(reached) else None
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> CoverageCurve:
+    """The risk–coverage curve of one confidence threshold: as τ rises, fewer images are kept.
+
+    Only observed values are candidates: between two of them the kept set, and so the accuracy,
     does not change. Ties are kept together, since a threshold cannot split equal probabilities.
     """
-    if confidence.shape != correct.shape:
+    confidence, correct = np.asarray(confidence), np.asarray(correct, dtype=bool)
+    if confidence.shape != correct.shape or confidence.ndim != 1:
         raise ValueError("one correctness flag per confidence")
-    if len(confidence) == 0:
-        return None
     order = np.argsort(-confidence, kind="stable")
     p, hits = confidence[order], np.cumsum(correct[order])
-    # Precision of "keep p >= p[i]" is read at the last index of each tie group.
-    last_of_tie = np.r_[p[1:] != p[:-1], True]
+    # What "keep p >= p[i]" keeps is read at the last index of each tie group.
+    last_of_tie = np.r_[p[1:] != p[:-1], True] if len(p) else np.zeros(0, dtype=bool)
     kept = np.arange(1, len(p) + 1)
-    reached = last_of_tie & (hits >= target * kept)
-    return float(p[np.flatnonzero(reached)[-1]]) if reached.any() else None
+    return CoverageCurve(p[last_of_tie], kept[last_of_tie], hits[last_of_tie], len(p))
+
+
+def smallest_threshold(confidence: np.ndarray, correct: np.ndarray, *, target: float) -> float | None:
+    """The smallest τ among the observed confidences with precision(p ≥ τ) ≥ target; None if none."""
+    curve = coverage_curve(confidence, correct)
+    widest = curve.widest_reaching(target)
+    return None if widest is None else float(curve.threshold[widest])
 
 
 @dataclass

@@ -30,7 +30,11 @@ from plankdiff.probe.metrics import (
     save_metrics,
 )
 from plankdiff.probe.selection import best, better, rank
-from plankdiff.provenance import git_sha, write_json
+from plankdiff.provenance import atomic_write, git_sha, write_json
+
+PREDICTIONS_FILE = (
+    "test_predictions.csv"  # one row per test image of the selected probe (the report reads it)
+)
 
 
 @dataclass
@@ -53,6 +57,10 @@ class ProbeResult:
     shifted: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_pair: pd.DataFrame | None = None  # per-pair test and shifted accuracy (analysis only)
     lineage: str = ""  # whether the scored images were checked against the backbone's training images
+    # The selected probe's class probabilities on the test images (dataset rows `test_rows`), as the
+    # test metrics were computed from them: misclassified examples and coverage curves read these.
+    test_rows: np.ndarray | None = None
+    test_proba: np.ndarray | None = None
 
 
 def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
@@ -172,7 +180,8 @@ def probe_features(
     scores = best(table[table["pair"] == selected])
     val = {"macro_f1": float(scores["val_macro_f1"]), "accuracy": float(scores["val_accuracy"])}
     x_selected = features[selected]
-    test_pred = classifiers[selected](x_selected[index["test"]]).argmax(1)
+    test_proba = np.asarray(classifiers[selected](x_selected[index["test"]]))
+    test_pred = test_proba.argmax(1)
     test = classification_metrics(
         labels[index["test"]], test_pred, n_classes, split.classes, bootstrap=bootstrap, seed=seed
     )
@@ -182,7 +191,17 @@ def probe_features(
         split.name,
         {"features": str(store.root), "pair": selected, "protocol": protocol},
     )
-    result = ProbeResult(protocol, selected, hyper, val, test, table, lineage=lineage)
+    result = ProbeResult(
+        protocol,
+        selected,
+        hyper,
+        val,
+        test,
+        table,
+        lineage=lineage,
+        test_rows=store.rows[positions["test"]],
+        test_proba=test_proba,
+    )
     if shifted:
         result.shifted, result.per_pair = _score_shifted(
             shifted,
@@ -341,6 +360,22 @@ def _scalars(metrics: dict) -> dict:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
+def _write_predictions(result: ProbeResult, split: Split, path: Path) -> None:
+    """`row` (dataset row), `true` and `predicted` class names, `probability` (the top-1 probability:
+    softmax of the linear probe, neighbour vote share of kNN), one line per test image."""
+    proba, rows = result.test_proba, result.test_rows
+    predicted = proba.argmax(axis=1)
+    frame = pd.DataFrame(
+        {
+            "row": rows,
+            "true": [split.classes[c] for c in split.targets[rows]],
+            "predicted": [split.classes[c] for c in predicted],
+            "probability": proba[np.arange(len(proba)), predicted].astype(np.float64),
+        }
+    )
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
 def write_result(
     result: ProbeResult,
     store: FeatureStore,
@@ -369,6 +404,8 @@ def write_result(
         "shifted": {name: _scalars(m) for name, m in result.shifted.items()},
     }
     save_metrics(result.test, out, extra=extra)
+    if result.test_proba is not None:
+        _write_predictions(result, split, out / PREDICTIONS_FILE)
     result.table.to_csv(out / "val_grid.csv", index=False)
     if result.per_pair is not None and len(result.per_pair):
         result.per_pair.to_csv(out / "shift_per_pair.csv", index=False)

@@ -1,4 +1,4 @@
-"""Figures the report draws from the results folder's data (headline rows, training logs).
+"""Figures the report draws from the results folder's data (headline rows, training logs, coverage curves).
 
 Each is returned as PNG bytes for embedding: the report is one file. Matplotlib's object API (no
 pyplot) keeps the caller's backend untouched.
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from plankdiff.deploy.calibrate import CoverageCurve
 from plankdiff.report.tables import METRICS
 
 COLOURS = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5")
@@ -113,4 +114,32 @@ def loss_figure(logs: dict[str, dict[int, pd.DataFrame]], title: str) -> bytes:
     for ax in axes[len(methods) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def coverage_figure(curves: dict[str, CoverageCurve], title: str, *, target: float) -> bytes:
+    """Accuracy of the kept test images against the share kept, one line per method, as the top-1
+    probability threshold rises; the widest coverage at which accuracy reaches `target` is marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for k, (method, curve) in enumerate(curves.items()):
+        colour = COLOURS[k % len(COLOURS)]
+        ax.plot(curve.coverage * 100, curve.accuracy * 100, color=colour, label=method, linewidth=1.4)
+        widest = curve.widest_reaching(target)
+        if widest is not None:
+            x, y = curve.coverage[widest] * 100, curve.accuracy[widest] * 100
+            ax.plot([x], [y], "o", color=colour, markersize=6)
+            ax.annotate(
+                f"{x:.0f} %", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour
+            )
+    ax.axhline(target * 100, color="#888", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0, 101)
+    ax.set_ylim(top=104)  # room for the mark's label at 100 %
+    ax.set_xlabel("coverage: test images kept (%)", fontsize=9)
+    ax.set_ylabel("accuracy of the kept images (%)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
     return _png(fig)

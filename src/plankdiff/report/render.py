@@ -2,8 +2,8 @@
 
 Reading order (issue #17): what the budgets mean for the numbers; 1. what was found, in words and
 one figure per experiment; 2. tables with methods as columns; 3. per-class scores and confusions of
-each method's selected probe; 4. images (classes, DDPM samples), training-loss curves, and what the
-study did not record; 5. provenance.
+each method's selected probe; 4. images (classes, misclassified test images, DDPM samples),
+training-loss curves, accuracy against coverage, and what the study did not record; 5. provenance.
 
 The file travels alone (mail, chat, an archive), so nothing is loaded from outside it: figures are
 embedded as base64 data URIs, the style sheet is inline and there is no JavaScript. Jinja2's
@@ -30,7 +30,17 @@ from plankdiff.report.classes import (
     read_confusion,
     read_per_class,
 )
-from plankdiff.report.figures import experiment_figure, loss_figure, read_loss_log
+from plankdiff.report.figures import coverage_figure, experiment_figure, loss_figure, read_loss_log
+from plankdiff.report.predictions import (
+    PREDICTIONS_FILE,
+    TARGET_ACCURACY,
+    accuracy_coverage,
+    feature_dataset,
+    mistakes,
+    reach,
+    read_predictions,
+    thumbnail,
+)
 from plankdiff.report.tables import METRICS, format_score, read_headline
 
 SECTIONS = {
@@ -41,6 +51,7 @@ SECTIONS = {
     "provenance": "5. Provenance",
 }
 TRAINING_DIR = "training"  # results/<study>/training/<pretrain key>/<method>/seed<k>.jsonl (`Study._report`)
+DIFFUSION = "diffusion"  # the study's method name for the DDPM probe (`study.runner.DIFFUSION`)
 
 
 def _uri(data: bytes) -> str:
@@ -138,6 +149,7 @@ class ExperimentView:
     pairs: list[tuple[str, str]]  # (method, selected feature pair), for the footnote
     figures: list[dict[str, str]] = field(default_factory=list)  # copied study figures of this experiment
     classes: ClassesView | None = None
+    predictions: PredictionsView | None = None
 
 
 def _label(metric: str) -> str:
@@ -222,9 +234,9 @@ class ClassesView:
     side_by_side: list[dict[str, Any]]  # class, support, F1 per method (P and R in titles)
 
 
-def _first_seed(folder: Path) -> Path | None:
+def _first_seed(folder: Path, file: str = "per_class.csv") -> Path | None:
     seeds = sorted(
-        (p for p in folder.glob("seed*") if (p / "per_class.csv").is_file()),
+        (p for p in folder.glob("seed*") if (p / file).is_file()),
         key=lambda p: (len(p.name), p.name),
     )
     return seeds[0] if seeds else None
@@ -317,6 +329,111 @@ def _loss_curves(results_dir: Path) -> list[dict[str, str]]:
     return figures
 
 
+@dataclass
+class Mistake:
+    src: str  # the image as a data URI; "" when the prepared dataset could not be read
+    caption: str  # "true → predicted (p)"
+    title: str
+
+
+@dataclass
+class MethodPredictions:
+    method: str
+    role: str
+    seed: str
+    n: int
+    n_wrong: int
+    accuracy: float
+    mistakes: list[Mistake]
+    images_note: str  # why the images are not shown, or ""
+    reach: str  # where the kept images' accuracy reaches TARGET_ACCURACY, in words
+
+
+@dataclass
+class PredictionsView:
+    methods: list[MethodPredictions]
+    figure: str  # accuracy against coverage, one line per method
+
+
+def _best_baseline(rows: pd.DataFrame, candidates: list[str]) -> str | None:
+    """The candidate ranked first in the experiment's first setting on its first metric (accuracy
+    where measured): the same ranking as the sentences of section 1."""
+    if not candidates:
+        return None
+    metrics = [m for m in METRICS if m in set(rows["metric"])] + sorted(set(rows["metric"]) - set(METRICS))
+    at = rows[
+        (rows["setting"] == rows["setting"].iloc[0])
+        & (rows["metric"] == metrics[0])
+        & rows["method"].isin(candidates)
+    ]
+    ranked = at.sort_values("mean", ascending=False, kind="stable")["method"]
+    return str(ranked.iloc[0]) if len(ranked) else candidates[0]
+
+
+def _thumbnails(folder: Path, rows: list[int]) -> tuple[list[str], str]:
+    """Each row's image as a data URI, from the dataset the probe's features were extracted from;
+    when that cannot be read (a results folder moved without the cache), no image and the reason."""
+    if not rows:
+        return [], ""
+    try:
+        images = feature_dataset(folder).images
+    except (OSError, ValueError, KeyError) as error:
+        return [""] * len(rows), f"Images not shown: {error}"
+    if max(rows) >= len(images):
+        return [""] * len(rows), f"Images not shown: rows beyond the {len(images)} images of the dataset"
+    return [_uri(thumbnail(images[row])) for row in rows], ""
+
+
+def _predictions(results_dir: Path, slug: str, rows: pd.DataFrame) -> PredictionsView | None:
+    """The diffusion probe and the best baseline of one experiment, from their first replicate that
+    recorded per-image test predictions."""
+    root = results_dir / "metrics" / slug
+    found = {}
+    for method in dict.fromkeys(rows["method"]):
+        folder = _first_seed(root / method, PREDICTIONS_FILE)
+        if folder is not None:
+            found[method] = folder
+    baseline = _best_baseline(rows, [m for m in found if m != DIFFUSION])
+    shown = [(m, "DDPM features") for m in (DIFFUSION,) if m in found]
+    shown += [(baseline, "best baseline")] if baseline else []
+    if not shown:
+        return None
+    views, curves = [], {}
+    for method, role in shown:
+        folder = found[method]
+        frame = read_predictions(folder / PREDICTIONS_FILE)
+        curve = curves[method] = accuracy_coverage(frame)
+        wrong = mistakes(frame)
+        sources, note = _thumbnails(folder, [int(r) for r in wrong["row"]])
+        reached = reach(curve)
+        views.append(
+            MethodPredictions(
+                method=method,
+                role=role,
+                seed=folder.name.removeprefix("seed"),
+                n=len(frame),
+                n_wrong=int((frame["true"] != frame["predicted"]).sum()),
+                accuracy=float(curve.accuracy[-1]),
+                mistakes=[
+                    Mistake(
+                        src=src,
+                        caption=f"{r.true} → {r.predicted} ({r.probability:.2f})",
+                        title=f"dataset row {r.row}: true {r.true}, predicted {r.predicted} "
+                        f"with probability {r.probability:.3f}",
+                    )
+                    for src, r in zip(sources, wrong.itertuples(index=False), strict=True)
+                ],
+                images_note=note,
+                reach=f"accuracy reaches {TARGET_ACCURACY * 100:.0f} % when {reached[0] * 100:.0f} % of the "
+                f"test images are kept (top-1 probability ≥ {reached[1]:.2f})"
+                if reached
+                else f"accuracy stays below {TARGET_ACCURACY * 100:.0f} % at every threshold",
+            )
+        )
+    figure = coverage_figure(curves, str(rows["experiment"].iloc[0]), target=TARGET_ACCURACY)
+    return PredictionsView(methods=views, figure=_uri(figure))
+
+
 # -- 5: provenance ----------------------------------------------------------------------------------
 def _budgets(study: dict[str, Any]) -> list[list[str]]:
     rows = []
@@ -380,6 +497,7 @@ def render_report(results_dir: Path) -> Path:
     placed: set[str] = set()
     for view in experiments:
         view.classes = _classes(results_dir, view.slug, [c["method"] for c in view.columns])
+        view.predictions = _predictions(results_dir, view.slug, headline[headline["experiment"] == view.name])
         own = [name for name in figures if name.startswith(view.slug + "_")]
         view.figures = [figures[name] for name in own]
         placed.update(own)
