@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import kill_9_at_a_random_point
+from helpers import kill_9_at_a_random_point
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.preprocess import PreprocessParams, decode, preprocess
 from plankdiff.data.sources import Collection, SourceError

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import kill_9_at_a_random_point
+from helpers import kill_9_at_a_random_point
 from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.diffusion.model import build_unet, count_parameters

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import kill_9_at_a_random_point
+from helpers import kill_9_at_a_random_point
 from plankdiff.data.splits import long_tailed_split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.features import extract as extract_module

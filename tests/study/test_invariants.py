@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import read_manifest
+from helpers import read_manifest
 from plankdiff.data.lineage import image_ids
 from plankdiff.data.timestamps import capture_time
 from plankdiff.study.config import SHIPPED, load_experiment

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import kill_9_at_a_random_point, read_manifest, write_subset_zip
+from helpers import kill_9_at_a_random_point, read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
 from plankdiff.diffusion.train import DiffusionTrainer, TrainResult
 from plankdiff.provenance import read_json

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from typer.testing import CliRunner
 
-from conftest import read_manifest
+from helpers import read_manifest
 from plankdiff.cli import app
 from plankdiff.study.config import ExperimentConfig, OwnExperiment, load_experiment
 from plankdiff.study.template import PLACEHOLDER, experiment_template
