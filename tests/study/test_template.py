@@ -122,7 +122,7 @@ def test_an_init_experiment_file_takes_a_folder_of_ones_own_images_to_a_report(r
     accuracy = headline[(headline["metric"] == "accuracy") & (headline["setting"] == "in distribution")]
     assert len(accuracy) == 2 * 3 + 1 and accuracy["mean"].between(0, 1).all()
     assert "my-images/long-tailed" in (results / "report.html").read_text()
-    assert list((results / "figures").glob("embedding_*.png"))  # the t-SNE of the first long-tailed one
+    assert (results / "figures" / "embedding.png").exists()  # the t-SNE of the first long-tailed one
     assert (results / "metrics" / "my-images_long-tailed" / "diffusion" / "seed0" / "selected.json").exists()
 
     # README's path on from there: a classifier from what the study selected, counts per sample.

@@ -119,8 +119,11 @@ class FeatureStore:
         n = len(info["rows"])
         for pair, dim in dims.items():
             path = root / "pairs" / pair_file(pair)
-            if not path.exists():
+            if not _readable(path, (n, dim)):
+                # Missing, or cut short by a kill while it was being allocated: allocate it again,
+                # and start the extraction over (the rows recorded done may have been in it).
                 np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim)).flush()
+                write_json(root / "progress.json", {"rows_done": 0})
         return cls(root)
 
     def open_arrays(self) -> dict[str, np.ndarray]:
@@ -131,3 +134,12 @@ class FeatureStore:
 
     def mark_done(self, rows_done: int) -> None:
         write_json(self.root / "progress.json", {"rows_done": rows_done})
+
+
+def _readable(path: Path, shape: tuple[int, int]) -> bool:
+    """Whether `path` holds a float16 array of `shape` whose header and data are all there."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return array.shape == shape and array.dtype == np.float16
