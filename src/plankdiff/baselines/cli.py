@@ -28,6 +28,13 @@ def train_command(
         min=0.0,
         help="training-time budget in minutes, summed over resumes (default: none; give it, --max-steps or both)",
     ),
+    max_tflops: float = typer.Option(
+        None,
+        "--max-tflops",
+        min=0.0,
+        help="training budget in TFLOP (1e12 FLOPs, forward and backward), the same on a busy or idle "
+        "machine; whichever of the budgets runs out first ends the run (default: none)",
+    ),
     split: str = typer.Option(
         "", "--split", help="train on this split's train rows (required unless --all-rows; default: none)"
     ),
@@ -60,6 +67,7 @@ def train_command(
         config = BaselineConfig.for_method(
             method,
             max_minutes=max_minutes,
+            max_tflops=max_tflops,
             max_steps=max_steps,
             batch_size=batch_size,
             width=width,

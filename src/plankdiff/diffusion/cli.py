@@ -46,6 +46,13 @@ def train_command(
         min=0.0,
         help="training-time budget in minutes, summed over resumes (default: the preset's; none: steps only)",
     ),
+    max_tflops: float = typer.Option(
+        None,
+        "--max-tflops",
+        min=0.0,
+        help="training budget in TFLOP (1e12 FLOPs, forward and backward), the same on a busy or idle "
+        "machine; whichever of the budgets runs out first ends the run (default: none)",
+    ),
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="step cap (default: the preset's)"),
     batch_size: int = typer.Option(
         None, "--batch-size", min=1, help="images per step (default: the preset's)"
@@ -71,6 +78,7 @@ def train_command(
         config = load_config(
             preset,
             max_minutes=max_minutes,
+            max_tflops=max_tflops,
             max_steps=max_steps,
             batch_size=batch_size,
             seed=seed,
