@@ -27,6 +27,17 @@ def switch(default: bool, *flags: str, help: str) -> Any:
     return typer.Option(default, *flags, metavar="", help=help)
 
 
+def max_tflops_option() -> Any:
+    """`--max-tflops`, the same for every trainer: a compute budget that a busy machine cannot move."""
+    return typer.Option(
+        None,
+        "--max-tflops",
+        min=0.0,
+        help="training budget in TFLOP (1e12 FLOPs, forward and backward), the same on a busy or idle "
+        "machine; whichever of the budgets runs out first ends the run (default: none)",
+    )
+
+
 def int_list(option: str, text: str) -> tuple[int, ...]:
     """`1,5,10` → (1, 5, 10); anything else is refused naming the option."""
     try:

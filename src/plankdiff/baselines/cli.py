@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.cli_support import check_split, fail, open_dataset, say_device, switch
+from plankdiff.cli_support import check_split, fail, max_tflops_option, open_dataset, say_device, switch
 from plankdiff.diffusion.cli import train_and_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -28,13 +28,7 @@ def train_command(
         min=0.0,
         help="training-time budget in minutes, summed over resumes (default: none; give it, --max-steps or both)",
     ),
-    max_tflops: float = typer.Option(
-        None,
-        "--max-tflops",
-        min=0.0,
-        help="training budget in TFLOP (1e12 FLOPs, forward and backward), the same on a busy or idle "
-        "machine; whichever of the budgets runs out first ends the run (default: none)",
-    ),
+    max_tflops: float = max_tflops_option(),
     split: str = typer.Option(
         "", "--split", help="train on this split's train rows (required unless --all-rows; default: none)"
     ),

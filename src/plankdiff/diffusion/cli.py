@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from plankdiff.choices import Preset
-from plankdiff.cli_support import fail, load_split, open_dataset, say_device, switch
+from plankdiff.cli_support import fail, load_split, max_tflops_option, open_dataset, say_device, switch
 
 INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by `kill`
 
@@ -46,13 +46,7 @@ def train_command(
         min=0.0,
         help="training-time budget in minutes, summed over resumes (default: the preset's; none: steps only)",
     ),
-    max_tflops: float = typer.Option(
-        None,
-        "--max-tflops",
-        min=0.0,
-        help="training budget in TFLOP (1e12 FLOPs, forward and backward), the same on a busy or idle "
-        "machine; whichever of the budgets runs out first ends the run (default: none)",
-    ),
+    max_tflops: float = max_tflops_option(),
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="step cap (default: the preset's)"),
     batch_size: int = typer.Option(
         None, "--batch-size", min=1, help="images per step (default: the preset's)"
