@@ -350,3 +350,15 @@ def test_workers_stuck_in_a_decode_die_with_a_killed_prepare(small_ndsb_zip, tmp
         for worker in killed.descendants:  # a failed run must not leave them behind either
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
+
+
+def test_a_work_folder_left_by_a_kill_after_the_finish_is_removed_on_rerun(small_ndsb_zip, tmp_path):
+    """A kill between writing prepare.json and removing `.partial-<key>` left the folder behind
+    (seen once in the random kill test); the rerun reuses the preparation and removes it."""
+    out = tmp_path / "p"
+    first = prepare(small_ndsb_zip, name="p", size=16, workers=1, out_dir=out, show_progress=False)
+    leftover = out / f".partial-{first.key[:12]}"
+    (leftover / "chunks").mkdir(parents=True)
+    again = prepare(small_ndsb_zip, name="p", size=16, workers=1, out_dir=out, show_progress=False)
+    assert again.key == first.key
+    assert not leftover.exists()

@@ -198,10 +198,12 @@ def prepare(
     key = sha256_json({k: v for k, v in config.items() if k != "source"})
     root = Path(out_dir) if out_dir else prepared_dir(name)
     info_path = root / "prepare.json"
+    partial = root / f".partial-{key[:12]}"
     if info_path.exists() and read_json(info_path).get("key") == key:
+        # A kill between writing prepare.json and removing the work folder leaves it behind.
+        shutil.rmtree(partial, ignore_errors=True)
         return PreparedDataset(root)
 
-    partial = root / f".partial-{key[:12]}"
     (partial / "chunks").mkdir(parents=True, exist_ok=True)
     shape = (len(collection), params.channels, params.size, params.size)
     pixels_path = partial / "pixels.npy"
