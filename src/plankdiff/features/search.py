@@ -77,9 +77,7 @@ def rank_pairs(
     best = grid.best_per_pair()
     best["block"] = [axes[p]["block"] for p in best["pair"]]
     best["t"] = [axes[p]["t"] for p in best["pair"]]
-    return best.sort_values(["val_macro_f1", "val_accuracy"], ascending=False, kind="stable").reset_index(
-        drop=True
-    )
+    return rank(best).reset_index(drop=True)
 
 
 def plot_ranking(ranking: pd.DataFrame, out: Path, *, kept: tuple[int, ...] = ()) -> Path:

@@ -99,14 +99,10 @@ def probe_command(
             store,
             chosen,
             protocol=protocol,
-            loss=settings.losses,
-            with_size=settings.object_size,
-            fuse_top=settings.fuse_top,
             shifted=shifts,
             seed=seed,
             out=out,
-            bootstrap=settings.bootstrap,
-            probe_options=settings.probe_options(),
+            **settings.probe_arguments(),
         )
     except ValueError as error:
         fail(console, error)

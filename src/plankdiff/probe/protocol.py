@@ -42,5 +42,15 @@ class EvaluationProtocol(BaseModel):
     def probe_options(self) -> dict[str, int]:
         return {"epochs": self.epochs, "min_steps": self.min_steps}
 
+    def probe_arguments(self) -> dict:
+        """What `plankdiff.probe.run.probe_features` takes from the protocol, as keyword arguments."""
+        return {
+            "loss": self.losses,
+            "with_size": self.object_size,
+            "fuse_top": self.fuse_top,
+            "bootstrap": self.bootstrap,
+            "probe_options": self.probe_options(),
+        }
+
 
 __all__ = ["LOSSES", "EvaluationProtocol", "Loss", "Orientations", "Precision"]

@@ -387,15 +387,11 @@ class Study:
                         probe_features(
                             st,
                             sp,
-                            loss=protocol.losses,
-                            with_size=protocol.object_size,
-                            fuse_top=protocol.fuse_top,
                             shifted=sh,
                             seed=seed,
                             out=o,
-                            bootstrap=protocol.bootstrap,
                             config=self.config.model_dump(mode="json"),
-                            probe_options=protocol.probe_options(),
+                            **protocol.probe_arguments(),
                         )
                     ),
                 )
