@@ -100,18 +100,26 @@ class Study:
         self.headline = replicates[0].headline
         for replicate in replicates:
             self._save_splits(replicate)
-        runs = {r.seed: self._pretrain(r) for r in replicates}
         if self.dry_run:
+            for replicate in replicates:
+                self._pretrain(replicate)
             self.planned.append(
                 ("features, probes, label efficiency, k-means, report", "run where inputs changed")
             )
             return None
-        for replicate in replicates:
+        # Replicate by replicate, with a report after each: a study cut short by the end of a
+        # session leaves complete seeds (and a report that says how many) rather than every
+        # backbone of every seed trained and nothing measured.
+        runs: dict[int, dict[str, dict[str, Path]]] = {}
+        report = None
+        for done, replicate in enumerate(replicates, start=1):
+            runs[replicate.seed] = self._pretrain(replicate)
             stores = self._features(replicate, runs[replicate.seed])
             self._probe(replicate, stores)
             self._label_efficiency(replicate, stores)
             self._kmeans(replicate, stores)
-        return self._report(started, runs, replicates)
+            report = self._report(started, runs, replicates[:done])
+        return report
 
     def _prepare(self) -> None:
         for name, spec in self.config.datasets.items():
@@ -624,11 +632,12 @@ class Study:
                 },
                 "budgets": budgets,
                 "seeds": list(self.config.seeds),
+                "seeds_completed": [r.seed for r in replicates],
                 # experiment → its folder under metrics/ (the report reads per-class files there)
                 "experiments": {e.name: e.slug for r in replicates for e in r.experiments},
                 "varies": self._varies(),
                 "test_readouts": self._test_readouts(replicates),
-                "notes": self._notes(),
+                "notes": self._notes() + self._partial_note(replicates),
             },
         )
         write_tables(self.results)
@@ -653,6 +662,15 @@ class Study:
                         }
                     )
         return out
+
+    def _partial_note(self, replicates: list[Replicate]) -> list[str]:
+        if len(replicates) == len(self.config.seeds):
+            return []
+        done = ", ".join(str(r.seed) for r in replicates)
+        return [
+            f"Partial study: seeds {done} of {len(self.config.seeds)} planned are complete; "
+            "rerun the same command to resume the rest."
+        ]
 
     def _notes(self) -> list[str]:
         notes = [
