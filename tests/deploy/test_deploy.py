@@ -406,6 +406,27 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
     expected = (decided["decision"] == decided["true_label"]).mean() if len(decided) else None
     assert score["known"]["accuracy_when_decided"] == pytest.approx(expected)
     assert "Bray–Curtis per sample" in result.output
+    # Every counting method scored against the same labels: cc's pooled composition is the
+    # argmax count of the labelled images of the classifier's classes, whatever the abstention.
+    quantification = read_csv(out / "quantification.csv")
+    assert set(quantification["method"]) == {"cc", "pcc", "pacc", "emq"}
+    assert set(quantification["sample"]) == {
+        "spc/2020-03-01",
+        "spc/2020-03-02",
+        "(pooled)",
+        "(median over samples)",
+    }
+    classes = json.loads((model / "card.json").read_text())["classes"]
+    known = rows[rows["true_label"].isin(classes)]
+    true_counts = known["true_label"].value_counts()
+    argmax_counts = known["top1"].value_counts()
+    expected_bc = sum(abs(true_counts.get(c, 0) - argmax_counts.get(c, 0)) for c in classes) / (
+        2 * len(known)
+    )
+    pooled_cc = quantification[(quantification["method"] == "cc") & (quantification["sample"] == "(pooled)")]
+    assert pooled_cc["bray_curtis"].item() == pytest.approx(expected_bc)
+    assert pooled_cc["n"].item() == len(known)
+    assert "counting methods, Bray–Curtis pooled / median over samples: cc" in result.output
 
 
 def test_predict_refuses_an_unknown_sample_grouping(model, image_folder, run_cli, tmp_path, monkeypatch):

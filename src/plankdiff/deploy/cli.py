@@ -156,7 +156,9 @@ def predict_command(
         help="keep images captured on or before this day (UTC, from file names; default: no limit)",
     ),
     score: bool = switch(
-        False, "--score", help="compare with the true labels of the inputs: score.json, count_comparison.csv"
+        False,
+        "--score",
+        help="compare with the true labels of the inputs: score.json, count_comparison.csv, and every counting method in quantification.csv",
     ),
     output_format: OutputFormat = typer.Option(
         "csv",
@@ -206,6 +208,7 @@ def predict_command(
             captured_to=captured_to.date() if captured_to else None,
             output_format=output_format,
             counts=counts,
+            score_counting=score,
         )
     except (ModelCardError, SourceError) as error:
         fail(console, error)
@@ -236,3 +239,18 @@ def predict_command(
             f"Bray–Curtis per sample: median {summary['bray_curtis']['median']:.3f} over {summary['samples']} "
             f"samples → {run.predictions.with_name('score.json')}"
         )
+        quantification = run.predictions.with_name("quantification.csv")
+        if quantification.exists():
+            import pandas as pd
+
+            table = pd.read_csv(quantification, keep_default_na=False)
+            summary_rows = table[table["sample"].isin(["(pooled)", "(median over samples)"])]
+            wide = summary_rows.pivot(index="method", columns="sample", values="bray_curtis")
+            console.print(
+                "counting methods, Bray–Curtis pooled / median over samples: "
+                + "; ".join(
+                    f"{m} {wide.loc[m, '(pooled)']:.3f} / {wide.loc[m, '(median over samples)']:.3f}"
+                    for m in wide.index
+                )
+                + f" → {quantification}"
+            )

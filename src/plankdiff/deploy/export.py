@@ -671,17 +671,25 @@ class DeployedClassifier:
         temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
         return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
 
+    @property
+    def has_validation_posteriors(self) -> bool:
+        return bool((self.card.get("quantification") or {}).get("file"))
+
+    def validation_posteriors(self, *, needed_for: str) -> tuple[np.ndarray, np.ndarray]:
+        """The exported validation posteriors (temperature-scaled) [N, C] and class indices [N]."""
+        if not self.has_validation_posteriors:
+            raise ModelCardError(
+                f"{self.root / CARD_FILE}: exported without validation posteriors, so {needed_for} "
+                "cannot be fitted; re-export the classifier"
+            )
+        saved = load_file(str(self.root / QUANTIFY_FILE))
+        return saved["proba"], saved["labels"]
+
     def quantifier(self, method: str):
         """A QuaPy quantifier (`plankdiff.deploy.quantify`) fitted on the exported validation posteriors."""
         from plankdiff.deploy.quantify import fit_quantifier  # QuaPy loads only when counting
 
-        if not (self.card.get("quantification") or {}).get("file"):
-            raise ModelCardError(
-                f"{self.root / CARD_FILE}: exported without validation posteriors, so --counts {method} "
-                "cannot be fitted; re-export the classifier"
-            )
-        saved = load_file(str(self.root / QUANTIFY_FILE))
-        return fit_quantifier(method, saved["proba"], saved["labels"])
+        return fit_quantifier(method, *self.validation_posteriors(needed_for=f"--counts {method}"))
 
     def decisions(self, proba: np.ndarray) -> list[str]:
         """The top-1 class name per row, or `unclassified` below that class's threshold."""

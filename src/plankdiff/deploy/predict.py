@@ -77,7 +77,7 @@ from plankdiff.data.sources import (
 from plankdiff.data.timestamps import capture_time
 from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
-from plankdiff.deploy.quantify import COUNTINGS, Counting, sample_counts
+from plankdiff.deploy.quantify import COUNTINGS, Counting, quantification_table, sample_counts
 from plankdiff.progress import progress_bar
 
 TOP_K = ecotaxa.TOP_K_COLUMNS
@@ -98,7 +98,9 @@ OUTPUT_FILES = (
     "skipped.csv",
     "score.json",
     "count_comparison.csv",
+    "quantification.csv",
 )
+QUANTIFICATION_FILE = "quantification.csv"
 # What a damaged file can raise on its way to pixels; anything else is a bug and stops the run.
 READ_ERRORS = (ImageRejected, OSError, KeyError, ValueError, zipfile.BadZipFile, Image.DecompressionBombError)
 
@@ -621,14 +623,15 @@ def merge_parts(
     counting: Counting | None = None,
     quantifier=None,
     samples: Sequence[str] = (),
+    posteriors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[int, int]:
     """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
     remove the parts. With `classes` (the classifier's, `unclassified` added), every sample gets a
     row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table;
     `output_format="ecotaxa"` adds `ecotaxa/ecotaxa_<out folder>.tsv` (the PNGs are there already).
     `counting` (with its fitted `quantifier` and `samples`, the sample of each image position): the
-    counts are that method's, with intervals, from the kept posteriors (`quantified_counts`), and
-    the decisions after abstention stay in predictions.csv. Each file is written under a temporary name and moved into place at the end."""
+    counts are that method's, with intervals, from the kept `posteriors` (image positions, posteriors;
+    read from the parts when not given), and the decisions after abstention stay in predictions.csv. Each file is written under a temporary name and moved into place at the end."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
     final = [
         out_csv.with_name("skipped.csv"),
@@ -665,7 +668,7 @@ def merge_parts(
     if counting is not None:
         if classes is None:
             raise RuntimeError("counting needs the classifier's classes")
-        positions, proba = _posteriors(out_csv, num_processes, len(classes))
+        positions, proba = posteriors or _posteriors(out_csv, num_processes, len(classes))
         per_image = np.asarray(samples)[positions]
         long = quantified_counts(
             quantifier,
@@ -696,6 +699,31 @@ def merge_parts(
     return n_predicted, n_skipped
 
 
+def _score_counting(
+    classifier: DeployedClassifier,
+    images: Sequence[InputImage],
+    positions: np.ndarray,
+    proba: np.ndarray,
+    path: Path,
+    notes: list[str],
+) -> None:
+    """`quantification.csv`: every counting method against the true labels of the images of the
+    classifier's classes (images of other classes have no place in its compositions)."""
+    if not classifier.has_validation_posteriors:
+        notes.append(f"{path.name} not written: the classifier was exported without validation posteriors")
+        return
+    index = {name: i for i, name in enumerate(classifier.classes)}
+    truth = np.array([index.get(images[p].true_label, -1) for p in positions], dtype=np.int64)
+    known = truth >= 0
+    if not known.any():
+        notes.append(f"{path.name} not written: no image carries a label of the classifier's classes")
+        return
+    samples = np.array([images[p].sample for p in positions])[known]
+    val_proba, val_labels = classifier.validation_posteriors(needed_for="the counting scores")
+    table = quantification_table(val_proba, val_labels, proba[known], truth[known], samples)
+    table.to_csv(path, index=False)
+
+
 def predict(
     classifier: DeployedClassifier,
     inputs: Sequence[Path],
@@ -709,6 +737,7 @@ def predict(
     captured_to: date | None = None,
     output_format: OutputFormat = "csv",
     counts: Counting | None = None,
+    score_counting: bool = False,
 ) -> PredictionRun:
     """Classify every image of `inputs` into `out_csv` (predictions.csv), counts.csv, counts_wide.csv
     and skipped.csv; the returned run's `table` is counts_wide.csv as a DataFrame, `frame()` reads
@@ -719,6 +748,11 @@ def predict(
     counting method (`plankdiff.deploy.quantify`) estimates every sample's class counts from all
     its posteriors instead, fitted on the classifier's exported validation posteriors, with 95 %
     bootstrap intervals (columns count, low, high, and per mL where the volume is known).
+
+    score_counting: where the inputs carry true labels, also score every counting method against them
+    (`quantification.csv`: Bray–Curtis and mean absolute prevalence error per sample, pooled, and the
+    median over samples; `plankdiff.deploy.quantify.quantification_table`), on the images of the
+    classifier's classes.
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,
     else CUDA when present, else CPU). On one process this is a plain run.
@@ -765,10 +799,15 @@ def predict(
         batch_size=batch_size,
         show_progress=show_progress and state.is_main_process,
         object_ids=ids,
-        keep_posteriors=counts is not None,
+        keep_posteriors=counts is not None or score_counting,
     )
     state.wait_for_everyone()
     volumes = {image.sample: image.volume_ml for image in images if not image.problem}
+    posteriors = None
+    if state.is_main_process and (counts is not None or score_counting):
+        posteriors = _posteriors(out_csv, state.num_processes, len(classifier.classes))
+    if state.is_main_process and score_counting:
+        _score_counting(classifier, images, *posteriors, out_csv.with_name(QUANTIFICATION_FILE), notes)
     totals = [
         merge_parts(
             out_csv,
@@ -779,6 +818,7 @@ def predict(
             counting=counts,
             quantifier=quantifier,
             samples=[image.sample for image in images],
+            posteriors=posteriors,
         )
         if state.is_main_process
         else None
