@@ -12,6 +12,7 @@ from plankdiff.probe.protocol import Orientations
 from plankdiff.provenance import sha256_json
 
 RAW_PAIR = "pixels"
+RAW_METHOD = "raw-pixels"  # the method name of raw pixels in studies, tables and figures
 
 
 def dihedral_mean(images: np.ndarray) -> np.ndarray:
@@ -35,7 +36,7 @@ def raw_pixel_store(
     size = dataset.images.shape[1] * dataset.images.shape[2] * dataset.images.shape[3]
     info = {
         "key": key,
-        "model_hash": "raw-pixels",
+        "model_hash": RAW_METHOD,
         "dataset_key": dataset.key,
         "dataset": dataset.name,
         "dataset_root": str(dataset.root),

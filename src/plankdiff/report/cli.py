@@ -35,3 +35,31 @@ def render_command(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(report)
+
+
+@app.command("scaling")
+def scaling_command(
+    results: list[Path] = typer.Argument(
+        ..., help="results folders of the same study at different FLOP budgets"
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="folder for scaling.csv and one scaling_<experiment>.png per experiment"
+    ),
+) -> None:
+    """Compute-scaling curves: test accuracy and macro-F1 against training TFLOPs, one line per method.
+
+    Example: plankdiff report scaling results/scaling-low results/cpu results/scaling-high --out results/scaling
+    """
+    from plankdiff.report.scaling import scaling_figure, scaling_table
+
+    try:
+        table = scaling_table(results)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "scaling.csv", index=False)
+    for experiment in sorted(set(table["experiment"])):
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in experiment)
+        (out / f"scaling_{name}.png").write_bytes(scaling_figure(table, experiment))
+    typer.echo(out / "scaling.csv")

@@ -237,7 +237,7 @@ class ExperimentConfig(Strict):
         return self
 
 
-SHIPPED = ("quick", "cpu", "gpu", "compare", "best")
+SHIPPED = ("quick", "cpu", "gpu", "compare", "best", "scaling-low", "scaling-high")
 
 
 def load_experiment(path_or_name: str | Path) -> ExperimentConfig:

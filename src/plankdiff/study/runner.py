@@ -36,7 +36,7 @@ from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
 from plankdiff.evaluation.clustering import kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve, plot_label_efficiency
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
-from plankdiff.features.raw import raw_pixel_store
+from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
 from plankdiff.features.search import coarse_to_fine
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import Shifted, load_pairs, probe_features
@@ -46,7 +46,7 @@ from plankdiff.study.plan import Experiment, Replicate, plan_replicate
 from plankdiff.study.stages import StageCache
 
 DIFFUSION = "diffusion"
-RAW = "raw-pixels"
+RAW = RAW_METHOD
 OWN_HEAD = "supervised (own head)"
 
 Stores = dict[tuple[str, str, str], FeatureStore]  # (experiment, method, dataset key) → store
