@@ -32,7 +32,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_every_shipped_experiment_file_is_listed_and_loads():
     folder = resources.files("plankdiff") / "configs" / "experiments"
     files = sorted(Path(str(entry)).stem for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-    assert files == sorted(SHIPPED) == ["best", "compare", "cpu", "gpu", "quick", "scaling-high", "scaling-low"]
+    assert (
+        files == sorted(SHIPPED) == ["best", "compare", "cpu", "gpu", "quick", "scaling-high", "scaling-low"]
+    )
     for name in SHIPPED:
         config = load_experiment(name)
         assert config.name == name
