@@ -310,7 +310,10 @@ def test_overrides_set_nested_keys_of_a_shipped_file_with_their_types():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("diffusion.max_minuts=1", r"with --set diffusion.max_minuts=1: invalid experiment: diffusion.max_minuts"),
+        (
+            "diffusion.max_minuts=1",
+            r"with --set diffusion.max_minuts=1: invalid experiment: diffusion.max_minuts",
+        ),
         ("diffusion.max_minutes=-1", r"diffusion.max_minutes: Input should be greater than 0"),
         ("seeds=many", r"seeds: Input should be a valid tuple"),
         ("diffusion", r"--set 'diffusion': not KEY=VALUE"),

@@ -94,6 +94,8 @@ class DiffusionSpec(Budget):
 class BaselineSpec(Budget):
     methods: tuple[str, ...] = ("supervised", "simclr", "byol", "dino", "mae")
     include_raw_pixels: bool = True
+    # Every method's batch size; None: each method's own default (`BaselineConfig`).
+    batch_size: int | None = Field(None, ge=2)  # contrastive losses need at least one other image
 
     @field_validator("methods")
     @classmethod

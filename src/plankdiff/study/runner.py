@@ -203,7 +203,9 @@ class Study:
                         "method": method,
                         "minutes": self.config.baselines.max_minutes,
                         "tflops": self.config.baselines.max_tflops,
-                    },
+                    }
+                    # Only when set, so backbones trained before the option existed keep their key.
+                    | ({"batch_size": batch} if (batch := self.config.baselines.batch_size) else {}),
                     lambda d=dataset, s=split, f=folder / method, m=method: self._train_baseline(
                         d, s, f, m, seed
                     ),
@@ -242,7 +244,11 @@ class Study:
     def _train_baseline(self, dataset, split: Split, folder: Path, method: str, seed: int) -> dict:
         budget = self.config.baselines
         config = BaselineConfig.for_method(
-            method, max_minutes=budget.max_minutes, max_tflops=budget.max_tflops, seed=seed
+            method,
+            max_minutes=budget.max_minutes,
+            max_tflops=budget.max_tflops,
+            batch_size=budget.batch_size,
+            seed=seed,
         )
         rows = training_rows(dataset, method=method, split=split.name)
         trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
