@@ -32,10 +32,11 @@ import torch
 
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import preprocess
-from plankdiff.deploy.export import Pair, export_classifier, load_classifier
+from plankdiff.deploy.export import export_classifier, load_classifier
 from plankdiff.deploy.predict import list_inputs, predict
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.features.blocks import list_blocks
+from plankdiff.features.pairs import Pair
 from plankdiff.probe.linear import LinearClassifier
 from plankdiff.provenance import git_sha
 

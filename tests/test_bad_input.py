@@ -436,6 +436,11 @@ CLI_REFUSED = [
         lambda p: ("run", _experiment(p["tmp"], p["dataset"]), "--dry-run", "--results", p["out"]),
         "features.timesteps: [1200] outside 0..999",
     ),
+    (
+        "study override of a misspelt key",
+        lambda p: ("run", "gpu", "--set", "diffusion.max_minuts=1", "--dry-run", "--results", p["out"]),
+        "gpu.yaml with --set diffusion.max_minuts=1: invalid experiment: diffusion.max_minuts: Extra inputs",
+    ),
 ]
 
 

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from plankdiff.features.store import FeatureStore, pair_file
+from plankdiff.features.pairs import Pair
+from plankdiff.features.store import FeatureStore
 
 
 def test_a_pair_array_cut_short_by_a_kill_is_allocated_again_and_the_extraction_restarts(tmp_path):
@@ -14,7 +15,7 @@ def test_a_pair_array_cut_short_by_a_kill_is_allocated_again_and_the_extraction_
     store = FeatureStore.create(tmp_path, info, {"a": 4, "b": 3})
     store.open_arrays()["a"][:] = 1.0
     store.mark_done(6)
-    cut = tmp_path / "pairs" / pair_file("b")
+    cut = tmp_path / "pairs" / Pair("b").file_name
     cut.write_bytes(cut.read_bytes()[:20])  # a kill during np.save of the header: not even a header
 
     again = FeatureStore.create(tmp_path, info, {"a": 4, "b": 3})

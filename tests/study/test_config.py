@@ -287,3 +287,51 @@ def test_a_wrong_experiment_on_ones_own_data_is_refused_naming_the_file_and_key(
     with pytest.raises(ValueError, match=message) as caught:
         load_experiment(path)
     assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
+
+
+def test_overrides_set_nested_keys_of_a_shipped_file_with_their_types():
+    config = load_experiment(
+        "gpu",
+        overrides=[
+            "diffusion.max_minutes=0.5",
+            "diffusion.batch_size=2",
+            "baselines.max_tflops=1.5",
+            "seeds=[0]",
+            "caps={train: 4, val: 2, test: 2}",
+            "datasets.ndsb.source=/elsewhere/ndsb.zip",
+        ],
+    )
+    assert config.diffusion.max_minutes == 0.5 and config.diffusion.batch_size == 2
+    assert config.diffusion.preset == "paper"  # what was not overridden is the file's
+    assert config.baselines.max_tflops == 1.5 and config.baselines.max_minutes == 60
+    assert config.seeds == (0,) and (config.caps.train, config.caps.val, config.caps.test) == (4, 2, 2)
+    assert config.datasets["ndsb"].source == "/elsewhere/ndsb.zip" and config.datasets["ndsb"].size == 64
+    assert load_experiment("gpu").diffusion.max_minutes == 60  # the shipped file is untouched
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "diffusion.max_minuts=1",
+            r"with --set diffusion.max_minuts=1: invalid experiment: diffusion.max_minuts",
+        ),
+        ("diffusion.max_minutes=-1", r"diffusion.max_minutes: Input should be greater than 0"),
+        ("seeds=many", r"seeds: Input should be a valid tuple"),
+        ("diffusion", r"--set 'diffusion': not KEY=VALUE"),
+        ("diffusion..preset=paper", r"not KEY=VALUE with a dotted KEY"),
+        ("name.first=x", r"--set 'name.first=x': name is 'gpu', not a mapping"),
+        ("seeds=[0", r"--set 'seeds=\[0': the value is not YAML"),
+    ],
+)
+def test_a_bad_override_is_one_line_naming_it(override: str, message: str):
+    with pytest.raises(ValueError, match=message) as error:
+        load_experiment("gpu", overrides=[override])
+    assert "\n" not in str(error.value)
+
+
+def test_the_diffusion_sample_grid_leaves_a_trained_backbone_key_unchanged_by_default():
+    config = load_experiment("cpu")
+    assert "samples" not in config.diffusion.identity()  # backbones trained before keep their key
+    fewer = load_experiment("cpu", overrides=["diffusion.samples=0"]).diffusion
+    assert fewer.identity()["samples"] == 0

@@ -26,7 +26,8 @@ from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import SPLITS, Split
 from plankdiff.diffusion.checkpoint import latest_checkpoint
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
-from plankdiff.features.store import FeatureStore, pair_name
+from plankdiff.features.pairs import Pair
+from plankdiff.features.store import FeatureStore
 from plankdiff.probe.metrics import classification_metrics
 from plankdiff.probe.protocol import Orientations
 from plankdiff.progress import progress_bar
@@ -104,7 +105,7 @@ def extract_baseline_features(
     blocks = method.feature_blocks()
     pairs = [
         {
-            "name": pair_name(b.name, None),
+            "name": Pair(b.name).name,
             "block": b.name,
             "resolution": b.resolution,
             "channels": b.channels,

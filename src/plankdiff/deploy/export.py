@@ -59,6 +59,7 @@ from plankdiff.deploy.calibrate import (
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.diffusion.train import to_model_range
 from plankdiff.features.extract import ExtractionRequest, Extractor, model_hash, timestep_info
+from plankdiff.features.pairs import Pair, Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
@@ -106,26 +107,15 @@ class ModelCardError(ValueError):
     """An exported classifier that cannot be trusted as it is; the message names the file."""
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One (block, t) feature pair, named as in the feature store: `dec2@16/t=5`."""
-
-    block: str
-    t: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.block}/t={self.t}"
-
-    @classmethod
-    def parse(cls, name: str) -> Pair:
-        block, sep, t = name.partition("/t=")
-        if not (sep and block and t.isdigit()):
+def _diffusion_pairs(selection: Selection) -> Selection:
+    """The selection, when every pair has a timestep: a denoiser's features are read at one."""
+    for pair in selection:
+        if pair.t is None:
             raise ValueError(
-                f"pair {name!r} is not '<block>/t=<timestep>' (e.g. 'dec2@16/t=5'); baseline pairs have no t "
-                "and cannot be deployed with a diffusion backbone"
+                f"pair {pair.name!r} has no timestep ('<block>/t=<timestep>', e.g. 'dec2@16/t=5'); "
+                "baseline pairs cannot be deployed with a diffusion backbone"
             )
-        return cls(block, int(t))
+    return selection
 
 
 def image_seed(key: str) -> int:
@@ -162,7 +152,7 @@ def export_classifier(
     *,
     backbone_run: Path,
     dataset: PreparedDataset,
-    pairs: Sequence[str],
+    pairs: Selection | Sequence[str],
     classifier: LinearClassifier,
     thresholds: Abstention | Mapping[str, float] | None,
     metrics: Mapping[str, Any],
@@ -175,7 +165,7 @@ def export_classifier(
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
-    pairs: the probe's input, concatenated in this order. classes: the probe's class names (default
+    pairs: the probe's input, concatenated in this order (a `Selection`, or the pairs' names). classes: the probe's class names (default
     the dataset's; pass the split's when it relabels). thresholds: an `Abstention` from
     `calibrate_thresholds`, or per-class values set by hand, or None for no abstention.
     extraction: the request the training features were extracted with (pooling, noise draws,
@@ -188,10 +178,7 @@ def export_classifier(
     """
     out = Path(out)
     kind: BackboneKind = "baseline" if is_baseline_run(backbone_run) else "diffusion"
-    if not pairs:
-        raise ValueError("at least one feature pair is needed")
-    if len(set(pairs)) != len(pairs):
-        raise ValueError(f"pair listed twice in {list(pairs)}")
+    selection = Selection.of(pairs)
     classes = list(classes if classes is not None else dataset.classes)
     if classifier.n_classes != len(classes):
         raise ValueError(
@@ -199,7 +186,7 @@ def export_classifier(
         )
     settings = extraction or ExtractionRequest()
     if kind == "diffusion":
-        parsed = [Pair.parse(p) for p in pairs]
+        parsed = _diffusion_pairs(selection).pairs
         extraction_card = {
             "pooling": settings.pooling,
             "noise_draws": settings.noise_draws,
@@ -217,7 +204,7 @@ def export_classifier(
     else:
         method, info, checkpoint = load_baseline(backbone_run)
         dims = {b.name: b.dim for b in method.feature_blocks()}
-        unknown = [p for p in pairs if p not in dims]
+        unknown = [p.name for p in selection if p.t is not None or p.block not in dims]
         if unknown:
             raise ValueError(
                 f"{backbone_run}: {info['method']} has no feature block {unknown[0]!r} (it has {', '.join(dims)})"
@@ -226,17 +213,17 @@ def export_classifier(
             "orientations": settings.orientations,
             "feature_dtype": "float16 (as the feature store keeps them)",
         }
-        pair_cards = [{"name": p, "block": p, "dim": dims[p], "t": None} for p in pairs]
+        pair_cards = [{"name": p.name, "block": p.block, "dim": dims[p.block], "t": None} for p in selection]
         backbone_card = {
             "source": str(Path(backbone_run).resolve()),
             "method": info["method"],
             "checkpoint": checkpoint.name,
             "model_hash": sha256_file(checkpoint / WEIGHTS_FILE),
         }
-    total = sum(p["dim"] for p in pair_cards) + (SIZE_COLUMNS * len(pairs) if object_size else 0)
+    total = sum(p["dim"] for p in pair_cards) + (SIZE_COLUMNS * len(selection) if object_size else 0)
     if classifier.n_features != total:
         raise ValueError(
-            f"probe takes {classifier.n_features} features, but pairs {list(pairs)} give {total}"
+            f"probe takes {classifier.n_features} features, but pairs {selection.names} give {total}"
         )
     abstention = Abstention.given(thresholds) if isinstance(thresholds, Mapping) else thresholds
     if abstention is not None and set(abstention.thresholds) != set(classes):
@@ -335,7 +322,7 @@ def export_from_store(
     backbone_run: Path,
     features: Path,
     split: str,
-    pairs: Sequence[str],
+    pairs: Selection | Sequence[str],
     out: Path,
     data: str | Path | None = None,
     target_precision: float = DEFAULT_TARGET_PRECISION,
@@ -380,16 +367,19 @@ def export_from_store(
     empty = [s for s in SPLITS if len(chosen.indices(s)) == 0]
     if empty:
         raise ValueError(f"split {split!r} of {dataset.name} has no {' / '.join(empty)} rows")
-    for pair in pairs:
-        if not is_baseline_run(backbone_run):
-            Pair.parse(pair)
+    selection = Selection.of(pairs)
+    if not is_baseline_run(backbone_run):
+        _diffusion_pairs(selection)
+    for pair in selection.names:
         if pair not in store.pairs:
             raise ValueError(f"{features}: no pair {pair!r} (it has {', '.join(store.pairs[:4])}, …)")
     lineage = check_lineage(store, chosen, ("val", "test"), transductive=transductive)
     x = {}
     for s in SPLITS:
-        by_pair = load_pairs(store, list(pairs), store.positions(chosen.indices(s)), with_size=object_size)
-        x[s] = np.concatenate([by_pair[p] for p in pairs], axis=1)
+        by_pair = load_pairs(
+            store, selection.names, store.positions(chosen.indices(s)), with_size=object_size
+        )
+        x[s] = np.concatenate([by_pair[p] for p in selection.names], axis=1)
     y = {s: chosen.labels(s) for s in SPLITS}
     n_train, n_val = len(y["train"]), len(y["val"])
     grid = fit_single(
@@ -398,7 +388,7 @@ def export_from_store(
         train=np.arange(n_train),
         val=np.arange(n_train, n_train + n_val),
         n_classes=len(chosen.classes),
-        name="+".join(pairs),
+        name=selection.name,
         loss=loss,
         seed=seed,
         progress=progress,
@@ -431,7 +421,7 @@ def export_from_store(
         "split": split,
         "features": {"path": str(store.root.resolve()), "key": info["key"]},
         "lineage": lineage,
-        "source": dict(source) if source is not None else {"pairs": list(pairs), "loss": loss},
+        "source": dict(source) if source is not None else {"pairs": selection.names, "loss": loss},
         "probe": grid.hyperparameters(),
         "val": {"accuracy": float(best["val_accuracy"]), "macro_f1": float(best["val_macro_f1"]), "n": n_val},
         "test": {
@@ -444,7 +434,7 @@ def export_from_store(
     return export_classifier(
         backbone_run=backbone_run,
         dataset=dataset,
-        pairs=pairs,
+        pairs=selection,
         classifier=classifier,
         thresholds=abstention,
         metrics=metrics,
@@ -499,7 +489,7 @@ def export_from_result(
     protocol = (selected.get("config") or {}).get("protocol") or {}
     options = {key: protocol[key] for key in ("epochs", "min_steps") if key in protocol}
     seed = int(result.name[4:]) if result.name.startswith("seed") and result.name[4:].isdigit() else 0
-    pairs = selected["pair"].split("+")
+    pairs = Selection.parse(selected["pair"])
     return export_from_store(
         backbone_run=Path(backbone),
         features=store.root,
@@ -515,7 +505,7 @@ def export_from_result(
         transductive=transductive,
         source={
             "result": str(result.resolve()),
-            "pairs": pairs,
+            "pairs": pairs.names,
             "loss": selected.get("loss"),
             "object_size": bool(selected.get("with_size", False)),
             "val_in_result": selected.get("val"),
@@ -705,7 +695,7 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     if _kind(card) == "baseline":
         return _load_baseline_classifier(root, card, probe).to(device)
     unet, scheduler = load_backbone(root / UNET_DIR)
-    pairs = [Pair.parse(p["name"]) for p in card["pairs"]]
+    pairs = _diffusion_pairs(Selection.of(p["name"] for p in card["pairs"])).pairs
     dims = _block_dims(unet, scheduler, _request(pairs, card["extraction"]))
     for entry, pair in zip(card["pairs"], pairs, strict=True):
         if dims[pair.block] != entry["dim"]:
@@ -760,7 +750,6 @@ def _check_probe(root: Path, card: dict, probe: LinearClassifier, dims: Mapping[
 __all__ = [
     "DeployedClassifier",
     "ModelCardError",
-    "Pair",
     "UNCLASSIFIED",
     "export_classifier",
     "export_from_result",

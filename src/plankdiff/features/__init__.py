@@ -8,9 +8,10 @@ _EXPORTS = {
     "ExtractionRequest": "extract",
     "Extractor": "extract",
     "FeatureStore": "store",
+    "Pair": "pairs",
+    "Selection": "pairs",
     "extract_features": "extract",
     "list_blocks": "blocks",
-    "pair_name": "store",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -26,8 +26,9 @@ from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.config import NUM_TIMESTEPS
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.blocks import Block, list_blocks
+from plankdiff.features.pairs import Pair
 from plankdiff.features.spec import DEFAULT_TIMESTEPS
-from plankdiff.features.store import FeatureStore, pair_name
+from plankdiff.features.store import FeatureStore
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, sha256_file, sha256_json
 
@@ -195,7 +196,7 @@ def extract_features(
         dims = extractor.dims()
         pairs = [
             {
-                "name": pair_name(b.name, t),
+                "name": Pair(b.name, t).name,
                 "block": b.name,
                 "resolution": b.resolution,
                 "channels": b.channels,
@@ -246,7 +247,7 @@ def extract_features(
                 x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(images[batch_rows])))
                 for t in request.timesteps:
                     for block, value in extractor(x0, batch_rows, t).items():
-                        arrays[pair_name(block, t)][begin : begin + len(batch_rows)] = value.numpy().astype(
+                        arrays[Pair(block, t).name][begin : begin + len(batch_rows)] = value.numpy().astype(
                             np.float16
                         )
                 since_checkpoint += len(batch_rows)

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.features.pairs import RAW_PIXELS
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.protocol import Orientations
 from plankdiff.provenance import sha256_json
 
-RAW_PAIR = "pixels"
+RAW_PAIR = RAW_PIXELS.name
 RAW_METHOD = "raw-pixels"  # the method name of raw pixels in studies, tables and figures
 
 
@@ -42,7 +43,7 @@ def raw_pixel_store(
         "dataset_root": str(dataset.root),
         "rows": rows.tolist(),
         "classes": dataset.classes,
-        "pairs": [{"name": RAW_PAIR, "block": RAW_PAIR, "t": None, "dim": size}],
+        "pairs": [{"name": RAW_PAIR, "block": RAW_PIXELS.block, "t": RAW_PIXELS.t, "dim": size}],
     }
     store = FeatureStore.create(out, info, {RAW_PAIR: size})
     array = store.open_arrays()[RAW_PAIR]

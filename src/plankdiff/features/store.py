@@ -5,8 +5,9 @@
     progress.json         rows finished so far (extraction resumes from here)
     pairs/<pair>.npy      float16 [N, D], row i = dataset row `rows[i]`
 
-A pair is named `<block>/t=<t>` (e.g. `dec2@16/t=5`); its file name replaces '/' and '=' so
-that it is a plain file name. Baselines write the same layout with t = None (`layer3@8`).
+A pair (`plankdiff.features.pairs.Pair`) is named `<block>/t=<t>` (e.g. `dec2@16/t=5`); its file
+name replaces '/' and '=' so that it is a plain file name. Baselines and raw pixels write the same
+layout with t = None (`layer3@8`, `pixels`). The store's arrays go by the pairs' text names.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from plankdiff.data.lineage import copy_training_images
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.features.pairs import Pair
 from plankdiff.provenance import read_json, write_json
 
 
@@ -25,12 +27,8 @@ class StoreMismatch(ValueError):
     """A feature store used with data it was not extracted from."""
 
 
-def pair_name(block: str, t: int | None) -> str:
-    return block if t is None else f"{block}/t={t}"
-
-
-def pair_file(name: str) -> str:
-    return name.replace("/", "__").replace("=", "") + ".npy"
+def _pair_path(root: Path, name: str) -> Path:
+    return root / "pairs" / Pair.parse(name).file_name
 
 
 @dataclass
@@ -83,8 +81,9 @@ class FeatureStore:
     def pair_table(self) -> list[dict]:
         return self.info["pairs"]
 
-    def load(self, pair: str, *, mmap: bool = True) -> np.ndarray:
-        path = self.root / "pairs" / pair_file(pair)
+    def load(self, pair: Pair | str, *, mmap: bool = True) -> np.ndarray:
+        pair = str(pair)
+        path = _pair_path(self.root, pair)
         if not path.exists():
             raise ValueError(f"{self.root}: no feature pair {pair!r}; have {', '.join(self.pairs)}")
         return np.load(path, mmap_mode="r" if mmap else None)
@@ -118,7 +117,7 @@ class FeatureStore:
             write_json(root / "progress.json", {"rows_done": 0})
         n = len(info["rows"])
         for pair, dim in dims.items():
-            path = root / "pairs" / pair_file(pair)
+            path = _pair_path(root, pair)
             if not _readable(path, (n, dim)):
                 # Missing, or cut short by a kill while it was being allocated: allocate it again,
                 # and start the extraction over (the rows recorded done may have been in it).
@@ -127,7 +126,7 @@ class FeatureStore:
         return cls(root)
 
     def open_arrays(self) -> dict[str, np.ndarray]:
-        return {p: np.load(self.root / "pairs" / pair_file(p), mmap_mode="r+") for p in self.pairs}
+        return {p: np.load(_pair_path(self.root, p), mmap_mode="r+") for p in self.pairs}
 
     def rows_done(self) -> int:
         return int(read_json(self.root / "progress.json")["rows_done"])

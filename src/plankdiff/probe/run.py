@@ -19,6 +19,7 @@ from plankdiff.choices import Loss, Protocol
 from plankdiff.data.lineage import check_unseen, log_readout, read_training_images
 from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
+from plankdiff.features.pairs import Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.knn import knn_predict
 from plankdiff.probe.linear import fit_probe_grid, fit_single, train_statistics
@@ -49,7 +50,7 @@ class Shifted:
 @dataclass
 class ProbeResult:
     protocol: str
-    selected_pair: str
+    selected: Selection  # one pair, or the fused top-k
     hyperparameters: dict[str, Any]
     val: dict[str, float]
     test: dict[str, Any]
@@ -61,6 +62,11 @@ class ProbeResult:
     # test metrics were computed from them: misclassified examples and coverage curves read these.
     test_rows: np.ndarray | None = None
     test_proba: np.ndarray | None = None
+
+    @property
+    def selected_pair(self) -> str:
+        """The selection's text (`a` or `a+b`), as results, tables and titles write it."""
+        return self.selected.name
 
 
 def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
@@ -175,12 +181,12 @@ def probe_features(
             classifiers[pair] = predict
         table = pd.DataFrame(rows)
         top = best(table)
-        selected, hyper = top["pair"], {"pair": top["pair"], "k": 20, "temperature": 0.07}
+        selected, hyper = Selection.parse(top["pair"]), {"pair": top["pair"], "k": 20, "temperature": 0.07}
 
-    scores = best(table[table["pair"] == selected])
+    scores = best(table[table["pair"] == selected.name])
     val = {"macro_f1": float(scores["val_macro_f1"]), "accuracy": float(scores["val_accuracy"])}
-    x_selected = features[selected]
-    test_proba = np.asarray(classifiers[selected](x_selected[index["test"]]))
+    x_selected = features[selected.name]
+    test_proba = np.asarray(classifiers[selected.name](x_selected[index["test"]]))
     test_pred = test_proba.argmax(1)
     test = classification_metrics(
         labels[index["test"]], test_pred, n_classes, split.classes, bootstrap=bootstrap, seed=seed
@@ -189,7 +195,7 @@ def probe_features(
     log_readout(
         store.dataset(),
         split.name,
-        {"features": str(store.root), "pair": selected, "protocol": protocol},
+        {"features": str(store.root), "pair": selected.name, "protocol": protocol},
     )
     result = ProbeResult(
         protocol,
@@ -223,7 +229,7 @@ def probe_features(
 @dataclass
 class _LinearFit:
     loss: str
-    selected: str
+    selected: Selection
     hyper: dict[str, Any]
     table: pd.DataFrame
     classifiers: dict[str, Any]
@@ -245,13 +251,14 @@ def _fit_linear(
         seed=seed,
         **options,
     )
-    table, selected, hyper = grid.table, grid.best_pair, grid.hyperparameters()
+    table, selected, hyper = grid.table, Selection.parse(grid.best_pair), grid.hyperparameters()
     classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
     ranked = rank(grid.best_per_pair())
     if fuse_top > 1:
-        top = list(ranked["pair"].head(fuse_top))
-        fused_name = "+".join(top)
-        features[fused_name] = np.concatenate([features[p] for p in top], axis=1)
+        top = Selection.of(ranked["pair"].head(fuse_top))
+        # The fused features and probe go by the selection's text, beside the single pairs' own.
+        fused_name = top.name
+        features[fused_name] = np.concatenate([features[p] for p in top.names], axis=1)
         fused = fit_single(
             features[fused_name],
             labels,
@@ -266,10 +273,15 @@ def _fit_linear(
         table = pd.concat([table, fused.table], ignore_index=True)
         classifiers[fused_name] = fused.classifier().predict_proba
         if better(fused.best_per_pair().iloc[0], ranked.iloc[0]):
-            selected, hyper = fused_name, fused.hyperparameters()
+            selected, hyper = top, fused.hyperparameters()
     table = table.assign(loss=loss)
     return _LinearFit(
-        loss, selected, hyper | {"loss": loss}, table, classifiers, best(table[table["pair"] == selected])
+        loss,
+        selected,
+        hyper | {"loss": loss},
+        table,
+        classifiers,
+        best(table[table["pair"] == selected.name]),
     )
 
 
@@ -330,13 +342,12 @@ def _score_shifted(
         shift_features = load_pairs(
             shift.store, [p for p in pairs if p in shift.store.pairs], test_positions, with_size=with_size
         )
-        components = selected.split("+")
-        x_sel = np.concatenate([shift_features[p] for p in components], axis=1)
-        predicted = classifiers[selected](x_sel).argmax(1)
+        x_sel = np.concatenate([shift_features[p] for p in selected.names], axis=1)
+        predicted = classifiers[selected.name](x_sel).argmax(1)
         log_readout(
             shift.store.dataset(),
             shift.split.name,
-            {"features": str(shift.store.root), "pair": selected, "shifted": True},
+            {"features": str(shift.store.root), "pair": selected.name, "shifted": True},
         )
         results[shift.name] = classification_metrics(
             shift_labels, predicted, n_classes, classes, bootstrap=bootstrap, seed=seed

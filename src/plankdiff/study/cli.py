@@ -16,6 +16,12 @@ def run_command(
     experiment: str = typer.Argument(..., help="quick | cpu | gpu | compare, or an experiment YAML file"),
     dry_run: bool = switch(False, "--dry-run", help="list the stages that would run, run nothing"),
     results: Path = typer.Option(Path("results"), "--results", help="where results/<name>/ is written"),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        help="KEY=VALUE on top of the experiment file, KEY dotted, VALUE YAML; repeatable "
+        "(e.g. --set diffusion.max_minutes=5 --set 'seeds=[0]')",
+    ),
 ) -> None:
     """Run the whole study: prepare, pretrain, extract, probe, evaluate under shift, report.
 
@@ -25,7 +31,7 @@ def run_command(
     from plankdiff.study.runner import Study, StudyInterrupted
 
     try:
-        config = load_experiment(experiment)
+        config = load_experiment(experiment, overrides=overrides or ())
     except ValueError as error:
         fail(console, error)
     study = Study(config, results_root=results, dry_run=dry_run, console=console)

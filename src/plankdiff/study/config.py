@@ -3,6 +3,8 @@ is reported with the file and the key, before anything runs."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -48,6 +50,9 @@ class PretrainSpec(Strict):
     split: str  # a split kind name resolved by the runner: long-tailed | temporal:<train>-<test>
 
 
+SAMPLE_GRID = 36  # images in the DDPM's sample grid after pre-training (6 × 6)
+
+
 class Budget(Strict):
     """How long a backbone trains: wall-clock minutes, training FLOPs (in units of 1e12, the same on
     a busy or idle machine), or both (whichever runs out first). At least one is required."""
@@ -65,6 +70,18 @@ class Budget(Strict):
 class DiffusionSpec(Budget):
     preset: str = "cpu"  # a shipped preset or a YAML file (relative to the working directory)
     batch_size: int | None = Field(None, ge=1)
+    # Images in the DDIM sample grid drawn after training (25 steps each; none with 0): at 64 px the
+    # `paper` preset's 36 × 25 forward passes take minutes on a CPU, longer than a smoke test trains.
+    samples: int = Field(SAMPLE_GRID, ge=0)
+
+    def identity(self) -> dict:
+        """What decides whether a trained backbone is reused: `samples` joins it only when not the
+        default, so backbones trained before it existed keep their key (the grid is a figure, not
+        the backbone)."""
+        fields = self.model_dump()
+        if fields["samples"] == SAMPLE_GRID:
+            del fields["samples"]
+        return fields
 
     @field_validator("preset")
     @classmethod
@@ -77,6 +94,8 @@ class DiffusionSpec(Budget):
 class BaselineSpec(Budget):
     methods: tuple[str, ...] = ("supervised", "simclr", "byol", "dino", "mae")
     include_raw_pixels: bool = True
+    # Every method's batch size; None: each method's own default (`BaselineConfig`).
+    batch_size: int | None = Field(None, ge=2)  # contrastive losses need at least one other image
 
     @field_validator("methods")
     @classmethod
@@ -240,7 +259,39 @@ class ExperimentConfig(Strict):
 SHIPPED = ("quick", "cpu", "gpu", "compare", "best", "scaling-low", "scaling-high")
 
 
-def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
+def parse_override(text: str) -> tuple[tuple[str, ...], object]:
+    """`diffusion.max_minutes=0.05` → (("diffusion", "max_minutes"), 0.05); the value is read as YAML,
+    so numbers, lists (`seeds=[0]`) and mappings (`caps={train: 4, val: 2, test: 2}`) keep their type."""
+    key, sep, value = text.partition("=")
+    path = tuple(key.strip().split("."))
+    if not sep or not all(path):
+        raise ValueError(f"--set {text!r}: not KEY=VALUE with a dotted KEY (e.g. diffusion.max_minutes=5)")
+    try:
+        return path, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {text!r}: the value is not YAML: {str(error).splitlines()[0]}") from None
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of an experiment file's contents with each `KEY=VALUE` set, before validation: an
+    override is checked exactly as the file's own keys are (a misspelt key or a wrong type is refused
+    by the same model), so a shipped experiment can run with other budgets without editing it."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for depth, key in enumerate(path[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ValueError(f"--set {text!r}: {where} is {child!r}, not a mapping with keys")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_experiment(path_or_name: str | Path, *, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """`overrides`: `KEY=VALUE` settings applied on top of the file (`plankdiff run --set`)."""
     if str(path_or_name) in SHIPPED:
         source = resources.files("plankdiff") / "configs" / "experiments" / f"{path_or_name}.yaml"
     else:
@@ -249,6 +300,11 @@ def load_experiment(path_or_name: str | Path) -> ExperimentConfig:
         raw = yaml.safe_load(source.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"{source}: cannot read experiment file: {error}") from None
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: not a mapping of experiment keys; cannot apply --set")
+        raw = apply_overrides(raw, overrides)
+        source = f"{source} with --set {' '.join(overrides)}"
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as error:

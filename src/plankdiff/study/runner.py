@@ -36,6 +36,7 @@ from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
 from plankdiff.evaluation.clustering import kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve, plot_label_efficiency
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
+from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
 from plankdiff.features.search import coarse_to_fine
 from plankdiff.features.store import FeatureStore
@@ -185,7 +186,7 @@ class Study:
                 "dataset": dataset.key,
                 "rows": sha256_json(split.indices("train").tolist()),
                 "seed": seed,
-                **self.config.diffusion.model_dump(),
+                **self.config.diffusion.identity(),
             }
             runs[key] = {DIFFUSION: folder / DIFFUSION}
             self.stage(
@@ -202,7 +203,9 @@ class Study:
                         "method": method,
                         "minutes": self.config.baselines.max_minutes,
                         "tflops": self.config.baselines.max_tflops,
-                    },
+                    }
+                    # Only when set, so backbones trained before the option existed keep their key.
+                    | ({"batch_size": batch} if (batch := self.config.baselines.batch_size) else {}),
                     lambda d=dataset, s=split, f=folder / method, m=method: self._train_baseline(
                         d, s, f, m, seed
                     ),
@@ -224,7 +227,10 @@ class Study:
         result = trainer.train()
         _refuse_interrupted(result, folder)
         unet, scheduler = load_backbone(folder)
-        save_grid(sample_images(unet, scheduler, n=36, steps=25), folder / "samples" / "final.png")
+        if spec.samples:
+            save_grid(
+                sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png"
+            )
         return {
             "minutes": result.elapsed_minutes,
             "images_seen": result.images_seen,
@@ -238,7 +244,11 @@ class Study:
     def _train_baseline(self, dataset, split: Split, folder: Path, method: str, seed: int) -> dict:
         budget = self.config.baselines
         config = BaselineConfig.for_method(
-            method, max_minutes=budget.max_minutes, max_tflops=budget.max_tflops, seed=seed
+            method,
+            max_minutes=budget.max_minutes,
+            max_tflops=budget.max_tflops,
+            batch_size=budget.batch_size,
+            seed=seed,
         )
         rows = training_rows(dataset, method=method, split=split.name)
         trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
@@ -431,6 +441,9 @@ class Study:
             if (r["experiment"], r["method"], r["seed"]) == (experiment, method, seed)
         )
 
+    def _selection(self, experiment: str, method: str, seed: int) -> Selection:
+        return Selection.parse(self._selected(experiment, method, seed)["pair"])
+
     # -- label efficiency and clustering --------------------------------------------------------
     def _label_efficiency(self, replicate: Replicate, stores: Stores) -> None:
         experiment = replicate.headline
@@ -439,7 +452,7 @@ class Study:
         seed = replicate.seed
         for method in self._methods():
             store = stores[(experiment.name, method, experiment.dataset)]
-            pairs = list(self._selected(experiment.name, method, seed)["pairs"])
+            pairs = self._selection(experiment.name, method, seed).names
             inputs = {
                 "store": store.info.get("key"),
                 "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -470,7 +483,7 @@ class Study:
         seed, test = replicate.seed, experiment.split.indices("test")
         for method in self._methods():
             store = stores[(experiment.name, method, experiment.dataset)]
-            pair = self._selected(experiment.name, method, seed)["pairs"][0]
+            pair = self._selection(experiment.name, method, seed).first.name
             inputs = {
                 "store": store.info.get("key"),
                 "rows": sha256_json(test.tolist()),
@@ -743,8 +756,8 @@ def _trained_parameters(counts) -> int | None:
 
 def _probe_summary(result) -> dict:
     summary = {
-        "pair": result.selected_pair,
-        "pairs": result.selected_pair.split("+"),
+        "pair": result.selected.name,
+        "pairs": result.selected.names,
         "loss": result.hyperparameters.get("loss"),
         "val": result.val,
         "test": {k: result.test[k] for k in ("accuracy", "macro_f1", "balanced_accuracy")},
@@ -771,7 +784,11 @@ def _embedding_figure(study: Study, out: Path) -> None:
     split = Split.load(PreparedDataset.open(store.info["dataset"]), selected["split"])
     test = split.indices("test")[:2000]
     x = np.concatenate(
-        list(load_pairs(store, selected["pair"].split("+"), store.positions(test), with_size=False).values()),
+        list(
+            load_pairs(
+                store, Selection.parse(selected["pair"]).names, store.positions(test), with_size=False
+            ).values()
+        ),
         axis=1,
     )
     x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
