@@ -77,7 +77,8 @@ def export_command(
         help="share of in-distribution validation images the open-set cut keeps, a fraction",
     ),
 ) -> None:
-    """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder.
+    """Refit the probe on the pairs, calibrate abstention and the open-set cut on val, test once, and
+    write the classifier folder.
 
     Example: plankdiff export --from results/cpu/metrics/ndsb_long-tailed/diffusion/seed0 --out models/ndsb
     """
@@ -192,15 +193,17 @@ def predict_command(
     counts: Counting = typer.Option(
         None,
         "--counts",
-        help="how counts.csv counts (default: the decisions after abstention, unclassified kept apart: "
+        help="how counts.csv counts (default: the decisions, unclassified and unknown kept apart: "
         "what you will validate, but thresholds set in one period abstain on most of a shifted one); "
         "cc, pcc, pacc or emq estimate each sample's class counts from every image's posteriors (QuaPy), "
         "with 95%% bootstrap intervals: pacc corrects the classifier's confusions measured on validation "
         "(assumes the look of each class unchanged), emq re-weights the class priors (assumes only the "
-        "priors change, needs calibrated posteriors), cc and pcc correct nothing",
+        "priors change, needs calibrated posteriors), cc and pcc correct nothing; images beyond the open-set "
+        "cut are counted as unknown, never quantified",
     ),
 ) -> None:
-    """Classify images; run under `accelerate launch` to spread them over processes.
+    """Classify images (a class, `unclassified` below its abstention threshold, or `unknown` beyond the
+    open-set cut); run under `accelerate launch` to spread them over processes.
 
     Example: plankdiff predict models/ndsb samples/2024-06.zip --out predictions/2024-06 --sample-by day
     """
