@@ -287,9 +287,11 @@ def test_cli_defaults_kept_here_agree_with_the_library():
     from plankdiff.deploy import cli as deploy_cli
     from plankdiff.features import cli as features_cli
     from plankdiff.features import extract
+    from plankdiff.probe import ood
 
     assert ",".join(map(str, extract.DEFAULT_TIMESTEPS)) == features_cli.DEFAULT_TIMESTEPS
     assert deploy_cli.DEFAULT_TARGET_PRECISION == calibrate.DEFAULT_TARGET_PRECISION
+    assert deploy_cli.DEFAULT_OOD_KEEP == ood.DEFAULT_KEEP
 
 
 def test_a_split_without_its_seed_or_unknown_lists_the_splits(run_cli, ndsb_copy, tmp_path):

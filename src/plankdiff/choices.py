@@ -35,6 +35,10 @@ SampleBy = Literal["input", "folder", "day"]
 OutputFormat = Literal["csv", "ecotaxa"]
 # how predict counts per sample: the decisions after abstention, or QuaPy's quantifiers
 Counting = Literal["cc", "pcc", "pacc", "emq"]
+# the open-set (out-of-distribution) score on the probe's features (see plankdiff.probe.ood)
+OodScore = Literal["mahalanobis", "energy"]
+# what `export --ood` takes: a score, or off (no image is ever called `unknown`)
+OodOption = Literal["mahalanobis", "energy", "off"]
 
 # where a command runs: auto picks CUDA when there is one (accelerate's choice for predict)
 Device = Literal["auto", "cpu", "cuda"]

@@ -21,6 +21,7 @@ from plankdiff.data.prepare import PreparedDataset
 from plankdiff.deploy.calibrate import ALWAYS_ABSTAIN, MIN_PREDICTIONS, calibrate_thresholds, decide
 from plankdiff.deploy.export import (
     UNCLASSIFIED,
+    UNKNOWN,
     ModelCardError,
     export_classifier,
     image_seed,
@@ -165,7 +166,18 @@ def zero_thresholds(card: dict) -> None:
     card["abstention"]["thresholds"] = dict.fromkeys(card["abstention"]["thresholds"], 0.0)
 
 
-@pytest.mark.parametrize("edit", [swap_first_two, rename_consistently, zero_thresholds])
+def raise_the_open_set_cut(card: dict) -> None:
+    card["ood"]["threshold"] = 1e30  # nothing would ever be unknown
+
+
+def drop_the_open_set_cut(card: dict) -> None:
+    del card["ood"]  # would pass for an export from before open-set rejection
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [swap_first_two, rename_consistently, zero_thresholds, raise_the_open_set_cut, drop_the_open_set_cut],
+)
 def test_a_card_edited_after_export_is_refused(model, tmp_path, edit):
     """Each edit keeps the card self-consistent (same class count, thresholds naming the classes):
     only the content hash exported with the weights catches it."""
@@ -221,10 +233,13 @@ def test_predict_on_files_matches_the_prepared_arrays(model, dataset, image_fold
         )
 
     decided = rows["decision"]
-    assert set(decided) <= set(dataset.classes) | {UNCLASSIFIED}
+    assert set(decided) <= set(dataset.classes) | {UNCLASSIFIED, UNKNOWN}
+    # Beyond the open-set cut first, whatever the posteriors; then the per-class abstention.
+    unknown = rows["ood_score"].astype(float).to_numpy() > deployed.open_set.threshold
+    assert ((decided == UNKNOWN) == unknown).all()
     thresholds = deployed.abstention.array(deployed.classes)
     below = rows["p1"].to_numpy() < thresholds[[deployed.classes.index(c) for c in rows["top1"]]]
-    assert ((decided == UNCLASSIFIED) == below).all()
+    assert ((decided == UNCLASSIFIED) == (below & ~unknown)).all()
 
     counts = read_csv(run.counts)
     assert list(counts.columns) == ["sample", "class", "count"]
@@ -259,10 +274,13 @@ def test_two_processes_write_what_one_writes(model, image_folder, tmp_path):
     volumes = {image.sample: image.volume_ml for image in images}
     assert merge_parts(out, num_processes=2, classes=deployed.classes, volumes=volumes) == (48, 2)
     one, two = read_csv(single.predictions), read_csv(out)
-    pd.testing.assert_frame_equal(one.drop(columns=["p1", "p2", "p3"]), two.drop(columns=["p1", "p2", "p3"]))
+    varying = ["p1", "p2", "p3", "ood_score"]
+    pd.testing.assert_frame_equal(one.drop(columns=varying), two.drop(columns=varying))
     # float32 convolutions depend on the batch's shape (the CPU library picks kernels per shape), and
-    # the shards run batches of 7: probabilities agree to 1e-3 (1.8e-4 seen on normalised images).
+    # the shards run batches of 7: probabilities agree to 1e-3 (1.8e-4 seen on normalised images),
+    # open-set scores (squared distances over 48 features) to 0.5 % (0.17 % seen).
     np.testing.assert_allclose(one[["p1", "p2", "p3"]], two[["p1", "p2", "p3"]], atol=1e-3)
+    np.testing.assert_allclose(one["ood_score"], two["ood_score"], rtol=5e-3)
     pd.testing.assert_frame_equal(read_csv(single.counts), read_csv(out.with_name("counts.csv")))
     pd.testing.assert_frame_equal(read_csv(single.skipped), read_csv(out.with_name("skipped.csv")))
     assert sorted(p.name for p in out.parent.iterdir()) == [
@@ -286,7 +304,7 @@ def test_predict_on_ifcb_bins_through_the_cli(model, run_cli, tmp_path):
     empty = "D20150411T205456_IFCB012"  # a readable bin without a single ROI: a sample counting zero
     assert set(counts["sample"]) == {SMHI_BIN, empty} and counts["count"].sum() == 7
     assert (counts[counts["sample"] == empty]["count"] == 0).all()
-    assert len(counts) == 2 * (4 + 1)  # every class and `unclassified`, zeros kept
+    assert len(counts) == 2 * (4 + 2)  # every class, `unclassified` and `unknown`, zeros kept
     # Each damaged bin is one line of skipped.csv, and the run went on.
     skipped = read_csv(tmp_path / "skipped.csv")
     assert len(skipped) == 2 and (skipped["reason"] != "").all() and empty not in set(skipped["sample"])
@@ -402,7 +420,7 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
     assert set(counts["sample"]) == {"spc/2020-03-01", "spc/2020-03-02"}
     score = json.loads((out / "score.json").read_text())
     assert score["labelled"] == len(kept) and score["samples"] == 2
-    decided = rows[rows["decision"] != "unclassified"]
+    decided = rows[~rows["decision"].isin([UNCLASSIFIED, UNKNOWN])]
     expected = (decided["decision"] == decided["true_label"]).mean() if len(decided) else None
     assert score["known"]["accuracy_when_decided"] == pytest.approx(expected)
     assert "Bray–Curtis per sample" in result.output
@@ -417,7 +435,7 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
         "(median over samples)",
     }
     classes = json.loads((model / "card.json").read_text())["classes"]
-    known = rows[rows["true_label"].isin(classes)]
+    known = rows[rows["true_label"].isin(classes) & (rows["decision"] != "unknown")]  # what is counted
     true_counts = known["true_label"].value_counts()
     argmax_counts = known["top1"].value_counts()
     expected_bc = sum(abs(true_counts.get(c, 0) - argmax_counts.get(c, 0)) for c in classes) / (
@@ -460,9 +478,9 @@ def test_folders_named_alike_stay_two_samples_and_predict_returns_tables(model, 
     table = run.table
     assert isinstance(table, pd.DataFrame) and list(table["sample"]) == sorted(sizes)
     classes = load_classifier(model).classes
-    assert list(table.columns) == ["sample", "volume_ml", "n_images", *classes, UNCLASSIFIED]
+    assert list(table.columns) == ["sample", "volume_ml", "n_images", *classes, UNCLASSIFIED, UNKNOWN]
     assert dict(zip(table["sample"], table["n_images"], strict=True)) == sizes
-    assert (table[[*classes, UNCLASSIFIED]].sum(axis=1) == table["n_images"]).all()
+    assert (table[[*classes, UNCLASSIFIED, UNKNOWN]].sum(axis=1) == table["n_images"]).all()
     # The two class folders of a/station were pooled into one sample: the run says so.
     assert len(run.notes) == 1 and run.notes[0].startswith("a/station: images of 2 subfolders")
     by_folder = predict(
@@ -485,7 +503,7 @@ def test_a_killed_run_leaves_no_output_that_looks_current(model, image_folder, t
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # stands for SIGKILL between two batches
 
-    monkeypatch.setattr(type(deployed), "predict_proba", killed)
+    monkeypatch.setattr(type(deployed), "assess", killed)
     with pytest.raises(KeyboardInterrupt):
         predict(deployed, [image_folder], out / "predictions.csv", show_progress=False)
     finals = {"predictions.csv", "counts.csv", "counts_wide.csv", "skipped.csv"}
@@ -602,13 +620,16 @@ def test_predict_counts_by_each_method_with_intervals(model, image_folder, tmp_p
     )
     counts = read_csv(run.counts)
     assert list(counts.columns) == ["sample", "class", "count", "low", "high"]  # no volume: no per mL
-    assert set(counts["class"]) == set(classifier.classes)  # every image is counted into a class
+    # Every image is counted into a class, or as unknown (beyond the open-set cut: not quantified).
+    assert set(counts["class"]) == {*classifier.classes, UNKNOWN}
     assert (counts["low"] <= counts["count"] + 1e-9).all() and (
         counts["count"] <= counts["high"] + 1e-9
     ).all()
     assert counts["count"].sum() == pytest.approx(run.n_predicted)
     frame = run.frame()
-    top1 = frame.groupby("sample")["top1"].value_counts()
+    unknown = frame["decision"] == UNKNOWN
+    assert counts.loc[counts["class"] == UNKNOWN, "count"].sum() == unknown.sum()
+    top1 = frame.assign(top1=frame["top1"].where(~unknown, UNKNOWN)).groupby("sample")["top1"].value_counts()
     if method == "cc":  # classify and count is the plain top-1 count, abstention ignored
         for row in counts.itertuples():
             assert row.count == pytest.approx(top1.get((row.sample, row._2), 0))

@@ -15,7 +15,7 @@ from deploy_common import IFCB
 from PIL import Image
 
 from plankdiff.deploy import ecotaxa
-from plankdiff.deploy.export import UNCLASSIFIED
+from plankdiff.deploy.export import UNCLASSIFIED, UNKNOWN
 
 SMHI_BIN = "D20220522T000439_IFCB134"
 
@@ -54,13 +54,15 @@ def check_format(out: Path, predictions: pd.DataFrame) -> pd.DataFrame:
     assert len(list(tsv.parent.glob("*.png"))) == len(table)
     # The same images, in the same order, with the decisions predictions.csv has.
     assert len(table) == len(predictions)
-    decided = predictions["decision"] != UNCLASSIFIED
+    decided = ~predictions["decision"].isin([UNCLASSIFIED, UNKNOWN])
     expected = predictions["decision"].where(decided, "")
     assert table["object_annotation_category"].tolist() == expected.tolist()
     assert (table["object_annotation_status"] == np.where(decided, "predicted", "")).all()
     assert table["object_top1"].tolist() == predictions["top1"].tolist()
     np.testing.assert_allclose(table["object_p1"].astype(float), predictions["p1"].astype(float))
     assert table["object_source"].tolist() == predictions["source"].tolist()
+    assert typed["object_ood_score"] == "[f]"
+    assert table["object_ood_score"].tolist() == predictions["ood_score"].astype(str).tolist()
     return table
 
 

@@ -1,4 +1,5 @@
-"""Abstention: a per-class probability threshold below which a prediction becomes `unclassified`.
+"""Abstention: a per-class probability threshold below which a prediction becomes `unclassified`;
+open-set rejection: an out-of-distribution score above which an image becomes `unknown`.
 
 A plankton survey counts organisms per class, so a wrong label inflates some other class's count,
 while an abstention only lowers coverage (and the unclassified images can go to a taxonomist). The
@@ -9,6 +10,12 @@ allows. When no τ reaches the target, τ_c = `ALWAYS_ABSTAIN` (above any probab
 class is never decided. A class predicted fewer than `MIN_PREDICTIONS` times on validation has no
 usable estimate of its own; it falls back to one global threshold computed the same way over the
 predictions of every class.
+
+Abstention only weighs the classes the probe knows: a softmax spreads its confidence over them
+whatever it is shown, so an organism never seen or an image of another instrument can be decided
+with high confidence. `OpenSet` records a second, separate cut on an out-of-distribution score of
+the probe's features (`plankdiff.probe.ood`), calibrated on validation so that a chosen share of
+in-distribution images is kept; an image beyond it is `unknown`, whatever its posteriors say.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+
+from plankdiff.choices import OodScore
 
 DEFAULT_TARGET_PRECISION = 0.9
 MIN_PREDICTIONS = 5
@@ -128,6 +137,58 @@ class Abstention:
         return cls(
             thresholds={c: float(t) for c, t in thresholds.items()},
             status={c: "given" for c in thresholds},
+        )
+
+
+OOD_MEANING = {
+    "mahalanobis": "squared Mahalanobis distance to the nearest class mean of the probe's training "
+    "features, in the probe's standardised feature space, one shared Ledoit-Wolf covariance",
+    "energy": "-logsumexp of the probe's logits (T = 1, before temperature scaling)",
+}
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """The open-set cut as the card records it: an image whose `method` score is above `threshold`
+    is `unknown`. `keep`: the share of validation images the cut was asked to keep; `val_kept` and
+    `test_kept`: the shares it keeps there (test measured once at export, never used to set it)."""
+
+    method: OodScore
+    keep: float
+    threshold: float
+    val_kept: float
+    test_kept: float | None = None
+    n_val: int = 0
+    n_test: int = 0
+
+    def unknown(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=np.float64) > self.threshold
+
+    def to_card(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "meaning": OOD_MEANING[self.method],
+            "keep": self.keep,
+            "threshold": self.threshold,
+            "val_kept": self.val_kept,
+            "test_kept": self.test_kept,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+            "calibrated_on": "the split's val rows (in-distribution); test rows only measured",
+        }
+
+    @classmethod
+    def from_card(cls, card: Mapping[str, Any]) -> OpenSet:
+        if card.get("method") not in OOD_MEANING:
+            raise ValueError(f"open-set method {card.get('method')!r} is not one of {', '.join(OOD_MEANING)}")
+        return cls(
+            method=card["method"],
+            keep=float(card["keep"]),
+            threshold=float(card["threshold"]),
+            val_kept=float(card["val_kept"]),
+            test_kept=None if card.get("test_kept") is None else float(card["test_kept"]),
+            n_val=int(card.get("n_val", 0)),
+            n_test=int(card.get("n_test", 0)),
         )
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Counting, Device, Loss, OutputFormat, SampleBy
+from plankdiff.choices import Counting, Device, Loss, OodOption, OutputFormat, SampleBy
 from plankdiff.cli_support import check_split, fail, open_dataset, resolve_device, say_device, switch
 
 # kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
 # tests/test_cli.py checks that the two agree.
 DEFAULT_TARGET_PRECISION = 0.9
+DEFAULT_OOD_KEEP = 0.95
 console = Console()
 
 
@@ -61,8 +62,23 @@ def export_command(
     ),
     loss: Loss = typer.Option("ce", "--loss", help="linear probe loss (as `plankdiff probe --loss`)"),
     seed: int = typer.Option(0, "--seed", help="random seed of the probe fit"),
+    ood: OodOption = typer.Option(
+        "mahalanobis",
+        "--ood",
+        help="open-set score deciding `unknown` (images unlike every training image): mahalanobis "
+        "(distance to the nearest class mean of the training features, shared covariance), energy "
+        "(of the probe's logits; weaker), or off",
+    ),
+    ood_keep: float = typer.Option(
+        DEFAULT_OOD_KEEP,
+        "--ood-keep",
+        min=0.0,
+        max=1.0,
+        help="share of in-distribution validation images the open-set cut keeps, a fraction",
+    ),
 ) -> None:
-    """Refit the probe on the pairs, calibrate abstention, test once, and write the classifier folder.
+    """Refit the probe on the pairs, calibrate abstention and the open-set cut on val, test once, and
+    write the classifier folder.
 
     Example: plankdiff export --from results/cpu/metrics/ndsb_long-tailed/diffusion/seed0 --out models/ndsb
     """
@@ -82,6 +98,8 @@ def export_command(
                 backbone_run=backbone,
                 target_precision=target_precision,
                 transductive=transductive,
+                ood=ood,
+                ood_keep=ood_keep,
             )
         else:
             missing = [
@@ -107,6 +125,8 @@ def export_command(
                 seed=seed,
                 object_size=object_size,
                 transductive=transductive,
+                ood=ood,
+                ood_keep=ood_keep,
             )
     except (FileNotFoundError, KeyError, ValueError) as error:
         fail(console, error)
@@ -121,6 +141,12 @@ def export_command(
         f"val-calibrated thresholds: coverage {test['abstention']['coverage']:.3f}, accuracy "
         + (f"{decided:.3f}" if decided is not None else "n/a (nothing decided)")
     )
+    if card.get("ood"):
+        ood_card = card["ood"]
+        console.print(
+            f"open-set cut ({ood_card['method']}): keeps {ood_card['val_kept']:.3f} of val "
+            f"(asked {ood_card['keep']:.3f}), {ood_card['test_kept']:.3f} of test; beyond it an image is unknown"
+        )
     if abstention["always_abstain"]:
         console.print(
             f"[yellow]always abstains[/yellow] (target precision unreachable on val): "
@@ -169,15 +195,17 @@ def predict_command(
     counts: Counting = typer.Option(
         None,
         "--counts",
-        help="how counts.csv counts (default: the decisions after abstention, unclassified kept apart: "
+        help="how counts.csv counts (default: the decisions, unclassified and unknown kept apart: "
         "what you will validate, but thresholds set in one period abstain on most of a shifted one); "
         "cc, pcc, pacc or emq estimate each sample's class counts from every image's posteriors (QuaPy), "
         "with 95%% bootstrap intervals: pacc corrects the classifier's confusions measured on validation "
         "(assumes the look of each class unchanged), emq re-weights the class priors (assumes only the "
-        "priors change, needs calibrated posteriors), cc and pcc correct nothing",
+        "priors change, needs calibrated posteriors), cc and pcc correct nothing; images beyond the open-set "
+        "cut are counted as unknown, never quantified",
     ),
 ) -> None:
-    """Classify images; run under `accelerate launch` to spread them over processes.
+    """Classify images (a class, `unclassified` below its abstention threshold, or `unknown` beyond the
+    open-set cut); run under `accelerate launch` to spread them over processes.
 
     Example: plankdiff predict models/ndsb samples/2024-06.zip --out predictions/2024-06 --sample-by day
     """
@@ -214,6 +242,8 @@ def predict_command(
         fail(console, error)
     if not state.is_main_process:
         return  # one summary per run, not one per process
+    if run.open_set_note:
+        console.print(f"[yellow]no open-set rejection:[/yellow] {run.open_set_note}")
     for note in run.notes or []:
         console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
     skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""
@@ -234,8 +264,9 @@ def predict_command(
 
         console.print(
             f"known classes ({summary['known_class_images']} images): abstained {percent(known['abstention_rate'])}, "
-            f"accuracy when decided {percent(known['accuracy_when_decided'])}; unknown classes "
-            f"({summary['novel_class_images']} images): abstained {percent(novel['abstention_rate'])}; "
+            f"unknown {percent(known['unknown_rate'])}, accuracy when decided "
+            f"{percent(known['accuracy_when_decided'])}; unseen classes ({summary['novel_class_images']} images): "
+            f"abstained {percent(novel['abstention_rate'])}, unknown {percent(novel['unknown_rate'])}; "
             f"Bray–Curtis per sample: median {summary['bray_curtis']['median']:.3f} over {summary['samples']} "
             f"samples → {run.predictions.with_name('score.json')}"
         )

@@ -11,9 +11,11 @@ bundle `QA/py/data/import_test/m106_mn01_n1_sml/ecotaxa_m106_mn01_n1_sml.tsv`):
   `sample_id` names the sample the object belongs to.
 
 We write plain ASCII (a subset of latin-1, so any reader decodes it the same) and never need quotes:
-every value is stripped of tabs, newlines and `"`. An object the classifier abstains on gets an
-empty category and an empty status: there is no prediction for EcoTaxa to validate, and a
-`predicted` status without a category would claim one.
+every value is stripped of tabs, newlines and `"`. An object the classifier abstains on
+(`unclassified`) or rejects as unlike its training images (`unknown`) gets an empty category and an
+empty status: there is no prediction for EcoTaxa to validate, and a `predicted` status without a
+category would claim one. `object_ood_score` is the open-set score (a number; empty for a
+classifier exported without one), so the rejected objects can be sorted and looked at in EcoTaxa.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ COLUMNS = [
     "object_annotation_status",
     *(f"object_top{k}" for k in range(1, TOP_K_COLUMNS + 1)),
     *(f"object_p{k}" for k in range(1, TOP_K_COLUMNS + 1)),
+    "object_ood_score",
     "object_source",
     "sample_id",
 ]
-TYPES = ["[f]" if name.startswith("object_p") and name[8:].isdigit() else "[t]" for name in COLUMNS]
+NUMBERS = {*(f"object_p{k}" for k in range(1, TOP_K_COLUMNS + 1)), "object_ood_score"}
+TYPES = ["[f]" if name in NUMBERS else "[t]" for name in COLUMNS]
 PREDICTED = "predicted"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -92,8 +96,10 @@ def row(
     probabilities: Sequence[str],
     decision: str,
     abstained: bool,
+    ood_score: str = "",
 ) -> list[str]:
-    """One tsv line (in `COLUMNS` order) for a classified image written as `<object_id>.png`."""
+    """One tsv line (in `COLUMNS` order) for a classified image written as `<object_id>.png`.
+    abstained: no category (`unclassified` or `unknown`); ood_score: as predictions.csv writes it."""
     moment: datetime | None = capture_time(key) if key else None
     category = "" if abstained else ascii_text(decision)
     return [
@@ -105,6 +111,7 @@ def row(
         PREDICTED if category else "",
         *(ascii_text(n) for n in names),
         *probabilities,
+        ood_score,
         ascii_text(source),
         _id_part(sample),
     ]

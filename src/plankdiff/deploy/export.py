@@ -4,13 +4,16 @@
     scheduler/          its noise schedule (ᾱ_t of every feature pair comes from here)
     baseline/           instead of unet/ and scheduler/, for a baseline backbone (supervised,
                         SimCLR, BYOL, DINO, MAE): its run's `baseline.json` and checkpoint weights
-    probe.safetensors   the linear probe: mean, std, weight [classes, features], bias
+    probe.safetensors   the linear probe: mean, std, weight [classes, features], bias; with the
+                        Mahalanobis open-set score also its class means `ood_means` [classes,
+                        features] and shared precision `ood_precision` [features, features]
     quantify.safetensors  validation posteriors (temperature-scaled) and labels: what the counting
                         methods of `predict --counts` are fitted on (hashed with the rest)
     card.json           what it takes to reproduce a prediction: the (block, t) pairs with ᾱ_t and
                         width, pooling and noise draws, the preprocessing parameters, class names,
-                        abstention thresholds, training data, metrics, git SHA, plankdiff version,
-                        and the sha256 of every weight and config file
+                        abstention thresholds, the open-set cut (`ood`: method, share kept,
+                        threshold, shares kept on val and test), training data, metrics, git SHA,
+                        plankdiff version, and the sha256 of every weight and config file
 
 Features are only comparable when every one of those matches training, so `load_classifier`
 refuses a folder whose files no longer match their hashes, whose card was written by another
@@ -43,12 +46,14 @@ from plankdiff.baselines.extract import (
 )
 from plankdiff.baselines.registry import Method
 from plankdiff.baselines.train import BASELINE_FILE
+from plankdiff.choices import OodOption, OodScore
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import PreprocessParams
 from plankdiff.data.splits import SPLITS, Split
 from plankdiff.deploy.calibrate import (
     DEFAULT_TARGET_PRECISION,
     Abstention,
+    OpenSet,
     apply_temperature,
     calibrate_thresholds,
     decide,
@@ -63,6 +68,8 @@ from plankdiff.features.pairs import Pair, Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
+from plankdiff.probe.ood import DEFAULT_KEEP as DEFAULT_OOD_KEEP
+from plankdiff.probe.ood import MahalanobisScorer, calibrate_threshold, energy_score
 from plankdiff.probe.protocol import Loss
 from plankdiff.probe.run import check_lineage, load_pairs
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
@@ -87,6 +94,12 @@ HASHED_FILES = (
 BASELINE_HASHED_FILES = (f"{BASELINE_DIR}/{BASELINE_FILE}", f"{BASELINE_DIR}/{WEIGHTS_FILE}", PROBE_FILE)
 BackboneKind = Literal["diffusion", "baseline"]
 UNCLASSIFIED = "unclassified"
+# Beyond the open-set cut: not an image of the kind the probe was trained on, whatever it predicts.
+UNKNOWN = "unknown"
+# The open-set arrays stored beside the probe's in probe.safetensors (`MahalanobisScorer.state_dict`).
+OOD_ARRAYS = ("ood_means", "ood_precision")
+# What `predict` writes for an image when the classifier has no open-set score (cards without `ood`).
+NO_OOD_SCORE = ""
 # The probe protocol's object size: log original width, height and object area, appended to every
 # pair (as `plankdiff.probe.run.load_pairs` does), so a fused "a+b" probe reads [a, size, b, size].
 SIZE_COLUMNS = 3
@@ -95,7 +108,7 @@ SIZE_COLUMNS = 3
 HASHED_CARD_KEYS = ("pairs", "extraction", "preprocess", "classes", "abstention", "calibration", "sha256")
 # Entries added since: hashed when the card has them, so cards written before keep their hash (and
 # removing one from a card that had it still changes the hash).
-LATER_HASHED_CARD_KEYS = ("quantification", "recipe")
+LATER_HASHED_CARD_KEYS = ("quantification", "recipe", "ood")
 
 
 def card_content_hash(card: Mapping[str, Any]) -> str:
@@ -148,6 +161,68 @@ def _request(pairs: Sequence[Pair], extraction: Mapping[str, Any]) -> Extraction
     )
 
 
+def open_set_scores(
+    method: OodScore, probe: LinearClassifier, scorer: MahalanobisScorer | None, x: np.ndarray
+) -> np.ndarray:
+    """The open-set score of the probe's raw input features `x` [N, D], higher = more unknown: one
+    function for export's calibration and predict's decisions, so both score alike."""
+    if method == "energy":
+        return energy_score(probe.logits(x))
+    if scorer is None:
+        raise ValueError("the Mahalanobis open-set score needs its class means and precision")
+    return scorer.score(x)
+
+
+def fit_open_set(
+    probe: LinearClassifier,
+    x: Mapping[str, np.ndarray],
+    train_labels: np.ndarray,
+    *,
+    method: OodScore = "mahalanobis",
+    keep: float = DEFAULT_OOD_KEEP,
+) -> tuple[OpenSet, dict[str, np.ndarray]]:
+    """The open-set cut of `probe`: the score fitted on the train rows `x["train"]` (their labels
+    only), its threshold set on `x["val"]` to keep a share `keep`, and the share of `x["test"]` it
+    keeps measured once. Test labels are not an argument: nothing here can depend on them.
+    Returns the card record and the arrays to store in probe.safetensors."""
+    arrays: dict[str, np.ndarray] = {}
+    scorer = None
+    if method == "mahalanobis":
+        arrays = MahalanobisScorer.for_classifier(probe, x["train"], train_labels).state_dict()
+        # Calibrated with the float32 arrays the folder stores, so the cut is the deployed score's.
+        scorer = MahalanobisScorer.from_arrays(mean=probe.mean, std=probe.std, **arrays)
+    val, test = (open_set_scores(method, probe, scorer, x[s]) for s in ("val", "test"))
+    threshold = calibrate_threshold(val, keep=keep)
+    record = OpenSet(
+        method=method,
+        keep=keep,
+        threshold=threshold,
+        val_kept=float((val <= threshold).mean()),
+        test_kept=float((test <= threshold).mean()) if len(test) else None,
+        n_val=len(val),
+        n_test=len(test),
+    )
+    return record, arrays
+
+
+def _open_set_scorer(
+    open_set: OpenSet, probe: LinearClassifier, arrays: Mapping[str, np.ndarray], n_classes: int
+) -> MahalanobisScorer | None:
+    """The Mahalanobis scorer of `arrays` in `probe`'s space (None for energy, which needs none);
+    a ValueError when they are missing or do not fit the probe."""
+    if open_set.method != "mahalanobis":
+        return None
+    missing = [k for k in OOD_ARRAYS if k not in arrays]
+    if missing:
+        raise ValueError(f"the Mahalanobis open-set score needs {', '.join(missing)}")
+    scorer = MahalanobisScorer.from_arrays(
+        mean=probe.mean, std=probe.std, **{k: arrays[k] for k in OOD_ARRAYS}
+    )
+    if scorer.means.shape[0] != n_classes:
+        raise ValueError(f"ood_means has {scorer.means.shape[0]} class rows for {n_classes} classes")
+    return scorer
+
+
 def export_classifier(
     *,
     backbone_run: Path,
@@ -162,6 +237,8 @@ def export_classifier(
     calibration: Mapping[str, Any] | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     object_size: bool = False,
+    open_set: OpenSet | None = None,
+    open_set_arrays: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the classifier folder `out` (replacing an earlier export there, never anything else).
 
@@ -175,6 +252,8 @@ def export_classifier(
     (default none: T = 1). validation: (posteriors [N, C] after that temperature, class indices [N])
     of the validation rows, saved for `predict --counts` (default: not saved; counting refused).
     object_size: the probe reads the log object size after every pair (`SIZE_COLUMNS` each).
+    open_set, open_set_arrays: the open-set cut and its score's arrays (`fit_open_set`), stored in
+    the card and in probe.safetensors (default none: no image is ever `unknown`).
     """
     out = Path(out)
     kind: BackboneKind = "baseline" if is_baseline_run(backbone_run) else "diffusion"
@@ -230,6 +309,9 @@ def export_classifier(
         raise ValueError(
             f"abstention thresholds name {sorted(abstention.thresholds)}, the probe's classes are {classes}"
         )
+    ood_arrays = {k: np.asarray(v, dtype=np.float32) for k, v in (open_set_arrays or {}).items()}
+    if open_set is not None:
+        _open_set_scorer(open_set, classifier, ood_arrays, len(classes))  # refuses arrays that do not fit
     if out.exists() and not (out / CARD_FILE).exists():
         raise FileExistsError(f"{out} exists and is not an exported classifier; refusing to replace it")
 
@@ -244,7 +326,7 @@ def export_classifier(
         shutil.copyfile(Path(backbone_run) / BASELINE_FILE, staging / BASELINE_DIR / BASELINE_FILE)
         shutil.copyfile(checkpoint / WEIGHTS_FILE, staging / BASELINE_DIR / WEIGHTS_FILE)
         hashed = list(BASELINE_HASHED_FILES)
-    save_file(classifier.state_dict(), str(staging / PROBE_FILE))
+    save_file(classifier.state_dict() | ood_arrays, str(staging / PROBE_FILE))
     quantification = None
     if validation is not None:
         val_proba, val_labels = np.asarray(validation[0], np.float32), np.asarray(validation[1], np.int64)
@@ -269,6 +351,7 @@ def export_classifier(
         "abstention": abstention.to_card() if abstention is not None else None,
         "calibration": dict(calibration) if calibration is not None else {"temperature": 1.0},
         "quantification": quantification,
+        "ood": open_set.to_card() if open_set is not None else None,
         # How the features reaching the probe are built, beyond the pairs: predict does the same.
         "recipe": {
             "backbone": kind,
@@ -333,6 +416,8 @@ def export_from_store(
     probe_options: Mapping[str, Any] | None = None,
     transductive: bool = False,
     source: Mapping[str, Any] | None = None,
+    ood: OodOption = "mahalanobis",
+    ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
 
@@ -344,8 +429,12 @@ def export_from_store(
     the probe protocol does. Validation and test rows the backbone trained on are refused
     (`plankdiff.probe.run.check_lineage`) unless the use is declared `transductive`.
     `probe_options`: `fit_probe_grid` options (epochs, min_steps); `source`: recorded in the card
-    (where the recipe came from).
+    (where the recipe came from). `ood`: the open-set score (`fit_open_set`: fitted on the train
+    rows, cut on the val rows to keep a share `ood_keep`, its kept share on test measured once),
+    or "off" for none.
     """
+    if not 0 < ood_keep <= 1:
+        raise ValueError(f"--ood-keep {ood_keep}: the share of in-distribution images kept must be in (0, 1]")
     store = FeatureStore(Path(features))
     if not (store.root / "store.json").exists():
         raise FileNotFoundError(f"{features}: not a feature store (no store.json)")
@@ -415,6 +504,9 @@ def export_from_store(
         classes=chosen.classes,
         target_precision=target_precision,
     )
+    open_set, open_set_arrays = (
+        (None, None) if ood == "off" else fit_open_set(classifier, x, y["train"], method=ood, keep=ood_keep)
+    )
     scores = classification_metrics(y["test"], test_proba.argmax(axis=1), len(chosen.classes), chosen.classes)
     best = grid.best_per_pair().iloc[0]
     metrics = {
@@ -448,6 +540,8 @@ def export_from_store(
         calibration=calibration,
         validation=(val_proba, y["val"]),
         object_size=object_size,
+        open_set=open_set,
+        open_set_arrays=open_set_arrays,
     )
 
 
@@ -459,6 +553,8 @@ def export_from_result(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     transductive: bool = False,
     progress: bool = True,
+    ood: OodOption = "mahalanobis",
+    ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Export the probe a probe result folder selected (`results/<study>/metrics/<experiment>/<method>/seedN`
     or `plankdiff probe --out`), with its whole recipe: its feature store (orientations included),
@@ -503,6 +599,8 @@ def export_from_result(
         object_size=bool(selected.get("with_size", False)),
         probe_options=options,
         transductive=transductive,
+        ood=ood,
+        ood_keep=ood_keep,
         source={
             "result": str(result.resolve()),
             "pairs": pairs.names,
@@ -558,10 +656,13 @@ def read_card(path: Path) -> dict[str, Any]:
 
 
 class DeployedClassifier:
-    """Frozen denoiser + feature pairs + linear probe + abstention, as one callable classifier.
+    """Frozen denoiser + feature pairs + linear probe + abstention + open-set cut, as one callable
+    classifier.
 
     Built by `load_classifier`. `predict_proba(pixels, seeds)` takes preprocessed uint8 images
-    `[N, C, S, S]` (see `params`) and one noise seed per image (`image_seed`).
+    `[N, C, S, S]` (see `params`) and one noise seed per image (`image_seed`); `assess` also gives
+    each image's open-set score, and `decisions` turns both into class names, `unclassified` and
+    `unknown`.
     """
 
     def __init__(
@@ -573,6 +674,7 @@ class DeployedClassifier:
         scheduler: DDPMScheduler | None,
         probe: LinearClassifier,
         baseline: Method | None = None,
+        ood_arrays: Mapping[str, np.ndarray] | None = None,
     ):
         self.root, self.card, self.unet, self.scheduler, self.probe = root, card, unet, scheduler, probe
         self.baseline = baseline  # a baseline's frozen network instead of the denoiser
@@ -584,7 +686,26 @@ class DeployedClassifier:
         abstention = card["abstention"]
         self.abstention = Abstention.from_card(abstention) if abstention is not None else None
         self._thresholds = self.abstention.array(self.classes) if self.abstention is not None else None
+        # Cards written before open-set rejection have no `ood`; "off" at export writes None.
+        self.open_set = OpenSet.from_card(card["ood"]) if card.get("ood") else None
+        self._ood_scorer = (
+            _open_set_scorer(self.open_set, probe, ood_arrays or {}, len(self.classes))
+            if self.open_set is not None
+            else None
+        )
         self._extractor: Extractor | None = None
+
+    @property
+    def open_set_note(self) -> str | None:
+        """Why no image can be `unknown` with this classifier, or None when it has the open-set cut."""
+        if self.open_set is not None:
+            return None
+        why = (
+            "was exported before open-set rejection"
+            if "ood" not in self.card
+            else "was exported with --ood off"
+        )
+        return f"{self.root}: {why}, so no image is marked {UNKNOWN}; re-export it to reject unknown images"
 
     @property
     def classes(self) -> list[str]:
@@ -657,9 +778,25 @@ class DeployedClassifier:
         self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None
     ) -> np.ndarray:
         """Posteriors [N, C], temperature-scaled as calibrated at export (cards without it: T = 1)."""
-        proba = self.probe.predict_proba(self.features(pixels, seeds, sizes))
+        return self.assess(pixels, seeds, sizes)[0]
+
+    def assess(
+        self, pixels: np.ndarray, seeds: np.ndarray, sizes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Posteriors [N, C] (as `predict_proba`) and each image's open-set score [N] from the same
+        features (None when the classifier has no open-set cut)."""
+        x = self.features(pixels, seeds, sizes)
+        proba = self.probe.predict_proba(x)
         temperature = float((self.card.get("calibration") or {}).get("temperature", 1.0))
-        return proba if temperature == 1.0 else apply_temperature(proba, temperature).astype(proba.dtype)
+        if temperature != 1.0:
+            proba = apply_temperature(proba, temperature).astype(proba.dtype)
+        return proba, self.ood_scores(x)
+
+    def ood_scores(self, x: np.ndarray) -> np.ndarray | None:
+        """The open-set score of the probe's input features `x` (`features`), None without the cut."""
+        if self.open_set is None:
+            return None
+        return open_set_scores(self.open_set.method, self.probe, self._ood_scorer, x)
 
     @property
     def has_validation_posteriors(self) -> bool:
@@ -681,19 +818,27 @@ class DeployedClassifier:
 
         return fit_quantifier(method, *self.validation_posteriors(needed_for=f"--counts {method}"))
 
-    def decisions(self, proba: np.ndarray) -> list[str]:
-        """The top-1 class name per row, or `unclassified` below that class's threshold."""
+    def decisions(self, proba: np.ndarray, ood_scores: np.ndarray | None = None) -> list[str]:
+        """Per row: `unknown` beyond the open-set cut (checked first: a confident posterior on an
+        image unlike any training image means nothing), else the top-1 class name, or
+        `unclassified` below that class's threshold. Without scores or a cut, nothing is unknown."""
         names = self.classes
-        return [names[i] if i >= 0 else UNCLASSIFIED for i in decide(proba, self._thresholds)]
+        decided = [names[i] if i >= 0 else UNCLASSIFIED for i in decide(proba, self._thresholds)]
+        if ood_scores is None or self.open_set is None:
+            return decided
+        unknown = self.open_set.unknown(ood_scores)
+        return [UNKNOWN if far else name for name, far in zip(decided, unknown, strict=True)]
 
 
 def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> DeployedClassifier:
     """Load an exported classifier, refusing one that fails a version, hash or shape check."""
     root = Path(path)
     card = read_card(root)
-    probe = LinearClassifier.from_arrays(**load_file(str(root / PROBE_FILE)))
+    arrays = load_file(str(root / PROBE_FILE))
+    probe = LinearClassifier.from_arrays(**{k: arrays[k] for k in ("mean", "std", "weight", "bias")})
+    ood_arrays = {k: arrays[k] for k in OOD_ARRAYS if k in arrays}
     if _kind(card) == "baseline":
-        return _load_baseline_classifier(root, card, probe).to(device)
+        return _load_baseline_classifier(root, card, probe, ood_arrays).to(device)
     unet, scheduler = load_backbone(root / UNET_DIR)
     pairs = _diffusion_pairs(Selection.of(p["name"] for p in card["pairs"])).pairs
     dims = _block_dims(unet, scheduler, _request(pairs, card["extraction"]))
@@ -709,11 +854,23 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
                 f"{root / SCHEDULER_DIR}: ᾱ_t at t={pair.t} is {alpha_bar:.6g}, the card says {entry['alpha_bar']:.6g}"
             )
     _check_probe(root, card, probe, dims)
-    classifier = DeployedClassifier(root=root, card=card, unet=unet, scheduler=scheduler, probe=probe)
+    classifier = _deployed(
+        root=root, card=card, unet=unet, scheduler=scheduler, probe=probe, ood_arrays=ood_arrays
+    )
     return classifier.to(device)
 
 
-def _load_baseline_classifier(root: Path, card: dict, probe: LinearClassifier) -> DeployedClassifier:
+def _deployed(**parts: Any) -> DeployedClassifier:
+    """The classifier, with open-set arrays that do not fit its probe named as the file at fault."""
+    try:
+        return DeployedClassifier(**parts)
+    except (KeyError, ValueError) as error:
+        raise ModelCardError(f"{parts['root'] / PROBE_FILE}: open-set score: {error}") from error
+
+
+def _load_baseline_classifier(
+    root: Path, card: dict, probe: LinearClassifier, ood_arrays: Mapping[str, np.ndarray]
+) -> DeployedClassifier:
     folder = root / BASELINE_DIR
     method = build_baseline(read_json(folder / BASELINE_FILE), folder / WEIGHTS_FILE)
     dims = {b.name: b.dim for b in method.feature_blocks()}
@@ -724,7 +881,9 @@ def _load_baseline_classifier(root: Path, card: dict, probe: LinearClassifier) -
                 f"{dims.get(entry['block'])} in {folder}"
             )
     _check_probe(root, card, probe, dims)
-    return DeployedClassifier(root=root, card=card, unet=None, scheduler=None, probe=probe, baseline=method)
+    return _deployed(
+        root=root, card=card, unet=None, scheduler=None, probe=probe, baseline=method, ood_arrays=ood_arrays
+    )
 
 
 def _check_probe(root: Path, card: dict, probe: LinearClassifier, dims: Mapping[str, int]) -> None:
@@ -751,9 +910,11 @@ __all__ = [
     "DeployedClassifier",
     "ModelCardError",
     "UNCLASSIFIED",
+    "UNKNOWN",
     "export_classifier",
     "export_from_result",
     "export_from_store",
+    "fit_open_set",
     "image_seed",
     "load_classifier",
     "read_card",

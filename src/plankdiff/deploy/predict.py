@@ -28,8 +28,14 @@ IFCB name their images with it; see `plankdiff.data.timestamps`): `<input>/2020-
 `<input>/unknown time` where the name carries none. `captured_from`/`captured_to` keep only the
 images captured in that date range (inclusive); images without a capture time are then left out.
 
+Every image gets the classifier's open-set score (`ood_score` in predictions.csv, higher = less like
+the training images); beyond the cut calibrated at export its decision is `unknown`, whatever its
+posteriors say; else the top-1 class, or `unclassified` below that class's abstention threshold.
+A classifier exported before open-set rejection has no score (the column is empty) and no `unknown`
+decision; the run says so once (`PredictionRun.open_set_note`).
+
 Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (sample, class,
-count, every class of every sample, zeros kept; `unclassified` is a class of its own),
+count, every class of every sample, zeros kept; `unclassified` and `unknown` are classes of their own),
 `counts_wide.csv` (one row per sample: volume_ml where known, n_images, a count column per class
 and, where the volume is known, a `<class>_per_ml` column each) and `skipped.csv` (every image or
 bin that could not be read, with the reason); with `output_format="ecotaxa"`, also `ecotaxa/`:
@@ -76,7 +82,7 @@ from plankdiff.data.sources import (
 )
 from plankdiff.data.timestamps import capture_time
 from plankdiff.deploy import ecotaxa
-from plankdiff.deploy.export import UNCLASSIFIED, DeployedClassifier, image_seed
+from plankdiff.deploy.export import NO_OOD_SCORE, UNCLASSIFIED, UNKNOWN, DeployedClassifier, image_seed
 from plankdiff.deploy.quantify import COUNTINGS, Counting, quantification_table, sample_counts
 from plankdiff.progress import progress_bar
 
@@ -84,7 +90,11 @@ TOP_K = ecotaxa.TOP_K_COLUMNS
 SAMPLE_BY: tuple[str, ...] = get_args(SampleBy)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 UNKNOWN_TIME = "unknown time"
-PREDICTION_COLUMNS = ["sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "decision", "true_label"]
+PREDICTION_COLUMNS = [
+    "sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "ood_score", "decision", "true_label"
+]  # fmt: skip
+# Decisions that name no class: counted as classes of their own, never given a category in EcoTaxa.
+NOT_DECIDED = (UNCLASSIFIED, UNKNOWN)
 SKIPPED_COLUMNS = ["sample", "source", "reason"]
 COUNT_COLUMNS = ["sample", "class", "count"]
 # Binary parts of `--counts` runs: every classified image's posteriors (float32) and position (int64).
@@ -365,6 +375,8 @@ class PredictionRun:
     seconds: float
     table: pd.DataFrame | None = None  # counts_wide.csv: one row per sample (None off the main process)
     notes: list[str] | None = None  # what the run could not decide for you (ambiguous sample grouping)
+    # Why no image could be `unknown` (a classifier without the open-set cut), said once per run.
+    open_set_note: str | None = None
 
     @property
     def counts_wide(self) -> Path:
@@ -402,7 +414,8 @@ def predict_share(
     Memory is bounded by one batch: rows are written as each batch finishes, and counts are kept
     per (sample, class) only. `object_ids` (one per image, `ecotaxa.object_ids`): also write each
     image as `ecotaxa/<id>.png` and its line of the EcoTaxa tsv. `keep_posteriors`: also append
-    each image's position and posteriors to this process's binary parts, for `--counts`.
+    each image's position and posteriors to this process's binary parts, for `--counts`; images
+    decided `unknown` are left out there (they belong to none of the classes being counted).
     """
     params, class_names = classifier.params, classifier.classes
     mine = [(i, images[i]) for i in range(process_index, len(images), num_processes)]
@@ -456,16 +469,19 @@ def predict_share(
                 kept.append((position, image))
             if kept:
                 width, height, area = np.array(sizes, dtype=float).T
-                proba = classifier.predict_proba(
+                proba, ood = classifier.assess(
                     np.stack(pixels),
                     np.array([image_seed(i.key) for _, i in kept]),
                     log_size_features(width, height, area) if classifier.object_size else None,
                 )
+                decisions = classifier.decisions(proba, ood)
                 if keep_posteriors:
-                    kept_proba.write(np.ascontiguousarray(proba, dtype=np.float32).tobytes())
-                    kept_at.write(np.array([p for p, _ in kept], dtype=np.int64).tobytes())
-                for (position, image), row, decision in zip(
-                    kept, proba, classifier.decisions(proba), strict=True
+                    counted = np.array([d != UNKNOWN for d in decisions], dtype=bool)
+                    kept_proba.write(np.ascontiguousarray(proba[counted], dtype=np.float32).tobytes())
+                    kept_at.write(np.array([p for p, _ in kept], dtype=np.int64)[counted].tobytes())
+                scores = [NO_OOD_SCORE] * len(kept) if ood is None else [f"{v:.6g}" for v in ood]
+                for (position, image), row, score, decision in zip(
+                    kept, proba, scores, decisions, strict=True
                 ):
                     top = np.argsort(-row, kind="stable")[:TOP_K]
                     names = [class_names[k] for k in top] + [""] * (TOP_K - len(top))
@@ -477,6 +493,7 @@ def predict_share(
                             image.source,
                             *names,
                             *probabilities,
+                            score,
                             decision,
                             image.true_label,
                         ]
@@ -491,7 +508,8 @@ def predict_share(
                             names=names,
                             probabilities=probabilities,
                             decision=decision,
-                            abstained=decision == UNCLASSIFIED,
+                            abstained=decision in NOT_DECIDED,
+                            ood_score=score,
                         )
                         objects.writerow([position, *line])
             done += len(batch)
@@ -626,12 +644,14 @@ def merge_parts(
     posteriors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[int, int]:
     """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
-    remove the parts. With `classes` (the classifier's, `unclassified` added), every sample gets a
+    remove the parts. With `classes` (the classifier's, `unclassified` and `unknown` added), every sample gets a
     row for every class, zeros kept; `volumes` (sample -> mL) adds concentrations to the wide table;
     `output_format="ecotaxa"` adds `ecotaxa/ecotaxa_<out folder>.tsv` (the PNGs are there already).
     `counting` (with its fitted `quantifier` and `samples`, the sample of each image position): the
-    counts are that method's, with intervals, from the kept `posteriors` (image positions, posteriors;
-    read from the parts when not given), and the decisions after abstention stay in predictions.csv. Each file is written under a temporary name and moved into place at the end."""
+    counts are that method's, with intervals, from the kept `posteriors` (image positions, posteriors
+    of the images not decided `unknown`; read from the parts when not given), and the `unknown`
+    images are a row (and column) of their own; the decisions stay in predictions.csv. Each file
+    is written under a temporary name and moved into place at the end."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
     final = [
         out_csv.with_name("skipped.csv"),
@@ -659,7 +679,7 @@ def merge_parts(
             for sample, name, count in csv.reader(handle):
                 counts[sample, name] += int(count)
         part.unlink()
-    all_classes = list(dict.fromkeys([*(classes or []), UNCLASSIFIED, *(name for _, name in counts)]))
+    all_classes = list(dict.fromkeys([*(classes or []), *NOT_DECIDED, *(name for _, name in counts)]))
     if classes is not None:
         for sample in {sample for sample, _ in counts}:
             for name in all_classes:
@@ -670,20 +690,28 @@ def merge_parts(
             raise RuntimeError("counting needs the classifier's classes")
         positions, proba = posteriors or _posteriors(out_csv, num_processes, len(classes))
         per_image = np.asarray(samples)[positions]
+        every_sample = sorted({sample for sample, _ in counts})
         long = quantified_counts(
-            quantifier,
-            counting,
-            proba,
-            per_image,
-            classes,
-            all_samples=sorted({sample for sample, _ in counts}),
-            volumes=volumes,
+            quantifier, counting, proba, per_image, classes, all_samples=every_sample, volumes=volumes
+        )
+        # Unknown images are counted, not quantified: a count without an interval of its own.
+        unknown = pd.DataFrame(
+            [(s, UNKNOWN, *[counts[s, UNKNOWN]] * 3) for s in every_sample], columns=long.columns[:5]
+        )
+        volume = unknown["sample"].map(volumes or {}).astype(float)
+        if volume.notna().any():
+            for column in ("count", "low", "high"):
+                unknown[f"{column}_per_ml"] = unknown[column] / volume
+        long = pd.concat(
+            [long, unknown.astype({c: float for c in ("count", "low", "high")})], ignore_index=True
         )
         long.sort_values(["sample", "count", "class"], ascending=[True, False, True]).to_csv(
             _staged(counts_path), index=False
         )
         n_images = Counter(per_image.tolist())
-        wide = wide_table(long, volumes or {}, list(classes), n_images=dict(n_images))
+        for sample in every_sample:
+            n_images[sample] += counts[sample, UNKNOWN]
+        wide = wide_table(long, volumes or {}, [*classes, UNKNOWN], n_images=dict(n_images))
         wide.insert(1, "method", counting)
         wide.to_csv(_staged(wide_path), index=False)
     else:
@@ -744,15 +772,15 @@ def predict(
     predictions.csv. `output_format="ecotaxa"` also writes the EcoTaxa import bundle `ecotaxa/`
     beside them (see `plankdiff.deploy.ecotaxa`).
 
-    counts: None counts the decisions after abstention (`unclassified` a class of its own); a
-    counting method (`plankdiff.deploy.quantify`) estimates every sample's class counts from all
-    its posteriors instead, fitted on the classifier's exported validation posteriors, with 95 %
+    counts: None counts the decisions (`unclassified` and `unknown` classes of their own); a
+    counting method (`plankdiff.deploy.quantify`) estimates every sample's class counts from the
+    posteriors of its images not decided `unknown` instead (those are counted apart), fitted on the classifier's exported validation posteriors, with 95 %
     bootstrap intervals (columns count, low, high, and per mL where the volume is known).
 
     score_counting: where the inputs carry true labels, also score every counting method against them
     (`quantification.csv`: Bray–Curtis and mean absolute prevalence error per sample, pooled, and the
     median over samples; `plankdiff.deploy.quantify.quantification_table`), on the images of the
-    classifier's classes.
+    classifier's classes that were not decided `unknown` (what the counting methods count).
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,
     else CUDA when present, else CPU). On one process this is a plain run.
@@ -835,4 +863,5 @@ def predict(
         seconds=time.perf_counter() - started,
         table=table,
         notes=notes,
+        open_set_note=classifier.open_set_note,
     )

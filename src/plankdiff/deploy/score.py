@@ -3,8 +3,9 @@
 What a monitoring programme needs to know before trusting the counts:
 - on images of classes the classifier knows: how many it abstains on, and how often it is right
   when it does decide;
-- on images of classes it never saw (a new season brings new taxa): how many it abstains on, and
-  how many it forces into a known class;
+- on images of classes it never saw (a new season brings new taxa): how many it abstains on
+  (`unclassified`), how many it rejects as `unknown` (the open-set cut), and how many it forces
+  into a known class;
 - per sample and class: the predicted count against the true count, and per sample the
   Bray–Curtis dissimilarity between the two compositions (0 = identical, 1 = nothing shared).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plankdiff.deploy.export import UNCLASSIFIED
+from plankdiff.deploy.export import UNCLASSIFIED, UNKNOWN
 
 OTHER_CLASSES = "(classes unknown to the classifier)"
 
@@ -40,13 +41,14 @@ def score_predictions(predictions_csv: Path, classes: list[str]) -> dict:
     known_classes = set(classes)
     known = labelled[labelled["true_label"].isin(known_classes)]
     novel = labelled[~labelled["true_label"].isin(known_classes)]
-    decided = known[known["decision"] != UNCLASSIFIED]
+    not_decided = labelled["decision"].isin([UNCLASSIFIED, UNKNOWN])
+    decided = known[~not_decided[known.index]]
 
     def share(part: pd.DataFrame, of: pd.DataFrame) -> float | None:
         return len(part) / len(of) if len(of) else None
 
     comparison = _count_comparison(labelled, classes)
-    # Compositions are compared over the classifier's classes; `unclassified` and unseen classes are not
+    # Compositions are compared over the classifier's classes; `unclassified`, `unknown` and unseen classes are not
     # part of either composition.
     over_classes = comparison[comparison["class"].isin(known_classes)]
     by_sample = dict(tuple(over_classes.groupby("sample")))
@@ -70,12 +72,14 @@ def score_predictions(predictions_csv: Path, classes: list[str]) -> dict:
         "novel_class_images": len(novel),
         "known": {
             "abstention_rate": share(known[known["decision"] == UNCLASSIFIED], known),
+            "unknown_rate": share(known[known["decision"] == UNKNOWN], known),
             "accuracy_when_decided": share(decided[decided["decision"] == decided["true_label"]], decided),
             "top1_accuracy_without_abstention": share(known[known["top1"] == known["true_label"]], known),
         },
         "novel": {
             "abstention_rate": share(novel[novel["decision"] == UNCLASSIFIED], novel),
-            "forced_into_a_known_class": share(novel[novel["decision"] != UNCLASSIFIED], novel),
+            "unknown_rate": share(novel[novel["decision"] == UNKNOWN], novel),
+            "forced_into_a_known_class": share(novel[~not_decided[novel.index]], novel),
         },
         "samples": len(per_sample),
         "bray_curtis": {
@@ -92,14 +96,14 @@ def score_predictions(predictions_csv: Path, classes: list[str]) -> dict:
 
 def _count_comparison(labelled: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """sample, class, true, predicted: one row per sample and classifier class, plus `unclassified`
-    (predicted only) and one row pooling the true counts of classes the classifier does not know."""
+    and `unknown` (predicted only) and one row pooling the true counts of classes the classifier does not know."""
     known_classes = set(classes)
     true_class = labelled["true_label"].where(labelled["true_label"].isin(known_classes), OTHER_CLASSES)
     true = labelled.assign(cls=true_class).groupby(["sample", "cls"]).size()
     predicted = labelled.groupby(["sample", "decision"]).size()
     rows = []
     for sample in sorted(labelled["sample"].unique()):
-        for name in [*classes, UNCLASSIFIED, OTHER_CLASSES]:
+        for name in [*classes, UNCLASSIFIED, UNKNOWN, OTHER_CLASSES]:
             rows.append(
                 {
                     "sample": sample,

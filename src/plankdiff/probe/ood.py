@@ -22,17 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from plankdiff.choices import OodScore as OODScore
 from plankdiff.data.splits import SPLITS, Split
 from plankdiff.probe.linear import EVAL_CHUNK, LinearClassifier
 
-OODScore = Literal["mahalanobis", "energy"]
 DEFAULT_KEEP = 0.95  # share of in-distribution validation images kept by the calibrated cut
 HOLD_OUT_EVERY = 5  # `held_out_classes`: every 5th class name in sorted order, a fixed fifth
 
