@@ -29,6 +29,10 @@ Precision = Literal["auto", "fp32", "bf16"]
 Protocol = Literal["linear", "knn"]
 Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 
+# evaluation: the processing shifts (plankdiff.evaluation.processing_shift), and the open-set score
+ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
+OODScore = Literal["mahalanobis", "energy"]
+
 # deploy
 SampleBy = Literal["input", "folder", "day"]
 # what predict writes besides its CSVs: nothing more, or an EcoTaxa import bundle (ecotaxa/)

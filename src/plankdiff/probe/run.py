@@ -21,7 +21,7 @@ from plankdiff.data.preprocess import log_size_features
 from plankdiff.data.splits import Split
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.knn import knn_predict
-from plankdiff.probe.linear import fit_probe_grid, fit_single, train_statistics
+from plankdiff.probe.linear import LinearClassifier, fit_probe_grid, fit_single, train_statistics
 from plankdiff.probe.metrics import (
     classification_metrics,
     macro_f1_rows,
@@ -61,6 +61,8 @@ class ProbeResult:
     # test metrics were computed from them: misclassified examples and coverage curves read these.
     test_rows: np.ndarray | None = None
     test_proba: np.ndarray | None = None
+    # The selected linear probe (None for kNN): open-set scores read its standardisation and logits.
+    classifier: LinearClassifier | None = None
 
 
 def split_positions(store: FeatureStore, split: Split) -> dict[str, np.ndarray]:
@@ -156,11 +158,12 @@ def probe_features(
                 chosen = fit
         table = pd.concat([f.table for f in fits], ignore_index=True)
         table = table[table["loss"] == chosen.loss] if len(fits) > 1 else table
-        selected, hyper, classifiers = chosen.selected, chosen.hyper, chosen.classifiers
-        loss = chosen.loss
+        selected, hyper, loss = chosen.selected, chosen.hyper, chosen.loss
+        models = chosen.models
+        classifiers = {p: model.predict_proba for p, model in models.items()}
     else:
         rows = []
-        classifiers = {}
+        classifiers, models = {}, {}
         for pair in pairs:
             x = features[pair]
             predict = _knn_predictor(x[index["train"]], labels[index["train"]], n_classes)
@@ -201,6 +204,7 @@ def probe_features(
         lineage=lineage,
         test_rows=store.rows[positions["test"]],
         test_proba=test_proba,
+        classifier=models.get(selected),
     )
     if shifted:
         result.shifted, result.per_pair = _score_shifted(
@@ -226,7 +230,7 @@ class _LinearFit:
     selected: str
     hyper: dict[str, Any]
     table: pd.DataFrame
-    classifiers: dict[str, Any]
+    models: dict[str, LinearClassifier]
     scores: pd.Series  # the selected probe's validation scores
 
 
@@ -246,7 +250,7 @@ def _fit_linear(
         **options,
     )
     table, selected, hyper = grid.table, grid.best_pair, grid.hyperparameters()
-    classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
+    models = {p: grid.classifier(p) for p in pairs}
     ranked = rank(grid.best_per_pair())
     if fuse_top > 1:
         top = list(ranked["pair"].head(fuse_top))
@@ -264,12 +268,12 @@ def _fit_linear(
             **options,
         )
         table = pd.concat([table, fused.table], ignore_index=True)
-        classifiers[fused_name] = fused.classifier().predict_proba
+        models[fused_name] = fused.classifier()
         if better(fused.best_per_pair().iloc[0], ranked.iloc[0]):
             selected, hyper = fused_name, fused.hyperparameters()
     table = table.assign(loss=loss)
     return _LinearFit(
-        loss, selected, hyper | {"loss": loss}, table, classifiers, best(table[table["pair"] == selected])
+        loss, selected, hyper | {"loss": loss}, table, models, best(table[table["pair"] == selected])
     )
 
 
