@@ -255,23 +255,26 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
                 split=split,
             )
         )
-    experiments = _with_evaluations(config, experiments)
+    experiments = _with_evaluations(config, experiments, skipped)
     return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
 
 
-def _with_evaluations(config: ExperimentConfig, experiments: list[Experiment]) -> list[Experiment]:
+def _with_evaluations(
+    config: ExperimentConfig, experiments: list[Experiment], skipped: list[str]
+) -> list[Experiment]:
     """The experiments `config.evaluations` names (default: the first long-tailed one) with their
-    processing shift and open set planned; derived from each experiment's own split only."""
+    processing shift and open set planned; derived from each experiment's own split only. A name
+    this study does not plan (a study of fewer families, a misspelling) is skipped with a warning."""
     evaluations = config.evaluations
     if evaluations.processing_shift is None and evaluations.open_set is None:
         return experiments
     names = [e.name for e in experiments]
     wanted = list(evaluations.experiments) or [e.name for e in experiments if e.kind == "long-tailed"][:1]
-    unknown = [n for n in wanted if n not in names]
-    if unknown:
-        raise ValueError(
-            f"evaluations.experiments: no experiment {unknown[0]!r} in this study (planned: {', '.join(names)})"
-        )
+    skipped += [
+        f"evaluations of {name} skipped: no such experiment in this study (planned: {', '.join(names)})"
+        for name in wanted
+        if name not in names
+    ]
     out = []
     for experiment in experiments:
         if experiment.name in wanted:
