@@ -29,16 +29,19 @@ Precision = Literal["auto", "fp32", "bf16"]
 Protocol = Literal["linear", "knn"]
 Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 
+# evaluation: the processing shifts (plankdiff.evaluation.processing_shift), and the open-set score
+ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
+# the open-set (out-of-distribution) score on the probe's features (see plankdiff.probe.ood)
+OODScore = Literal["mahalanobis", "energy"]
+
 # deploy
 SampleBy = Literal["input", "folder", "day"]
 # what predict writes besides its CSVs: nothing more, or an EcoTaxa import bundle (ecotaxa/)
 OutputFormat = Literal["csv", "ecotaxa"]
 # how predict counts per sample: the decisions after abstention, or QuaPy's quantifiers
 Counting = Literal["cc", "pcc", "pacc", "emq"]
-# the open-set (out-of-distribution) score on the probe's features (see plankdiff.probe.ood)
-OodScore = Literal["mahalanobis", "energy"]
 # what `export --ood` takes: a score, or off (no image is ever called `unknown`)
-OodOption = Literal["mahalanobis", "energy", "off"]
+OODOption = Literal["mahalanobis", "energy", "off"]
 
 # where a command runs: auto picks CUDA when there is one (accelerate's choice for predict)
 Device = Literal["auto", "cpu", "cuda"]

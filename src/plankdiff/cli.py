@@ -18,6 +18,7 @@ from plankdiff.baselines.cli import app as baseline_app
 from plankdiff.data.cli import app as data_app
 from plankdiff.deploy.cli import export_command, predict_command
 from plankdiff.diffusion.cli import app as diffusion_app
+from plankdiff.evaluation.cli import app as evaluate_app
 from plankdiff.features.cli import app as features_app
 from plankdiff.probe.cli import probe_command
 from plankdiff.report.cli import app as report_app
@@ -97,6 +98,9 @@ app.command("export")(export_command)
 app.command("predict")(predict_command)
 app.add_typer(report_app, name="report", help="Render a results folder into one self-contained report.html.")
 app.command("probe")(probe_command)
+app.add_typer(
+    evaluate_app, name="evaluate", help="Processing shift and open-set rejection of one store and split."
+)
 app.command("init")(init_command)
 app.command("run")(run_command)
 

@@ -24,11 +24,15 @@ from plankdiff.evaluation.processing_shift import (
     Rescaled,
     apply_shift,
     build_shift_zips,
+    extract_like,
+    prepare_shifts,
+    processing_shift_scores,
     processing_shift_table,
+    shift_source_rows,
     shifted_sets,
     split_test_paths,
 )
-from plankdiff.features.raw import raw_pixel_store
+from plankdiff.features.raw import raw_pixel_store, stored_orientations
 from plankdiff.probe.run import probe_features
 
 
@@ -201,3 +205,84 @@ def test_table_scores_the_clean_probe_on_each_shift(clean_and_shifted):
     assert bool(table.set_index("set").loc["inverted", "meets_goal"])
     with pytest.raises(ValueError, match="not scored on shift"):
         processing_shift_table(result, ["rescaled"])
+
+
+# -- prepared like the clean set, features of the same kind, and the CLI ------------------------------
+
+
+def test_prepare_shifts_makes_test_images_prepared_like_the_clean_set(
+    clean_and_shifted, small_ndsb_zip, tmp_path
+):
+    _, clean, split, _ = clean_and_shifted
+    shifted = prepare_shifts(
+        small_ndsb_zip, clean, split, out_dir=tmp_path / "zips", name="like", shifts=["inverted", "rescaled"]
+    )
+    assert set(shifted) == {"inverted", "rescaled"}
+    for dataset in shifted.values():
+        assert dataset.params == clean.params
+        np.testing.assert_array_equal(shift_source_rows(dataset, clean), split.indices("test"))
+    np.testing.assert_array_equal(shifted["inverted"].images, clean.images[split.indices("test")])
+
+
+def test_prepare_shifts_refuses_images_that_are_not_test_rows(
+    clean_and_shifted, small_ndsb_zip, tmp_path, monkeypatch
+):
+    """Shifted images are scored as test images: built from training rows, they must be refused."""
+    from plankdiff.evaluation import processing_shift
+
+    _, clean, split, _ = clean_and_shifted
+    train_paths = clean.meta["path"].iloc[split.indices("train")].tolist()
+    monkeypatch.setattr(processing_shift, "split_test_paths", lambda dataset, s: train_paths)
+    with pytest.raises(ValueError, match="not test images of split"):
+        prepare_shifts(small_ndsb_zip, clean, split, out_dir=tmp_path / "zips", name="leak", shifts=["jpeg"])
+
+
+def test_extract_like_and_scores_on_raw_pixels(clean_and_shifted, small_ndsb_zip, tmp_path):
+    root, clean, split, _ = clean_and_shifted
+    store = raw_pixel_store(clean, rows=np.arange(len(clean)), out=tmp_path / "clean", orientations=8)
+    shifted = prepare_shifts(
+        small_ndsb_zip, clean, split, out_dir=tmp_path / "zips", name="x", shifts=["inverted"]
+    )
+    other = extract_like(store, shifted["inverted"], out=tmp_path / "inverted")
+    assert stored_orientations(other.info) == 8 and other.pairs == store.pairs
+    np.testing.assert_array_equal(
+        other.load("pixels"), store.load("pixels")[store.positions(split.indices("test"))]
+    )
+    with pytest.raises(ValueError, match="no pair"):
+        extract_like(store, shifted["inverted"], out=tmp_path / "y", pairs=["mid@4/t=5"])
+    result, table = processing_shift_scores(
+        store, split, {"inverted": other}, bootstrap=0, probe_options={"epochs": 3, "min_steps": 20}
+    )
+    assert table["set"].tolist() == ["clean", "inverted"] and table["accuracy_drop"].iloc[1] == 0
+
+
+def test_the_cli_scores_the_shifts_and_writes_sha_and_config(clean_and_shifted, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    _, clean, split, _ = clean_and_shifted
+    split.save(clean)
+    store = raw_pixel_store(clean, rows=np.arange(len(clean)), out=tmp_path / "clean")
+    out = tmp_path / "cli"
+    args = [
+        "evaluate",
+        "shift",
+        str(store.root),
+        "--split",
+        split.name,
+        "--shift",
+        "inverted",
+        "--shift",
+        "jpeg",
+    ]
+    result = CliRunner().invoke(app, [*args, "--epochs", "2", "--min-steps", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["git_sha"] and record["config"]["shifts"] == ["inverted", "jpeg"]
+    assert [row["set"] for row in record["table"]] == ["clean", "inverted", "jpeg"]
+    assert (out / "processing_shift.csv").exists() and (out / "features" / "jpeg" / "store.json").exists()
+    bad = CliRunner().invoke(app, [*args[:5], "--source", str(tmp_path / "missing.zip")])
+    assert bad.exit_code == 1 and "--source" in bad.output

@@ -216,3 +216,46 @@ def test_the_invariant_catches_validation_redrawn_from_train_for_a_new_seed(stan
     monkeypatch.setattr(plan, "pretrain_split", shared_backbone)
     config = load_experiment("compare").model_copy(update={"seeds": (1,)})
     assert any("val" in f for f in leaks(config, stand_ins))
+
+
+EVALUATED = (
+    OWN
+    + """
+evaluations:
+  experiments: [mine/long-tailed, mine/balanced]
+  processing_shift: {shifts: [jpeg]}
+  open_set: {hold_out_every: 2}
+"""
+)
+
+
+def test_the_evaluations_scored_sets_are_checked_and_a_leak_in_them_is_caught(tmp_path, monkeypatch):
+    """The open set's known and unknown rows and the processing shift's images are scored sets of
+    the backbone's dataset; the invariant must see them, and see a leak among them."""
+    from plankdiff.data.splits import Split
+    from plankdiff.study import plan
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(EVALUATED)
+    config, datasets = load_experiment(path), {"mine": own_dataset(LONG_TAIL)}
+    assert leaks(config, datasets) == []
+    names = {entry[0] for entry in plan_replicate(config, datasets, 0).scored_sets()}
+    assert {"mine/long-tailed open set", "mine/balanced processing shift"} <= names
+
+    def leaky(split, unknown_rows):  # the held-out classes' training rows as "unknown" test images
+        rows = {"train": split.rows["train"][:0], "val": split.rows["val"][:0], "test": split.rows["train"]}
+        return Split(f"{split.name}-unknown", rows, split.targets, split.classes)
+
+    monkeypatch.setattr(plan, "unknown_split", leaky)
+    assert any("open set" in f and "test" in f for f in leaks(config, datasets))
+
+
+def test_evaluations_naming_an_experiment_not_in_the_study_are_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(OWN + "evaluations: {experiments: [mine/nope], open_set: {}}")
+    replicate = plan_replicate(load_experiment(path), {"mine": own_dataset(LONG_TAIL)}, 0)
+    assert replicate.skipped == (
+        "evaluations of mine/nope skipped: no such experiment in this study "
+        "(planned: mine/long-tailed, mine/balanced)",
+    )
+    assert all(e.open_set is None and not e.processing_shift for e in replicate.experiments)

@@ -71,6 +71,7 @@ baselines: {{methods: [supervised, simclr], max_minutes: 0.01}}
 features: {{timesteps: [5, 50], per_class_train: 4, per_class_val: 2, keep_timesteps: 1, batch_size: 64}}
 protocol: {{epochs: 2, min_steps: 10, bootstrap: 20, losses: [ce, logit-adjusted]}}
 label_fractions: [0.5, 1.0]
+evaluations: {{processing_shift: {{shifts: [inverted, jpeg]}}, open_set: {{hold_out_every: 2}}}}
 """)
     return folder
 
@@ -114,6 +115,18 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     assert len(clustered) and (clustered["n_seeds"] == 3).all()  # one k-means init per study seed
     kmeans = pd.read_csv(results / "tables" / "kmeans.csv")
     assert set(kmeans["seed"]) == {0, 1, 2}
+    # The evaluations ran on the headline experiment, per method and seed, and reach the report.
+    shift = pd.read_csv(results / "tables" / "processing_shift.csv")
+    assert set(shift["experiment"]) == {"ndsb/long-tailed"} and set(shift["seed"]) == {0, 1, 2}
+    assert set(shift["set"]) == {"clean", "inverted", "jpeg"}
+    assert set(shift["method"]) == {"diffusion", "supervised", "simclr", "raw-pixels"}
+    raw = shift[(shift["method"] == "raw-pixels") & (shift["set"] == "inverted")]
+    assert (raw["accuracy_drop"] == 0).all()  # polarity normalisation undoes an inversion exactly
+    open_set = pd.read_csv(results / "tables" / "open_set.csv")
+    assert set(open_set["score"]) == {"mahalanobis", "energy"} and len(open_set) == 2 * 4 * 3
+    assert open_set[["unknown_rejected", "known_kept", "auroc"]].stack().between(0, 1).all()
+    assert "Processing shift" in html and "Open-set rejection" in html
+    assert (results / "tables" / "open_set.md").exists()
 
     again = Study(config, results_root=tmp_path / "results", dry_run=True)
     again.run()

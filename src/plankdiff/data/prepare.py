@@ -156,6 +156,26 @@ def _longest_sides(collection: Collection) -> np.ndarray:
     return np.asarray(sides)
 
 
+def prepare_like(
+    source: Path | str, parent: PreparedDataset, *, name: str, show_progress: bool = True
+) -> PreparedDataset:
+    """`source` preprocessed exactly as `parent` was (size, mode, channels, polarity, background and
+    keep-scale's factor, read from its record): a derived copy of some of its images, such as a
+    processing shift, must differ from them only by what was done to the files."""
+    params = parent.params
+    return prepare(
+        source,
+        name=name,
+        size=params.size,
+        mode=params.mode,
+        channels=params.channels,
+        normalise_polarity=params.normalise_polarity,
+        background=params.background,
+        scale_factor=params.scale_factor,
+        show_progress=show_progress,
+    )
+
+
 def prepare(
     source: Path | str,
     *,
@@ -170,14 +190,17 @@ def prepare(
     show_progress: bool = True,
     labels_csv: Path | str | None = None,
     background: Background | None = None,
+    scale_factor: float | None = None,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed.
 
-    `background` None: normalised where polarity is normalised (`default_background`)."""
+    `background` None: normalised where polarity is normalised (`default_background`).
+    `scale_factor`: keep-scale's factor given, not read from this collection's sizes (see
+    `prepare_like`)."""
     collection = open_collection(source, labels_csv)
     factor = 1.0
     if mode == "keep-scale":
-        factor = keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
+        factor = scale_factor or keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
     params = PreprocessParams(
         size=size,
         mode=mode,

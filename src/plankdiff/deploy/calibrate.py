@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from plankdiff.choices import OodScore
+from plankdiff.choices import OODScore
 
 DEFAULT_TARGET_PRECISION = 0.9
 MIN_PREDICTIONS = 5
@@ -153,7 +153,7 @@ class OpenSet:
     is `unknown`. `keep`: the share of validation images the cut was asked to keep; `val_kept` and
     `test_kept`: the shares it keeps there (test measured once at export, never used to set it)."""
 
-    method: OodScore
+    method: OODScore
     keep: float
     threshold: float
     val_kept: float

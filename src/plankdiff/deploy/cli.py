@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Counting, Device, Loss, OodOption, OutputFormat, SampleBy
+from plankdiff.choices import Counting, Device, Loss, OODOption, OutputFormat, SampleBy
 from plankdiff.cli_support import check_split, fail, open_dataset, resolve_device, say_device, switch
 
 # kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
@@ -62,7 +62,7 @@ def export_command(
     ),
     loss: Loss = typer.Option("ce", "--loss", help="linear probe loss (as `plankdiff probe --loss`)"),
     seed: int = typer.Option(0, "--seed", help="random seed of the probe fit"),
-    ood: OodOption = typer.Option(
+    ood: OODOption = typer.Option(
         "mahalanobis",
         "--ood",
         help="open-set score deciding `unknown` (images unlike every training image): mahalanobis "

@@ -46,7 +46,7 @@ from plankdiff.baselines.extract import (
 )
 from plankdiff.baselines.registry import Method
 from plankdiff.baselines.train import BASELINE_FILE
-from plankdiff.choices import OodOption, OodScore
+from plankdiff.choices import OODOption, OODScore
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.preprocess import PreprocessParams
 from plankdiff.data.splits import SPLITS, Split
@@ -162,7 +162,7 @@ def _request(pairs: Sequence[Pair], extraction: Mapping[str, Any]) -> Extraction
 
 
 def open_set_scores(
-    method: OodScore, probe: LinearClassifier, scorer: MahalanobisScorer | None, x: np.ndarray
+    method: OODScore, probe: LinearClassifier, scorer: MahalanobisScorer | None, x: np.ndarray
 ) -> np.ndarray:
     """The open-set score of the probe's raw input features `x` [N, D], higher = more unknown: one
     function for export's calibration and predict's decisions, so both score alike."""
@@ -178,7 +178,7 @@ def fit_open_set(
     x: Mapping[str, np.ndarray],
     train_labels: np.ndarray,
     *,
-    method: OodScore = "mahalanobis",
+    method: OODScore = "mahalanobis",
     keep: float = DEFAULT_OOD_KEEP,
 ) -> tuple[OpenSet, dict[str, np.ndarray]]:
     """The open-set cut of `probe`: the score fitted on the train rows `x["train"]` (their labels
@@ -416,7 +416,7 @@ def export_from_store(
     probe_options: Mapping[str, Any] | None = None,
     transductive: bool = False,
     source: Mapping[str, Any] | None = None,
-    ood: OodOption = "mahalanobis",
+    ood: OODOption = "mahalanobis",
     ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
@@ -553,7 +553,7 @@ def export_from_result(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     transductive: bool = False,
     progress: bool = True,
-    ood: OodOption = "mahalanobis",
+    ood: OODOption = "mahalanobis",
     ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Export the probe a probe result folder selected (`results/<study>/metrics/<experiment>/<method>/seedN`

@@ -34,20 +34,20 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, get_args
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from plankdiff.data.prepare import PreparedDataset
+from plankdiff.choices import ShiftName
+from plankdiff.data.prepare import PreparedDataset, prepare_like
 from plankdiff.data.preprocess import border_values, decode
 from plankdiff.data.sources import MANIFEST_NAME, Collection
 from plankdiff.data.splits import Split
 from plankdiff.features.store import FeatureStore
-from plankdiff.probe.run import ProbeResult, Shifted
+from plankdiff.probe.run import ProbeResult, Shifted, probe_features
 
-ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
 SHIFT_NAMES: tuple[str, ...] = get_args(ShiftName)
 SPLIT_NAME = "processing-shift"
 # The issue's goal: no single shift may cost more than this many points of accuracy.
@@ -302,6 +302,121 @@ def shifted_sets(stores: Mapping[str, FeatureStore], clean_split: Split) -> list
     return sets
 
 
+def shift_source_rows(shifted: PreparedDataset, clean: PreparedDataset) -> np.ndarray:
+    """The row of `clean` each image of a prepared shift zip was made from (-1 where none): a shift
+    zip stores `<path>` of the raw source as `<path>.png`, which is how the two are matched."""
+    lookup = {str(PurePosixPath(p).with_suffix(".png")): row for row, p in enumerate(clean.meta["path"])}
+    return np.array([lookup.get(p, -1) for p in shifted.meta["path"]], dtype=np.int64)
+
+
+def prepare_shifts(
+    source: Path | str,
+    clean: PreparedDataset,
+    split: Split,
+    *,
+    out_dir: Path | str,
+    name: str,
+    shifts: Sequence[ShiftName] = SHIFT_NAMES,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, PreparedDataset]:
+    """The test images of `split` on `clean`, shifted from the raw files of `source` (the collection
+    `clean` was prepared from) and prepared exactly as `clean` was (`prepare_like`), as
+    {shift: prepared dataset named `<name>-<shift>`}. Refused when a prepared image is not one of
+    those test images: each is scored as a test image of the backbone's dataset, so it must be one."""
+    zips = build_shift_zips(
+        source,
+        out_dir=out_dir,
+        paths=split_test_paths(clean, split),
+        shifts=shifts,
+        seed=seed,
+        name=name,
+    )
+    test = set(split.indices("test").tolist())
+    prepared = {}
+    for shift, path in zips.items():
+        dataset = prepare_like(path, clean, name=f"{name}-{shift}", show_progress=show_progress)
+        strays = [r for r in shift_source_rows(dataset, clean).tolist() if r not in test]
+        if strays:
+            raise ValueError(
+                f"{path}: {len(strays)} shifted image(s) are not test images of split {split.name} "
+                f"on {clean.name}; was {source} the source {clean.name} was prepared from?"
+            )
+        prepared[shift] = dataset
+    return prepared
+
+
+def extract_like(
+    store: FeatureStore, dataset: PreparedDataset, *, out: Path | str, pairs: Sequence[str] | None = None
+) -> FeatureStore:
+    """Every row of `dataset` through the backbone and extraction settings `store` was made with,
+    for `pairs` of it only (default: all): the DDPM's blocks and timesteps are cut to those the
+    pairs name; a baseline extracts its few blocks in one forward pass anyway; raw pixels are pixels."""
+    from plankdiff.features.pairs import Selection
+    from plankdiff.features.raw import RAW_METHOD, RAW_PAIR, raw_pixel_store, stored_orientations
+
+    info = store.info
+    rows = np.arange(len(dataset))
+    wanted = [p for component in (pairs or store.pairs) for p in Selection.parse(component).names]
+    unknown = sorted(set(wanted) - set(store.pairs))
+    if unknown:
+        raise ValueError(f"{store.root}: no pair(s) {unknown}; it has {', '.join(store.pairs[:6])}")
+    if info.get("model_hash") == RAW_METHOD and store.pairs == [RAW_PAIR]:
+        return raw_pixel_store(dataset, rows=rows, out=out, orientations=stored_orientations(info))
+    if "baseline" in info:
+        from plankdiff.baselines.extract import extract_baseline_features
+
+        orientations = info["request"].get("orientations", 1)
+        return extract_baseline_features(
+            info["baseline"]["run"], dataset, out=out, orientations=orientations, show_progress=False
+        )
+    if not info.get("backbone"):
+        raise ValueError(f"{store.root}: the store records no backbone run to extract new images with")
+    from plankdiff.diffusion.model import load_backbone
+    from plankdiff.features.extract import ExtractionRequest, extract_features
+
+    axes = {p["name"]: (p["block"], p["t"]) for p in store.pair_table()}
+    request = dict(info["request"])
+    request["blocks"] = tuple(dict.fromkeys(axes[p][0] for p in wanted))
+    request["timesteps"] = tuple(sorted({axes[p][1] for p in wanted}))
+    unet, scheduler = load_backbone(info["backbone"])
+    return extract_features(
+        unet,
+        scheduler,
+        dataset,
+        out=out,
+        request=ExtractionRequest(**request),
+        rows=rows,
+        model_id=info["model_hash"],
+        backbone=Path(info["backbone"]),
+        show_progress=False,
+    )
+
+
+def processing_shift_scores(
+    store: FeatureStore,
+    split: Split,
+    shifted: Mapping[str, FeatureStore],
+    *,
+    seed: int = 0,
+    out: Path | None = None,
+    config: dict | None = None,
+    **probe_arguments,
+) -> tuple[ProbeResult, pd.DataFrame]:
+    """The probe selected on `split`'s validation rows of `store`, applied to the clean test rows and
+    to each shifted store ({shift: store}), and `processing_shift_table` of the result."""
+    result = probe_features(
+        store,
+        split,
+        shifted=shifted_sets(shifted, split),
+        seed=seed,
+        out=out,
+        config=config,
+        **probe_arguments,
+    )
+    return result, processing_shift_table(result, list(shifted))
+
+
 def processing_shift_table(result: ProbeResult, shifts: Sequence[str] | None = None) -> pd.DataFrame:
     """One row for the clean test and one per shift: accuracy, macro-F1, their drops from the clean
     test (fractions; positive = worse) and whether the drop meets the goal (<= 10 points)."""
@@ -342,7 +457,11 @@ __all__ = [
     "Transform",
     "apply_shift",
     "build_shift_zips",
+    "extract_like",
+    "prepare_shifts",
+    "processing_shift_scores",
     "processing_shift_table",
+    "shift_source_rows",
     "shift_split",
     "shifted_sets",
     "split_test_paths",

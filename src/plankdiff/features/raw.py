@@ -22,6 +22,16 @@ def dihedral_mean(images: np.ndarray) -> np.ndarray:
     return np.mean([v.astype(np.float32) for v in views], axis=0)
 
 
+def _key(identity: dict, orientations: int) -> str:
+    return sha256_json(identity | ({"orientations": orientations} if orientations != 1 else {}))
+
+
+def stored_orientations(info: dict) -> Orientations:
+    """The orientations a raw-pixel store was written with (its key says; its record does not)."""
+    identity = {"dataset_key": info["dataset_key"], "rows": info["rows"], "kind": "raw"}
+    return 8 if info.get("key") == _key(identity, 8) else 1
+
+
 def raw_pixel_store(
     dataset: PreparedDataset, *, rows: np.ndarray, out: Path | str, orientations: Orientations = 1
 ) -> FeatureStore:
@@ -30,7 +40,7 @@ def raw_pixel_store(
     out = Path(out)
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     identity = {"dataset_key": dataset.key, "rows": rows.tolist(), "kind": "raw"}
-    key = sha256_json(identity | ({"orientations": orientations} if orientations != 1 else {}))
+    key = _key(identity, orientations)
     store = FeatureStore(out)
     if store.complete and store.info.get("key") == key:
         return store

@@ -28,12 +28,10 @@ from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-from plankdiff.choices import OodScore as OODScore
+from plankdiff.choices import OODScore
 from plankdiff.data.splits import SPLITS, Split
 from plankdiff.probe.linear import EVAL_CHUNK, LinearClassifier
-
-DEFAULT_KEEP = 0.95  # share of in-distribution validation images kept by the calibrated cut
-HOLD_OUT_EVERY = 5  # `held_out_classes`: every 5th class name in sorted order, a fixed fifth
+from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY
 
 
 @dataclass
@@ -182,6 +180,17 @@ def open_set_split(split: Split, held_out: Sequence[str]) -> tuple[Split, np.nda
     return known, unknown_rows
 
 
+def unknown_split(split: Split, unknown_rows: np.ndarray) -> Split:
+    """The held-out classes' test rows as a split of their own (test only), for saving and checks."""
+    empty = np.array([], dtype=np.int64)
+    return Split(
+        name=f"{split.name}-open-set-unknown",
+        rows={"train": empty, "val": empty, "test": np.asarray(unknown_rows, dtype=np.int64)},
+        targets=split.targets,
+        classes=list(split.classes),
+    )
+
+
 __all__ = [
     "DEFAULT_KEEP",
     "MahalanobisScorer",
@@ -191,4 +200,5 @@ __all__ = [
     "held_out_classes",
     "open_set_split",
     "rejection_metrics",
+    "unknown_split",
 ]

@@ -18,6 +18,10 @@ from plankdiff.choices import Loss, Precision
 
 LOSSES: tuple[str, ...] = get_args(Loss)
 Orientations = Literal[1, 8]
+# Open-set rejection (`plankdiff.probe.ood`), here so that experiment files and the CLI read the
+# defaults without importing scikit-learn.
+DEFAULT_KEEP = 0.95  # share of in-distribution validation images kept by the calibrated cut
+HOLD_OUT_EVERY = 5  # `held_out_classes`: every 5th class name in sorted order, a fixed fifth
 
 
 class EvaluationProtocol(BaseModel):

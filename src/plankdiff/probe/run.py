@@ -22,7 +22,7 @@ from plankdiff.data.splits import Split
 from plankdiff.features.pairs import Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.knn import knn_predict
-from plankdiff.probe.linear import fit_probe_grid, fit_single, train_statistics
+from plankdiff.probe.linear import LinearClassifier, fit_probe_grid, fit_single, train_statistics
 from plankdiff.probe.metrics import (
     classification_metrics,
     macro_f1_rows,
@@ -62,6 +62,8 @@ class ProbeResult:
     # test metrics were computed from them: misclassified examples and coverage curves read these.
     test_rows: np.ndarray | None = None
     test_proba: np.ndarray | None = None
+    # The selected linear probe (None for kNN): open-set scores read its standardisation and logits.
+    classifier: LinearClassifier | None = None
 
     @property
     def selected_pair(self) -> str:
@@ -162,11 +164,12 @@ def probe_features(
                 chosen = fit
         table = pd.concat([f.table for f in fits], ignore_index=True)
         table = table[table["loss"] == chosen.loss] if len(fits) > 1 else table
-        selected, hyper, classifiers = chosen.selected, chosen.hyper, chosen.classifiers
-        loss = chosen.loss
+        selected, hyper, loss = chosen.selected, chosen.hyper, chosen.loss
+        models = chosen.models
+        classifiers = {p: model.predict_proba for p, model in models.items()}
     else:
         rows = []
-        classifiers = {}
+        classifiers, models = {}, {}
         for pair in pairs:
             x = features[pair]
             predict = _knn_predictor(x[index["train"]], labels[index["train"]], n_classes)
@@ -207,6 +210,7 @@ def probe_features(
         lineage=lineage,
         test_rows=store.rows[positions["test"]],
         test_proba=test_proba,
+        classifier=models.get(selected.name),
     )
     if shifted:
         result.shifted, result.per_pair = _score_shifted(
@@ -232,7 +236,7 @@ class _LinearFit:
     selected: Selection
     hyper: dict[str, Any]
     table: pd.DataFrame
-    classifiers: dict[str, Any]
+    models: dict[str, LinearClassifier]
     scores: pd.Series  # the selected probe's validation scores
 
 
@@ -252,7 +256,7 @@ def _fit_linear(
         **options,
     )
     table, selected, hyper = grid.table, Selection.parse(grid.best_pair), grid.hyperparameters()
-    classifiers = {p: grid.classifier(p).predict_proba for p in pairs}
+    models = {p: grid.classifier(p) for p in pairs}
     ranked = rank(grid.best_per_pair())
     if fuse_top > 1:
         top = Selection.of(ranked["pair"].head(fuse_top))
@@ -271,7 +275,7 @@ def _fit_linear(
             **options,
         )
         table = pd.concat([table, fused.table], ignore_index=True)
-        classifiers[fused_name] = fused.classifier().predict_proba
+        models[fused_name] = fused.classifier()
         if better(fused.best_per_pair().iloc[0], ranked.iloc[0]):
             selected, hyper = top, fused.hyperparameters()
     table = table.assign(loss=loss)
@@ -280,7 +284,7 @@ def _fit_linear(
         selected,
         hyper | {"loss": loss},
         table,
-        classifiers,
+        models,
         best(table[table["pair"] == selected.name]),
     )
 

@@ -30,6 +30,7 @@ from plankdiff.report.classes import (
     read_confusion,
     read_per_class,
 )
+from plankdiff.report.evaluations import evaluation_views
 from plankdiff.report.figures import coverage_figure, experiment_figure, loss_figure, read_loss_log
 from plankdiff.report.predictions import (
     PREDICTIONS_FILE,
@@ -505,6 +506,7 @@ def render_report(results_dir: Path) -> Path:
     contacts = [f for name, f in figures.items() if name.startswith("contact_")]
     placed.update(f["name"] for f in samples + contacts)
     other = [f for name, f in figures.items() if name not in placed]
+    evaluations = evaluation_views(results_dir)
     tables = sorted((results_dir / "tables").glob("*.md"))
     metric_files = sorted(
         path.relative_to(results_dir).as_posix() for path in (results_dir / "metrics").rglob("*.json")
@@ -519,6 +521,7 @@ def render_report(results_dir: Path) -> Path:
             meaning=_meaning(study, headline),
             notes=[str(note) for note in study.get("notes") or []],
             experiments=experiments,
+            evaluations=evaluations,
             other_figures=other,
             samples=samples,
             contacts=contacts,

@@ -105,8 +105,12 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_tables(results_dir: Path) -> Path:
-    """Write `tables/headline.md` from `headline.csv`, so the numbers read well on GitHub too."""
+    """Write `tables/headline.md` from `headline.csv`, so the numbers read well on GitHub too (and
+    the evaluations' tables, `report.evaluations`, where the folder holds them)."""
+    from plankdiff.report.evaluations import write_evaluation_tables  # it imports this module
+
     results_dir = Path(results_dir)
+    write_evaluation_tables(results_dir)
     markdown = to_markdown(headline_table(read_headline(results_dir / "headline.csv")))
     out = results_dir / "tables" / "headline.md"
     atomic_write(out, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))

@@ -7,7 +7,7 @@ import copy
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -21,11 +21,12 @@ from pydantic import (
     model_validator,
 )
 
+from plankdiff.choices import ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
 from plankdiff.data.splits import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.features.spec import SearchSpec
-from plankdiff.probe.protocol import EvaluationProtocol
+from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY, EvaluationProtocol
 from plankdiff.validation import problems
 
 
@@ -176,6 +177,34 @@ class SplitOptions(Strict):
         return round(self.val_fraction / (1 - self.test_fraction), 10)
 
 
+class ProcessingShiftSpec(Strict):
+    """Shifted copies of an experiment's test images, built from the raw files of its dataset's
+    source and prepared like it (`plankdiff.evaluation.processing_shift`); each method's probe
+    selected on clean validation is applied to them."""
+
+    shifts: tuple[ShiftName, ...] = Field(get_args(ShiftName), min_length=1)
+    seed: int = 0  # the shifts' own draws (noise, JPEG quality, corner), per image from (seed, path)
+
+
+class OpenSetSpec(Strict):
+    """Classes held out of an experiment's probe (every `hold_out_every`-th class name, sorted: fixed
+    before any result), and the out-of-distribution cut calibrated to keep `keep` of the known
+    classes' validation images (`plankdiff.evaluation.open_set`)."""
+
+    hold_out_every: int = Field(HOLD_OUT_EVERY, ge=2)
+    keep: float = Field(DEFAULT_KEEP, gt=0, le=1)
+
+
+class Evaluations(Strict):
+    """Evaluations beyond the probes, each off unless given. `experiments`: the names of the
+    experiments they run on (e.g. `ndsb/long-tailed`, `mine/long-tailed`); empty: the first
+    long-tailed one (`Replicate.headline`)."""
+
+    experiments: tuple[str, ...] = ()
+    processing_shift: ProcessingShiftSpec | None = None
+    open_set: OpenSetSpec | None = None
+
+
 class ExperimentConfig(Strict):
     name: str
     description: str = ""
@@ -202,6 +231,7 @@ class ExperimentConfig(Strict):
     splits: SplitOptions = SplitOptions()
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True
+    evaluations: Evaluations = Evaluations()
 
     @property
     def families(self) -> tuple[str, ...]:

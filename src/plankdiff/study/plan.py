@@ -23,7 +23,7 @@ shipped experiment file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from plankdiff.data.mapping import cross_domain_splits, load_mapping
@@ -38,6 +38,7 @@ from plankdiff.data.splits import (
     temporal_split,
     translate,
 )
+from plankdiff.probe.ood import held_out_classes, open_set_split, unknown_split
 from plankdiff.study.config import ExperimentConfig, Family, PretrainSpec
 
 # What an experiment's scored split is, whatever its family.
@@ -53,6 +54,16 @@ class ShiftedSet:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OpenSet:
+    """An experiment's split without its held-out classes (`known`: the probe is fitted, selected
+    and tested there) and the held-out classes' test rows (`unknown`: the images to reject)."""
+
+    held_out: tuple[str, ...]
+    known: Split
+    unknown: Split
+
+
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     """One probed setting: a backbone pre-training, the split its probe is fitted, selected and
     tested on, and the shifted test sets the same probe is applied to."""
@@ -64,6 +75,10 @@ class Experiment:
     pretrain: str
     split: Split
     shifted: tuple[ShiftedSet, ...] = ()
+    # Evaluations (`ExperimentConfig.evaluations`): shifted copies of this split's test images,
+    # built from the raw files of `dataset`'s source; and the open-set experiment on this split.
+    processing_shift: bool = False
+    open_set: OpenSet | None = None
 
     @property
     def slug(self) -> str:
@@ -93,6 +108,16 @@ class Replicate:
                 out.append((experiment.name, experiment.pretrain, experiment.dataset, experiment.split, part))
             for shifted in experiment.shifted:
                 out.append((experiment.name, experiment.pretrain, shifted.dataset, shifted.split, "test"))
+            if experiment.processing_shift:  # shifted copies of the test rows' own raw files
+                name = f"{experiment.name} processing shift"
+                out.append((name, experiment.pretrain, experiment.dataset, experiment.split, "test"))
+            if experiment.open_set is not None:
+                name, known = f"{experiment.name} open set", experiment.open_set.known
+                for part in ("val", "test"):
+                    out.append((name, experiment.pretrain, experiment.dataset, known, part))
+                out.append(
+                    (name, experiment.pretrain, experiment.dataset, experiment.open_set.unknown, "test")
+                )
         return out
 
 
@@ -230,12 +255,48 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
                 split=split,
             )
         )
+    experiments = _with_evaluations(config, experiments, skipped)
     return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
+
+
+def _with_evaluations(
+    config: ExperimentConfig, experiments: list[Experiment], skipped: list[str]
+) -> list[Experiment]:
+    """The experiments `config.evaluations` names (default: the first long-tailed one) with their
+    processing shift and open set planned; derived from each experiment's own split only. A name
+    this study does not plan (a study of fewer families, a misspelling) is skipped with a warning."""
+    evaluations = config.evaluations
+    if evaluations.processing_shift is None and evaluations.open_set is None:
+        return experiments
+    names = [e.name for e in experiments]
+    wanted = list(evaluations.experiments) or [e.name for e in experiments if e.kind == "long-tailed"][:1]
+    skipped += [
+        f"evaluations of {name} skipped: no such experiment in this study (planned: {', '.join(names)})"
+        for name in wanted
+        if name not in names
+    ]
+    out = []
+    for experiment in experiments:
+        if experiment.name in wanted:
+            open_set = None
+            if evaluations.open_set is not None:
+                split = experiment.split
+                held_out = held_out_classes(split.classes, every=evaluations.open_set.hold_out_every)
+                known, unknown_rows = open_set_split(split, held_out)
+                open_set = OpenSet(
+                    held_out=tuple(held_out), known=known, unknown=unknown_split(split, unknown_rows)
+                )
+            experiment = replace(
+                experiment, processing_shift=evaluations.processing_shift is not None, open_set=open_set
+            )
+        out.append(experiment)
+    return out
 
 
 __all__ = [
     "Experiment",
     "Kind",
+    "OpenSet",
     "Replicate",
     "ShiftedSet",
     "partition_seed",

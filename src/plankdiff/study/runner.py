@@ -14,6 +14,7 @@ every probe refuses to score one of them (`plankdiff.data.lineage`).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import datetime, timezone
@@ -35,6 +36,8 @@ from plankdiff.diffusion.model import load_backbone
 from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
 from plankdiff.evaluation.clustering import kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve, plot_label_efficiency
+from plankdiff.evaluation.open_set import open_set_scores
+from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, processing_shift_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
 from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
@@ -42,6 +45,7 @@ from plankdiff.features.search import coarse_to_fine
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import Shifted, load_pairs, probe_features
 from plankdiff.provenance import cache_root, git_sha, read_json, sha256_json, write_json
+from plankdiff.report.evaluations import OPEN_SET_TABLE, PROCESSING_SHIFT_TABLE
 from plankdiff.study.config import ExperimentConfig
 from plankdiff.study.plan import Experiment, Replicate, plan_replicate
 from plankdiff.study.stages import StageCache
@@ -78,6 +82,8 @@ class Study:
         self.per_seed: list[dict] = []  # one summary per (seed, experiment, method)
         self.kmeans_rows: list[dict] = []
         self.efficiency_rows: list[dict] = []
+        self.shift_rows: list[dict] = []  # per (seed, experiment, method, clean or shift)
+        self.open_set_rows: list[dict] = []  # per (seed, experiment, method, OOD score)
         self.datasets: dict[str, PreparedDataset] = {}
         # The experiment label efficiency, k-means, the own head and the t-SNE figure are read on
         # (`Replicate.headline`: the same name in every replicate), once the replicates are planned.
@@ -117,15 +123,20 @@ class Study:
             runs[replicate.seed] = self._pretrain(replicate)
             stores = self._features(replicate, runs[replicate.seed])
             self._probe(replicate, stores)
+            self._processing_shift(replicate, stores)
+            self._open_set(replicate, stores)
             self._label_efficiency(replicate, stores)
             self._kmeans(replicate, stores)
             report = self._report(started, runs, replicates[:done])
         return report
 
+    def _source(self, name: str) -> Path:
+        source = Path(self.config.datasets[name].source)
+        return source if source.is_absolute() else self.project_root / source
+
     def _prepare(self) -> None:
         for name, spec in self.config.datasets.items():
-            source = Path(spec.source)
-            source = source if source.is_absolute() else self.project_root / source
+            source = self._source(name)
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
             # The source's content is part of the key: a changed zip or folder is prepared again.
@@ -168,6 +179,9 @@ class Study:
                 self.console.print(f"[yellow]warning:[/yellow] {experiment.name}: {warning}")
             for shifted in experiment.shifted:
                 shifted.split.save(self.datasets[shifted.dataset])
+            if experiment.open_set is not None:
+                experiment.open_set.known.save(self.datasets[experiment.dataset])
+                experiment.open_set.unknown.save(self.datasets[experiment.dataset])
             self.planned.append(
                 (f"split/seed{replicate.seed}/{experiment.name}", f"{experiment.split.summary()}")
             )
@@ -419,6 +433,137 @@ class Study:
             if experiment is replicate.headline and "supervised" in self._methods():
                 self._own_head(stores[(experiment.name, "supervised", experiment.dataset)], experiment, seed)
 
+    # -- evaluations: processing shift and open set ----------------------------------------------
+    def _processing_shift(self, replicate: Replicate, stores: Stores) -> None:
+        """Each method's probe, selected on clean validation, on shifted copies of the experiment's
+        test images (built from the raw files, prepared like the clean set; features of the
+        selected pairs only, with the same backbone)."""
+        spec, protocol, seed = self.config.evaluations.processing_shift, self.config.protocol, replicate.seed
+        for experiment in (e for e in replicate.experiments if e.processing_shift):
+            clean = self.datasets[experiment.dataset]
+            name = f"{self._dataset_name(experiment.dataset)}-seed{seed}-{experiment.slug}"
+            inputs = {
+                "dataset": clean.key,
+                "rows": sha256_json(experiment.split.indices("test").tolist()),
+                **spec.model_dump(mode="json"),
+            }
+            prepared = self.stage(
+                f"shift-data/seed{seed}/{experiment.slug}",
+                inputs,
+                lambda e=experiment, c=clean, n=name: {
+                    shift: dataset.name
+                    for shift, dataset in prepare_shifts(
+                        self._source(e.dataset),
+                        c,
+                        e.split,
+                        out_dir=self.work / f"seed{seed}" / "shift-zips" / e.slug,
+                        name=n,
+                        shifts=spec.shifts,
+                        seed=spec.seed,
+                    ).items()
+                },
+            )
+            shifted = {shift: PreparedDataset.open(dataset) for shift, dataset in prepared.items()}
+            folder = self.work / f"seed{seed}" / "features" / experiment.pretrain / "processing-shift"
+            for method in self._methods():
+                store = stores[(experiment.name, method, experiment.dataset)]
+                selected = self._selected(experiment.name, method, seed)
+                pairs = list(selected["pairs"])
+                out = (
+                    self.results / "metrics" / f"{experiment.slug}_processing-shift" / method / f"seed{seed}"
+                )
+                inputs = {
+                    "store": store.info.get("key"),
+                    "split": sha256_json(experiment.split.to_frame().to_dict("list")),
+                    "shifted": {shift: dataset.key for shift, dataset in shifted.items()},
+                    "pairs": pairs,
+                    "seed": seed,
+                    "protocol": protocol.model_dump(mode="json"),
+                }
+
+                def score(st=store, e=experiment, p=pairs, o=out, m=method, f=folder, sh=shifted) -> dict:
+                    shifted_stores = {
+                        shift: extract_like(st, dataset, out=f / f"{m}-{e.slug}-{shift}", pairs=p)
+                        for shift, dataset in sh.items()
+                    }
+                    result, table = processing_shift_scores(
+                        st,
+                        e.split,
+                        shifted_stores,
+                        seed=seed,
+                        out=o,
+                        config=self.config.model_dump(mode="json"),
+                        **protocol.probe_arguments(),
+                    )
+                    return {"pair": result.selected_pair, "rows": _records(table)}
+
+                record = self.stage(f"processing-shift/seed{seed}/{experiment.slug}/{method}", inputs, score)
+                if record["pair"] != selected["pair"]:  # the same fit on the same rows: it should not happen
+                    self.console.print(
+                        f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the processing-shift "
+                        f"refit selected {record['pair']}, the probe stage {selected['pair']}"
+                    )
+                self.shift_rows += [
+                    {
+                        "experiment": experiment.name,
+                        "method": method,
+                        "seed": seed,
+                        "pair": record["pair"],
+                        **row,
+                    }
+                    for row in record["rows"]
+                ]
+
+    def _open_set(self, replicate: Replicate, stores: Stores) -> None:
+        """Each method's probe fitted and selected without the held-out classes; its unknown cut
+        calibrated on the known classes' validation rows; rejection measured on test."""
+        spec, protocol, seed = self.config.evaluations.open_set, self.config.protocol, replicate.seed
+        for experiment in (e for e in replicate.experiments if e.open_set is not None):
+            for method in self._methods():
+                store = stores[(experiment.name, method, experiment.dataset)]
+                out = self.results / "metrics" / f"{experiment.slug}_open-set" / method / f"seed{seed}"
+                inputs = {
+                    "store": store.info.get("key"),
+                    "split": sha256_json(experiment.split.to_frame().to_dict("list")),
+                    "held_out": list(experiment.open_set.held_out),
+                    "keep": spec.keep,
+                    "seed": seed,
+                    "protocol": protocol.model_dump(mode="json"),
+                }
+
+                def score(st=store, e=experiment, o=out) -> dict:
+                    result = open_set_scores(
+                        st,
+                        e.split,
+                        held_out=e.open_set.held_out,
+                        keep=spec.keep,
+                        seed=seed,
+                        out=o,
+                        config=self.config.model_dump(mode="json"),
+                        **protocol.probe_arguments(),
+                    )
+                    known = {k: result.probe.test[k] for k in ("accuracy", "macro_f1")}
+                    return {
+                        "pair": result.probe.selected_pair,
+                        "known": known,
+                        "rows": _records(result.table),
+                    }
+
+                record = self.stage(f"open-set/seed{seed}/{experiment.slug}/{method}", inputs, score)
+                self.open_set_rows += [
+                    {
+                        "experiment": experiment.name,
+                        "method": method,
+                        "seed": seed,
+                        "pair": record["pair"],
+                        "held_out": len(experiment.open_set.held_out),
+                        "known_accuracy": record["known"]["accuracy"],
+                        "known_macro_f1": record["known"]["macro_f1"],
+                        **row,
+                    }
+                    for row in record["rows"]
+                ]
+
     def _own_head(self, store: FeatureStore, experiment: Experiment, seed: int) -> None:
         """The supervised network's own classifier on the same test rows (its classes are the split's)."""
         logits = np.load(store.root / LOGITS_FILE, mmap_mode="r")
@@ -622,6 +767,10 @@ class Study:
             )
         if self.kmeans_rows:
             pd.DataFrame(self.kmeans_rows).to_csv(tables / "kmeans.csv", index=False)
+        if self.shift_rows:
+            pd.DataFrame(self.shift_rows).to_csv(tables / PROCESSING_SHIFT_TABLE, index=False)
+        if self.open_set_rows:
+            pd.DataFrame(self.open_set_rows).to_csv(tables / OPEN_SET_TABLE, index=False)
         write_json(figures / "captions.json", captions)
         pd.DataFrame(self.headline_rows()).to_csv(self.results / "headline.csv", index=False)
         write_json(
@@ -697,6 +846,22 @@ class Study:
             "Under shift, the probe selected in distribution is applied unchanged to the shifted test set.",
             "k-means clusters the test images in the features each method's probe selected on validation.",
         ]
+        evaluations = self.config.evaluations
+        if evaluations.processing_shift is not None:
+            notes.append(
+                "Processing shift: shifted copies of the test images, built from the raw files and prepared like "
+                "the clean set; only the selected pairs' features are extracted from them. Each method's probe is "
+                "refitted with the same seed, rows and protocol (so the same selection on clean validation) and "
+                "applied to the clean test rows (a second readout of the same numbers) and to each shift."
+            )
+        if evaluations.open_set is not None:
+            spec = evaluations.open_set
+            notes.append(
+                f"Open set: every {spec.hold_out_every}th class name (sorted) is held out of the probe, a rule fixed "
+                "before any result; the probe is fitted and selected on the other classes' train and validation "
+                f"rows, and each out-of-distribution score's cut keeps {spec.keep:.0%} of their validation images. "
+                "Test: share of held-out-class images rejected, of known-class images kept, and AUROC."
+            )
         if "ndsb-pwssc" in self.config.experiments:
             notes.append(
                 "Without polarity normalisation, NDSB and PWSSC are prepared as recorded and read by the same "
@@ -735,6 +900,11 @@ def _aggregate(experiment, setting, method, pair, metric, values, varies) -> dic
         "n_seeds": len(values),
         "varies": varies,
     }
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """A table's rows as plain JSON values (numpy bools and integers are not), for a stage record."""
+    return json.loads(table.to_json(orient="records"))
 
 
 def _kept(result) -> dict:
