@@ -259,3 +259,19 @@ def test_evaluations_naming_an_experiment_not_in_the_study_are_skipped_with_a_wa
         "(planned: mine/long-tailed, mine/balanced)",
     )
     assert all(e.open_set is None and not e.processing_shift for e in replicate.experiments)
+
+
+def test_the_processing_shift_runs_only_in_the_study_seeds_it_names(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(EVALUATED.replace("{shifts: [jpeg]}", "{shifts: [jpeg], study_seeds: [1]}"))
+    config, datasets = load_experiment(path), {"mine": own_dataset(LONG_TAIL)}
+    shifted = {
+        seed: [e.name for e in plan_replicate(config, datasets, seed).experiments if e.processing_shift]
+        for seed in (0, 1)
+    }
+    assert shifted == {0: [], 1: ["mine/long-tailed", "mine/balanced"]}
+    # the open set is planned in every seed
+    assert all(e.open_set is not None for e in plan_replicate(config, datasets, 0).experiments)
+    path.write_text(EVALUATED.replace("{shifts: [jpeg]}", "{shifts: [jpeg], study_seeds: [7]}"))
+    with pytest.raises(ValueError, match=r"study_seeds \[7\] are not among the study's seeds"):
+        load_experiment(path)

@@ -184,6 +184,9 @@ class ProcessingShiftSpec(Strict):
 
     shifts: tuple[ShiftName, ...] = Field(get_args(ShiftName), min_length=1)
     seed: int = 0  # the shifts' own draws (noise, JPEG quality, corner), per image from (seed, path)
+    # The study seeds (replicates) it runs in; empty: every one. Each run extracts every method's
+    # features on six shifted copies of the test images, the costliest evaluation by far.
+    study_seeds: tuple[int, ...] = ()
 
 
 class OpenSetSpec(Strict):
@@ -264,6 +267,16 @@ class ExperimentConfig(Strict):
         if bad:
             raise ValueError(f"{bad} outside (0, 1]")
         return fractions
+
+    @model_validator(mode="after")
+    def _shift_seeds_are_study_seeds(self) -> ExperimentConfig:
+        shift = self.evaluations.processing_shift
+        stray = sorted(set(shift.study_seeds) - set(self.seeds)) if shift else []
+        if stray:
+            raise ValueError(
+                f"evaluations.processing_shift.study_seeds {stray} are not among the study's seeds {list(self.seeds)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sizes_fit_the_networks(self) -> ExperimentConfig:

@@ -255,12 +255,12 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
                 split=split,
             )
         )
-    experiments = _with_evaluations(config, experiments, skipped)
+    experiments = _with_evaluations(config, experiments, skipped, seed)
     return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
 
 
 def _with_evaluations(
-    config: ExperimentConfig, experiments: list[Experiment], skipped: list[str]
+    config: ExperimentConfig, experiments: list[Experiment], skipped: list[str], seed: int
 ) -> list[Experiment]:
     """The experiments `config.evaluations` names (default: the first long-tailed one) with their
     processing shift and open set planned; derived from each experiment's own split only. A name
@@ -286,9 +286,9 @@ def _with_evaluations(
                 open_set = OpenSet(
                     held_out=tuple(held_out), known=known, unknown=unknown_split(split, unknown_rows)
                 )
-            experiment = replace(
-                experiment, processing_shift=evaluations.processing_shift is not None, open_set=open_set
-            )
+            shift = evaluations.processing_shift
+            in_seed = shift is not None and (not shift.study_seeds or seed in shift.study_seeds)
+            experiment = replace(experiment, processing_shift=in_seed, open_set=open_set)
         out.append(experiment)
     return out
 
