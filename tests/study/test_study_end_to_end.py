@@ -12,10 +12,11 @@ import pytest
 
 from helpers import kill_9_at_a_random_point, read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
-from plankdiff.diffusion.train import DiffusionTrainer, TrainResult
+from plankdiff.diffusion.train import DiffusionTrainer
 from plankdiff.provenance import read_json
 from plankdiff.study.config import load_experiment
 from plankdiff.study.runner import Study, StudyInterrupted
+from plankdiff.training import TrainResult
 
 NDSB_CLASSES = ("chaetognath_sagitta", "copepod_calanoid", "appendicularian_s_shape", "detritus_other")
 PWSSC_CLASSES = ("Parasagitta", "Calanus", "Oikopleura", "Snow")
