@@ -106,7 +106,9 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     html = report.read_text()
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
-    notes = json.loads((results / "study.json").read_text())["notes"]
+    study = json.loads((results / "study.json").read_text())
+    assert study["budgets"] and {b["precision"] for b in study["budgets"]} <= {"fp32", "bf16"}
+    notes = study["notes"]
     assert any("supervised backbone was pre-trained on every training label" in n for n in notes)
     assert "every training label" in html  # the caveat reaches the report, not only study.json
     drops = {p.name for p in (results / "metrics").rglob("heatmap_drop_*.png")}
