@@ -24,6 +24,7 @@ import json
 import math
 import signal
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -115,7 +116,7 @@ class LoopSettings:
         return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
 
 
-class Trainer:
+class Trainer(ABC):
     """The loop. A subclass sets, in its constructor and before `_start_loop`: `self.optimizer`,
     `self.images` (the uint8 training images, indexed by `loss`), and implements the hooks below."""
 
@@ -144,45 +145,47 @@ class Trainer:
         self.flops_per_step = self._count_step_flops()
 
     # -- what a method supplies -----------------------------------------------------------------
+    @abstractmethod
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         """The scalar loss of one batch, `indices` into `self.images` (run under autocast)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        raise NotImplementedError
+        """The parameters the optimiser updates (their gradients are clipped together)."""
 
+    @abstractmethod
     def _count_step_flops(self) -> int:
         """Forward and backward FLOPs of one step, counted without touching the run's state."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _checkpoint(self) -> tuple[dict, dict, dict]:
         """(model weights, EMA weights, method state beyond the loop's) for a checkpoint."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _load(self, weights: dict, ema: dict, state: dict) -> None:
-        raise NotImplementedError
+        """Put a checkpoint's contents (as `_checkpoint` made them) back into the method."""
 
+    @abstractmethod
     def _record(self) -> dict:
         """The run record written to `record_file`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _check_resumable(self, saved: dict) -> None:
         """Raise ValueError when the saved run record describes another run than this one."""
-        raise NotImplementedError
 
-    def _before_step(self) -> None:
+    def _before_step(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Before the forward pass (e.g. set the learning rate)."""
 
-    def _after_step(self) -> None:
+    def _after_step(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """After the optimiser step (e.g. the LR schedule and EMA)."""
 
-    def _after_save(self) -> None:
+    def _after_save(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """After a checkpoint is written (e.g. export the EMA network)."""
 
-    def _on_start(self) -> None:
+    def _on_start(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Once the run folder is set up, before the first step."""
 
-    def _after_log(self) -> None:
+    def _after_log(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """After each step's bookkeeping (e.g. sample grids)."""
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -374,8 +377,9 @@ class Trainer:
         for module in self._modules_to_train():
             module.train()
 
+    @abstractmethod
     def _modules_to_train(self) -> list[torch.nn.Module]:
-        raise NotImplementedError
+        """The modules switched to training mode when the loop starts."""
 
 
 __all__ = ["LoopSettings", "StopReason", "TrainResult", "Trainer", "TrainingDiverged", "stop_signals"]
