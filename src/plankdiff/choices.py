@@ -21,8 +21,9 @@ Preset = Literal["tiny", "cpu", "paper"]
 
 # features (and the baselines' feature maps)
 Pooling = Literal["avg", "avg2x2"]
-# auto: bfloat16 autocast on CUDA, float32 on the CPU. bf16 on the CPU pays only where the CPU has
-# bfloat16 matrix units (AMX, AVX512-BF16); see bench/results/extract.md.
+# auto: bfloat16 autocast where the device has bf16 units (a bf16 GPU; for training also a CPU with AMX
+# or AVX512-BF16, feature extraction keeps fp32 on CPUs), else float32: `plankdiff.precision`.
+# See bench/results/extract.md and bench/results/train_precision.md.
 Precision = Literal["auto", "fp32", "bf16"]
 
 # probe

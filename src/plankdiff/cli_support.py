@@ -38,6 +38,16 @@ def max_tflops_option() -> Any:
     )
 
 
+def training_precision_option() -> Any:
+    """`--precision`, the same for every trainer (the config's value when not given)."""
+    return typer.Option(
+        None,
+        "--precision",
+        help="auto: bf16 autocast where the CPU has bf16 units (AVX512-BF16, AMX) or on a bf16 GPU, "
+        "else fp32; fp32; bf16 (weights and optimiser state stay fp32) (default: the config's)",
+    )
+
+
 def int_list(option: str, text: str) -> tuple[int, ...]:
     """`1,5,10` → (1, 5, 10); anything else is refused naming the option."""
     try:
@@ -98,8 +108,9 @@ def resolve_device(console: Console, choice: Device) -> str:
     return choice
 
 
-def say_device(console: Console, device: object) -> None:
-    """The one line at the start of a training, extraction or prediction: where it runs."""
+def say_device(console: Console, device: object, *, precision: str | None = None) -> None:
+    """The one line at the start of a training, extraction or prediction: where it runs (and, for a
+    training, in which precision)."""
     import torch
 
     device = torch.device(str(device))
@@ -108,4 +119,4 @@ def say_device(console: Console, device: object) -> None:
         where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     else:
         where = f"cpu ({torch.get_num_threads()} threads)"
-    console.print(f"device: {where}", highlight=False)
+    console.print(f"device: {where}" + (f", {precision}" if precision else ""), highlight=False)

@@ -19,13 +19,8 @@ from helpers import kill_9_at_a_random_point
 from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.diffusion.model import build_unet, count_parameters
-from plankdiff.diffusion.train import (
-    DiffusionTrainer,
-    TrainingDiverged,
-    TrainResult,
-    dihedral_augment,
-    to_model_range,
-)
+from plankdiff.diffusion.train import DiffusionTrainer, dihedral_augment, to_model_range
+from plankdiff.training import TrainingDiverged, TrainResult
 
 # `plankdiff.diffusion` re-exports names that could hide submodules: fetch the module itself.
 train_module = importlib.import_module("plankdiff.diffusion.train")
@@ -218,7 +213,7 @@ def test_presets_load():
     tiny = load_config("tiny")
     assert tiny.unet.block_out_channels == (16, 32)
     assert (tiny.train.max_steps, tiny.train.checkpoint_every, tiny.train.batch_size) == (6, 3, 8)
-    assert load_config("paper").train.mixed_precision == "bf16"
+    assert load_config("paper").train.precision == "bf16"
 
 
 def test_train_overrides():

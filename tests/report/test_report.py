@@ -62,7 +62,15 @@ def results_dir(tmp_path: Path) -> Path:
             "ndsb": {"images": 30336, "classes": 121, "source": "ndsb.zip"},
             "zoolake": {"images": "<unknown>", "classes": 35, "source": "a & b.zip"},
         },
-        "budgets": [{"method": HOSTILE, "minutes": 12.25, "images_seen": 1234567, "parameters": 35_700_000}],
+        "budgets": [
+            {
+                "method": HOSTILE,
+                "minutes": 12.25,
+                "images_seen": 1234567,
+                "parameters": 35_700_000,
+                "precision": "bf16",
+            }
+        ],
         "seeds": [0, 1, 2],
         "varies": "backbone seed, probe seed",
         "experiments": {"in-distribution": "in-distribution"},
@@ -168,6 +176,7 @@ def test_report_escapes_every_string(results_dir: Path) -> None:
     assert "&lt;/pre&gt;" in page  # the config value cannot close the <pre> it sits in
     assert "data:image/png;base64," in page and "61.2 ± 0.4" in page and "1,234,567" in page
     assert "2 h 05 min" in page
+    assert 'class="num">35,700,000</td><td>bf16</td>' in page  # the precision each backbone trained in
     assert "a &amp; b.zip" in page and "&amp;amp;" not in page and "&amp;lt;" not in page  # escaped once
     assert all(source.startswith("data:") for source in re.findall(r'src="([^"]*)"', page))
 

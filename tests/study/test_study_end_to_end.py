@@ -12,10 +12,11 @@ import pytest
 
 from helpers import kill_9_at_a_random_point, read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
-from plankdiff.diffusion.train import DiffusionTrainer, TrainResult
+from plankdiff.diffusion.train import DiffusionTrainer
 from plankdiff.provenance import read_json
 from plankdiff.study.config import load_experiment
 from plankdiff.study.runner import Study, StudyInterrupted
+from plankdiff.training import TrainResult
 
 NDSB_CLASSES = ("chaetognath_sagitta", "copepod_calanoid", "appendicularian_s_shape", "detritus_other")
 PWSSC_CLASSES = ("Parasagitta", "Calanus", "Oikopleura", "Snow")
@@ -106,7 +107,9 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     html = report.read_text()
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
-    notes = json.loads((results / "study.json").read_text())["notes"]
+    study = json.loads((results / "study.json").read_text())
+    assert study["budgets"] and {b["precision"] for b in study["budgets"]} <= {"fp32", "bf16"}
+    notes = study["notes"]
     assert any("supervised backbone was pre-trained on every training label" in n for n in notes)
     assert "every training label" in html  # the caveat reaches the report, not only study.json
     drops = {p.name for p in (results / "metrics").rglob("heatmap_drop_*.png")}

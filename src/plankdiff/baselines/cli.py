@@ -8,7 +8,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.cli_support import check_split, fail, max_tflops_option, open_dataset, say_device, switch
+from plankdiff.choices import Precision
+from plankdiff.cli_support import (
+    check_split,
+    fail,
+    max_tflops_option,
+    open_dataset,
+    say_device,
+    switch,
+    training_precision_option,
+)
 from plankdiff.diffusion.cli import train_and_report
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -45,6 +54,7 @@ def train_command(
     ),
     lr: float = typer.Option(None, "--lr", min=0.0, help="peak learning rate (default: the method's)"),
     seed: int = typer.Option(None, "--seed", help="(default: the method's)"),
+    precision: Precision = training_precision_option(),
 ) -> None:
     """Train a baseline on the same images as the DDPM, under a time budget.
 
@@ -67,6 +77,7 @@ def train_command(
             width=width,
             lr=lr,
             seed=seed,
+            precision=precision,
         )
         trainer = BaselineTrainer(
             config=config,
@@ -78,7 +89,7 @@ def train_command(
     except (KeyError, ValueError, FileNotFoundError) as error:  # ValueError covers invalid configs
         fail(console, error.args[0] if isinstance(error, KeyError) else error)
     counts = trainer.method.parameter_counts()
-    say_device(console, trainer.device)
+    say_device(console, trainer.device, precision=trainer.precision)
     console.print(
         f"{method}: {counts['backbone'] / 1e6:.2f}M backbone parameters ({counts['trainable'] / 1e6:.2f}M trained), "
         f"{len(trainer.images)} images → {out}"

@@ -28,6 +28,7 @@ from plankdiff.diffusion.checkpoint import latest_checkpoint
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.pairs import Pair
 from plankdiff.features.store import FeatureStore
+from plankdiff.precision import autocast, resolve_precision
 from plankdiff.probe.metrics import classification_metrics
 from plankdiff.probe.protocol import Orientations
 from plankdiff.progress import progress_bar
@@ -208,7 +209,7 @@ def method_features(
     The one path from pixels to baseline features: extraction and a deployed classifier both use it."""
     with (
         torch.inference_mode(),
-        torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"),
+        autocast(x.device, resolve_precision("auto", x.device, cpu_auto=False)),
     ):
         views = dihedral_augment_all(x) if orientations == 8 else [x]
         per_view = [method.backbone_features(v) for v in views]

@@ -5,7 +5,6 @@ from plankdiff._lazy import lazy_exports
 _EXPORTS = {
     "DiffusionConfig": "config",
     "DiffusionTrainer": "train",
-    "TrainingDiverged": "train",
     "build_scheduler": "model",
     "build_unet": "model",
     "load_backbone": "model",

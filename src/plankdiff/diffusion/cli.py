@@ -8,8 +8,16 @@ from typing import get_args
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Preset
-from plankdiff.cli_support import fail, load_split, max_tflops_option, open_dataset, say_device, switch
+from plankdiff.choices import Precision, Preset
+from plankdiff.cli_support import (
+    fail,
+    load_split,
+    max_tflops_option,
+    open_dataset,
+    say_device,
+    switch,
+    training_precision_option,
+)
 
 INTERRUPTED = 143  # 128 + SIGTERM, what a shell reports for a job ended by `kill`
 
@@ -58,6 +66,7 @@ def train_command(
     sample_every: int = typer.Option(
         None, "--sample-every", min=0, help="steps between sample grids (0: none; default: the preset's)"
     ),
+    precision: Precision = training_precision_option(),
     resume: bool = switch(False, "--resume", help="continue from the newest checkpoint in --out"),
 ) -> None:
     """Train a DDPM denoiser on unlabelled images (labels are never read).
@@ -78,6 +87,7 @@ def train_command(
             seed=seed,
             checkpoint_every=checkpoint_every,
             sample_every=sample_every,
+            precision=precision,
         )
     except ValueError as error:
         fail(console, error)
@@ -92,7 +102,7 @@ def train_command(
         fail(console, error)
     trainer = DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, resume=resume)
     parameters = count_parameters(trainer.model)
-    say_device(console, trainer.device)
+    say_device(console, trainer.device, precision=trainer.precision)
     console.print(
         f"{config.preset}: {parameters / 1e6:.2f}M parameters, {len(trainer.images)} images → {out}"
     )
@@ -103,7 +113,7 @@ def train_and_report(trainer, console: Console) -> None:
     """Run a trainer (diffusion or baseline: both return a `TrainResult`) and say how it ended;
     exit code 2 when the loss diverged, 1 for a run that could not start or resume, 143 when a
     signal stopped it (after its checkpoint), so schedulers and scripts do not take it as finished."""
-    from plankdiff.diffusion.train import TrainingDiverged
+    from plankdiff.training import TrainingDiverged
 
     try:
         result = trainer.train()

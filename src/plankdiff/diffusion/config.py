@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from plankdiff.choices import Preset
+from plankdiff.choices import Precision, Preset
 from plankdiff.validation import problems
 
 
@@ -40,6 +40,16 @@ class NoiseConfig(Strict):
 
 
 class TrainConfig(Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, raw: object) -> object:
+        """`mixed_precision: no|auto|bf16` (runs and YAML files written before `precision`)."""
+        if isinstance(raw, dict) and "mixed_precision" in raw and "precision" not in raw:
+            raw = dict(raw)
+            former = raw.pop("mixed_precision")
+            raw["precision"] = "fp32" if former == "no" else former
+        return raw
+
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)
@@ -54,7 +64,8 @@ class TrainConfig(Strict):
     sample_every: int = Field(500, ge=0)  # 0: no sample grids during training
     checkpoint_every: int = Field(250, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 autocast where the device has bf16 units (plankdiff.precision), else fp32.
+    precision: Precision = "auto"
     channels_last: bool = False  # measured: no gain on CPU (bench/results); set for GPUs
     seed: int = 0
 

@@ -1,21 +1,17 @@
 """Self-supervised DDPM training: the denoiser learns to predict the noise added to plankton images.
 
-The network (`model.py`), the noise process (diffusers' DDPMScheduler) and this trainer are kept
-apart. The trainer runs under accelerate, so `accelerate launch -m plankdiff.cli diffusion train …`
+The network (`model.py`), the noise process (diffusers' DDPMScheduler) and the training loop
+(`plankdiff.training`, shared with the baselines) are kept apart; this module holds the DDPM's
+objective, optimiser and EMA. The trainer runs under accelerate, so `accelerate launch -m plankdiff.cli diffusion train …`
 runs the same code on several GPUs; on one CPU it is a plain loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import math
 import os
 import shutil
-import signal
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,36 +23,12 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from PIL import Image
 
-from plankdiff.budget import count_flops, step_cap
-from plankdiff.data.lineage import write_training_images
+from plankdiff.budget import count_flops
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.diffusion.checkpoint import (
-    latest_checkpoint,
-    loop_state,
-    restore_loop_state,
-    resume_point,
-    save_checkpoint,
-    truncate_log,
-)
 from plankdiff.diffusion.config import DiffusionConfig
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
-from plankdiff.progress import progress_bar
-from plankdiff.provenance import git_sha, read_json, write_json
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the newest checkpoint on disk is the last good state."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    elapsed_minutes: float
-    images_seen: int
-    last_loss: float
-    stopped_by: str  # "steps", "flops", "time" or "interrupt"
-    flops: float = 0.0  # training FLOPs (matrix products and convolutions, forward and backward)
+from plankdiff.provenance import git_sha
+from plankdiff.training import LoopSettings, Trainer
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -78,34 +50,18 @@ def dihedral_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return out
 
 
-@contextlib.contextmanager
-def stop_signals():
-    """While open, SIGTERM (and SIGINT, which background jobs ignore) only ask the training loop to
-    end after the current step, so a checkpoint is written before exiting. Yields a function telling
-    whether a stop was asked for; the previous handlers come back on exit, so later stages of the same
-    process (a study) can be stopped again."""
-    requested = []
-
-    def handler(signum, _frame):
-        requested.append(signum)
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield lambda: bool(requested)
-    finally:
-        for sig, former in previous.items():
-            signal.signal(sig, former)
-
-
 def dihedral_augment_all(x: torch.Tensor) -> list[torch.Tensor]:
     """All 8 flips and 90° rotations of a batch, for orientation-averaged features."""
     return [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
 
 
-class DiffusionTrainer:
+class DiffusionTrainer(Trainer):
+    """The DDPM's part of the training loop (`plankdiff.training.Trainer`): the U-Net and its EMA,
+    AdamW with a constant-after-warm-up schedule, and the noise-prediction loss."""
+
+    description = "diffusion train"
+    record_file = "config.json"
+
     def __init__(
         self,
         *,
@@ -116,16 +72,14 @@ class DiffusionTrainer:
         resume: bool = False,
         show_progress: bool = True,
     ):
-        self.config, self.dataset, self.out = config, dataset, Path(out)
-        self.rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
-        if not len(self.rows):
+        self.config = config
+        rows = np.arange(len(dataset)) if rows is None else np.asarray(rows)
+        if not len(rows):
             raise ValueError(f"{dataset.root}: no images selected for training")
-        self.resume, self.show_progress = resume, show_progress
         train = config.train
         use_gpu = torch.cuda.is_available()
-        precision = "bf16" if use_gpu and train.mixed_precision in ("auto", "bf16") else "no"
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=not use_gpu)
-        self.device = self.accelerator.device
+        # The loop applies autocast itself (`plankdiff.precision`), the same way for every method.
+        self.accelerator = Accelerator(mixed_precision="no", cpu=not use_gpu)
         channels, size = dataset.images.shape[1], dataset.images.shape[2]
         torch.manual_seed(train.seed)  # the initial weights are part of what the seed fixes
         self.model = build_unet(config, image_size=size, channels=channels)
@@ -146,11 +100,18 @@ class DiffusionTrainer:
         self.model, self.optimizer, self.lr_schedule = self.accelerator.prepare(
             self.model, self.optimizer, self.lr_schedule
         )
-        self.ema.to(self.device)
-        self.generator = torch.Generator().manual_seed(train.seed + self.accelerator.process_index)
-        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[np.sort(self.rows)]))
-        self.step, self.elapsed, self.images_seen = 0, 0.0, 0
-        self.flops_per_step = self._count_step_flops()
+        self.ema.to(self.accelerator.device)
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images[np.sort(rows)]))
+        self._start_loop(
+            out=out,
+            dataset=dataset,
+            rows=rows,
+            settings=LoopSettings.of(train),
+            device=self.accelerator.device,
+            seed=train.seed + self.accelerator.process_index,
+            resume=resume,
+            show_progress=show_progress,
+        )
 
     def _count_step_flops(self) -> int:
         """Forward and backward FLOPs of one training step, counted on a copy of the network."""
@@ -170,9 +131,10 @@ class DiffusionTrainer:
             "training_rows_hash": int(np.sum(self.rows.astype(np.int64) * 2654435761 % 1000003)),
             "image_shape": list(self.images.shape[1:]),
             "parameters": count_parameters(self.accelerator.unwrap_model(self.model)),
-            "flops_per_step": self.flops_per_step,
-            "flops": self.flops_per_step * self.step,
         }
+
+    def _record(self) -> dict:
+        return self._run_config() | self._loop_record() | {"git_sha": git_sha()}
 
     def _check_resumable(self, saved: dict) -> None:
         current = self._run_config()
@@ -189,48 +151,52 @@ class DiffusionTrainer:
                 f"{self.out / 'config.json'}: cannot resume, the network or noise settings differ"
             )
 
-    def _state(self) -> dict:
-        return loop_state(
-            step=self.step, elapsed=self.elapsed, images_seen=self.images_seen, generator=self.generator
-        ) | {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr_schedule.state_dict(),
-            "ema_optimization_step": self.ema.optimization_step,
-        }
-
     def _named(self, params) -> dict[str, torch.Tensor]:
         names = [n for n, _ in self.accelerator.unwrap_model(self.model).named_parameters()]
         return dict(zip(names, params, strict=True))
 
-    def save(self) -> Path:
-        if not self.accelerator.is_main_process:
-            return self.out
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        path = save_checkpoint(
-            self.out / "checkpoints",
-            self.step,
-            model=unwrapped.state_dict(),
-            ema=self._named(self.ema.shadow_params),
-            state=self._state(),
-            keep=self.config.train.keep_checkpoints,
-        )
+    def _checkpoint(self) -> tuple[dict, dict, dict]:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "ema_optimization_step": self.ema.optimization_step,
+        }
+        weights = self.accelerator.unwrap_model(self.model).state_dict()
+        return weights, self._named(self.ema.shadow_params), state
+
+    def _after_save(self) -> None:
         self.ema.copy_to(self.ema_model.parameters())
         _save_pretrained_atomic(self.ema_model, self.out / "ema")
-        return path
 
-    def _restore(self, loaded: tuple[dict, dict, dict]) -> None:
-        weights, ema_weights, state = loaded
+    def _load(self, weights: dict, ema: dict, state: dict) -> None:
         self.accelerator.unwrap_model(self.model).load_state_dict(weights)
         names = [n for n, _ in self.accelerator.unwrap_model(self.model).named_parameters()]
         for shadow, name in zip(self.ema.shadow_params, names, strict=True):
-            shadow.data.copy_(ema_weights[name].to(shadow.device))
+            shadow.data.copy_(ema[name].to(shadow.device))
         self.ema.optimization_step = int(state["ema_optimization_step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
-        self.step, self.elapsed, self.images_seen = restore_loop_state(state, self.generator)
 
-    # -- the loop -------------------------------------------------------------------------------
-    def train_step(self, indices: torch.Tensor) -> torch.Tensor:
+    def _on_start(self) -> None:
+        self.noise.save_pretrained(self.out / "scheduler")
+
+    @property
+    def _processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def _is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _modules_to_train(self) -> list[torch.nn.Module]:
+        return [self.model]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    # -- the objective --------------------------------------------------------------------------
+    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+        """ε-prediction: the mean squared error between the added noise and the U-Net's estimate."""
         train = self.config.train
         x0 = to_model_range(self.images[indices])
         if train.augment:
@@ -240,117 +206,28 @@ class DiffusionTrainer:
         noisy = self.noise.add_noise(x0, noise, t).to(self.device)
         if train.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with self.accelerator.autocast():
-            predicted = self.model(noisy, t.to(self.device)).sample
-        loss = F.mse_loss(predicted.float(), noise.to(self.device))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {self.step + 1}; stopped. The newest checkpoint in "
-                f"{self.out / 'checkpoints'} is the last good state: lower the learning rate and --resume"
-            )
-        self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-        self.optimizer.step()
-        self.lr_schedule.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.step(self.model.parameters())
-        return loss.detach()
+        predicted = self.model(noisy, t.to(self.device)).sample
+        return F.mse_loss(predicted.float(), noise.to(self.device))
 
-    def train(self) -> TrainResult:
-        train = self.config.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        config_path = self.out / "config.json"
-        checkpoint = latest_checkpoint(self.out / "checkpoints")
-        if checkpoint is not None and not self.resume:
-            raise FileExistsError(
-                f"{self.out}: holds a run already; pass --resume to continue it or pick another --out"
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def _clip_gradients(self) -> None:
+        if self.accelerator.sync_gradients:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+
+    def _after_step(self) -> None:
+        self.lr_schedule.step()
+        self.ema.step(self.model.parameters())
+
+    def _after_log(self) -> None:
+        every = self.config.train.sample_every
+        if every and self.step % every == 0:
+            self.ema.copy_to(self.ema_model.parameters())
+            save_grid(
+                sample_images(self.ema_model, self.noise, n=16, steps=25),
+                self.out / "samples" / f"step_{self.step:07d}.png",
             )
-        found = resume_point(self.out / "checkpoints") if self.resume else None
-        if found is not None:
-            self._check_resumable(read_json(config_path))
-            self._restore(found[1])
-        truncate_log(self.out / "metrics.jsonl", self.step)  # a kill before any checkpoint: from 0
-        if self.accelerator.is_main_process:
-            write_json(config_path, self._run_config() | {"git_sha": git_sha()})
-            write_training_images(self.out, self.dataset, self.rows)
-            self.noise.save_pretrained(self.out / "scheduler")
-        budget = train.max_minutes * 60 if train.max_minutes else math.inf
-        log = open(self.out / "metrics.jsonl", "a")  # noqa: SIM115 - kept open for the whole loop
-        stopped_by, loss_value = "steps", float("nan")
-        last_step = step_cap(train.max_steps, train.max_tflops, self.flops_per_step)
-        window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
-        self.model.train()
-        try:
-            with (
-                stop_signals() as stop_requested,
-                progress_bar(
-                    "diffusion train",
-                    total=None if last_step == math.inf else int(last_step),
-                    enabled=self.show_progress,
-                    budget_s=budget,
-                    clock=lambda: self.elapsed,
-                ) as advance,
-            ):
-                advance(self.step)
-                while self.step < last_step:
-                    if self.elapsed >= budget:
-                        stopped_by = "time"
-                        break
-                    if stop_requested():
-                        stopped_by = "interrupt"
-                        break
-                    started = time.perf_counter()
-                    indices = torch.randint(
-                        0, len(self.images), (train.batch_size,), generator=self.generator
-                    )
-                    loss = self.train_step(indices)
-                    loss_value = float(loss)
-                    self.step += 1
-                    self.images_seen += train.batch_size * self.accelerator.num_processes
-                    self.elapsed += time.perf_counter() - started
-                    window_images += train.batch_size
-                    window_loss += loss_value
-                    if self.step % train.log_every == 0:
-                        seconds = time.perf_counter() - window_start
-                        record = {
-                            "step": self.step,
-                            "loss": window_loss / train.log_every,
-                            "lr": self.lr_schedule.get_last_lr()[0],
-                            "images_per_s": window_images / seconds,
-                            "elapsed_min": self.elapsed / 60,
-                            "images_seen": self.images_seen,
-                        }
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        advance(0, loss=record["loss"], img_s=record["images_per_s"])
-                        window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
-                    if self.step % train.checkpoint_every == 0:
-                        self.save()
-                    if train.sample_every and self.step % train.sample_every == 0:
-                        self.ema.copy_to(self.ema_model.parameters())
-                        save_grid(
-                            sample_images(self.ema_model, self.noise, n=16, steps=25),
-                            self.out / "samples" / f"step_{self.step:07d}.png",
-                        )
-                    advance(1)
-        except KeyboardInterrupt:
-            stopped_by = "interrupt"
-        finally:
-            log.close()
-        if stopped_by == "steps" and self.step < train.max_steps:
-            stopped_by = "flops"  # the FLOP budget ended the run before the step cap
-        if stopped_by != "steps" or self.step % train.checkpoint_every:
-            self.save()
-        return TrainResult(
-            self.out,
-            self.step,
-            self.elapsed / 60,
-            self.images_seen,
-            loss_value,
-            stopped_by,
-            flops=float(self.flops_per_step * self.step),
-        )
 
 
 def _save_pretrained_atomic(model, folder: Path) -> None:

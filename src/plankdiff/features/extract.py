@@ -29,6 +29,7 @@ from plankdiff.features.blocks import Block, list_blocks
 from plankdiff.features.pairs import Pair
 from plankdiff.features.spec import DEFAULT_TIMESTEPS
 from plankdiff.features.store import FeatureStore
+from plankdiff.precision import autocast, resolve_precision
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import git_sha, sha256_file, sha256_json
 
@@ -115,9 +116,8 @@ class Extractor:
             )
         self.blocks: list[Block] = [b for b in every if b.name in wanted]
         self.device = next(unet.parameters()).device
-        self._bf16 = request.precision == "bf16" or (
-            request.precision == "auto" and self.device.type == "cuda"
-        )
+        # auto stays fp32 on CPUs (see `resolve_precision`): a study compares features it extracted before.
+        self._precision = resolve_precision(request.precision, self.device, cpu_auto=False)
         self._captured: dict[str, torch.Tensor] = {}
         modules = dict(unet.named_modules())
         last = self.blocks[-1].name  # blocks are in forward order
@@ -149,8 +149,7 @@ class Extractor:
                 noisy = math.sqrt(alpha_bar) * view + math.sqrt(1 - alpha_bar) * noise
                 timesteps = torch.full((len(rows),), t, device=self.device)
                 self._captured.clear()
-                autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
-                with autocast, contextlib.suppress(_StopForward):
+                with autocast(self.device, self._precision), contextlib.suppress(_StopForward):
                     self.unet(noisy.to(self.device), timesteps)
                 for name, value in self._captured.items():
                     total[name] = total[name] + value if name in total else value.clone()

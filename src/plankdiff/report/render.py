@@ -448,6 +448,7 @@ def _budgets(study: dict[str, Any]) -> list[list[str]]:
                 _count(budget.get("images_seen")),
                 _number(budget.get("tflops"), 2),
                 _count(budget.get("parameters")),
+                str(budget.get("precision") or "–"),  # absent from studies run before it was recorded
             ]
         )
     return rows

@@ -251,6 +251,7 @@ class Study:
             "steps": result.step,
             "tflops": result.flops / 1e12,
             "stopped_by": result.stopped_by,
+            "precision": result.precision,
             "parameters": sum(p.numel() for p in unet.parameters()),
             "last_loss": result.last_loss,
         }
@@ -275,6 +276,7 @@ class Study:
             "steps": result.step,
             "tflops": result.flops / 1e12,
             "stopped_by": result.stopped_by,
+            "precision": result.precision,
             "parameters": _trained_parameters(info.get("parameters")),
         }
 
@@ -730,6 +732,7 @@ class Study:
                             "steps": result.get("steps"),
                             "images_seen": result.get("images_seen"),
                             "parameters": result.get("parameters"),
+                            "precision": result.get("precision"),
                         }
                     )
                 sample = methods[DIFFUSION] / "samples" / "final.png"
