@@ -335,3 +335,15 @@ def test_the_diffusion_sample_grid_leaves_a_trained_backbone_key_unchanged_by_de
     assert "samples" not in config.diffusion.identity()  # backbones trained before keep their key
     fewer = load_experiment("cpu", overrides=["diffusion.samples=0"]).diffusion
     assert fewer.identity()["samples"] == 0
+
+
+def test_training_precision_enters_the_pretraining_key_only_when_it_is_not_fp32():
+    """Backbones trained before bf16 training existed were fp32: their cached stages stay valid."""
+    from plankdiff.study.runner import pretrain_inputs
+
+    config = load_experiment("cpu")
+    assert config.training_precision == "fp32"  # the 3-seed re-run began in fp32
+    fp32 = pretrain_inputs(config, "ndsb-key", [3, 1, 2], 0, "fp32")
+    bf16 = pretrain_inputs(config, "ndsb-key", [3, 1, 2], 0, "bf16")
+    assert "precision" not in fp32 and bf16 == fp32 | {"precision": "bf16"}
+    assert pretrain_inputs(config, "ndsb-key", [3, 1, 2], 1, "fp32") != fp32  # the seed is in it too

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from plankdiff.choices import ShiftName
+from plankdiff.choices import Precision, ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
 from plankdiff.data.splits import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS
 from plankdiff.diffusion.config import PRESETS, load_config
@@ -230,6 +230,10 @@ class ExperimentConfig(Strict):
     # One protocol for every method's features (orientations, object size, fusion, probe losses
     # and grid, precision); every choice in it is made on validation rows.
     protocol: EvaluationProtocol = EvaluationProtocol()
+    # Every backbone's training precision (plankdiff.precision): auto = bf16 autocast where the
+    # hardware has bf16 units. A study compares seeds and methods, so pin it where a study began
+    # before bf16 training existed or must match runs made elsewhere.
+    training_precision: Precision = "auto"
     caps: Caps | None = None
     splits: SplitOptions = SplitOptions()
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)

@@ -196,12 +196,9 @@ class Study:
             dataset_key, split = replicate.pretrain[key]
             dataset = self.datasets[dataset_key]
             folder = self.work / "runs" / f"seed{seed}" / key
-            inputs = {
-                "dataset": dataset.key,
-                "rows": sha256_json(split.indices("train").tolist()),
-                "seed": seed,
-                **self.config.diffusion.identity(),
-            }
+            inputs = pretrain_inputs(
+                self.config, dataset.key, split.indices("train"), seed, self._training_precision()
+            )
             runs[key] = {DIFFUSION: folder / DIFFUSION}
             self.stage(
                 f"pretrain/seed{seed}/{key}/{DIFFUSION}",
@@ -226,6 +223,15 @@ class Study:
                 )
         return runs
 
+    def _training_precision(self) -> str:
+        """What the study's `training_precision` resolves to on the device the backbones train on."""
+        import torch
+
+        from plankdiff.precision import resolve_precision
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_precision(self.config.training_precision, device)
+
     def _train_diffusion(self, dataset, split: Split, folder: Path, seed: int) -> dict:
         spec = self.config.diffusion
         config = load_config(
@@ -234,6 +240,7 @@ class Study:
             max_tflops=spec.max_tflops,
             batch_size=spec.batch_size,
             seed=seed,
+            precision=self._training_precision(),
         )
         trainer = DiffusionTrainer(
             config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
@@ -264,6 +271,7 @@ class Study:
             max_tflops=budget.max_tflops,
             batch_size=budget.batch_size,
             seed=seed,
+            precision=self._training_precision(),
         )
         rows = training_rows(dataset, method=method, split=split.name)
         trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
@@ -876,6 +884,18 @@ class Study:
                 "was pre-trained on every training label, so its rows are a reference, not a few-label result."
             )
         return notes
+
+
+def pretrain_inputs(config: ExperimentConfig, dataset_key: str, rows, seed: int, precision: str) -> dict:
+    """What a pre-training stage's key hashes (the baselines add their method and budget)."""
+    return {
+        "dataset": dataset_key,
+        "rows": sha256_json(np.asarray(rows).tolist()),
+        "seed": seed,
+        **config.diffusion.identity(),
+        # Every backbone trained before bf16 training existed was fp32: its key stays as it was.
+        **({"precision": precision} if precision != "fp32" else {}),
+    }
 
 
 def _versions() -> dict[str, str]:
