@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -391,6 +392,12 @@ class Study:
                     for s in experiment.shifted
                 ]
                 out = self.results / "metrics" / experiment.slug / method / f"seed{seed}"
+                # The probe writes its files (predictions, selection, figures) in the work dir with
+                # its stage record, and the results folder gets a copy: a study resumed into another
+                # --results folder, or one whose results were removed, reports them all the same.
+                kept = self.work / "probes" / f"seed{seed}" / experiment.slug / method
+                if not kept.exists() and out.exists():  # probed before the work dir kept a copy
+                    shutil.copytree(out, kept)
                 inputs = {
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -401,7 +408,7 @@ class Study:
                 result = self.stage(
                     f"probe/seed{seed}/{experiment.slug}/{method}",
                     inputs,
-                    lambda st=store, sp=experiment.split, sh=shifts, o=out: _probe_summary(
+                    lambda st=store, sp=experiment.split, sh=shifts, o=kept: _probe_summary(
                         probe_features(
                             st,
                             sp,
@@ -412,7 +419,9 @@ class Study:
                             **protocol.probe_arguments(),
                         )
                     ),
+                    outputs=kept,
                 )
+                shutil.copytree(kept, out, dirs_exist_ok=True)
                 self.per_seed.append(
                     {"seed": seed, "experiment": experiment.name, "method": method, **result}
                 )
