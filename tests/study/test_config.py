@@ -335,3 +335,24 @@ def test_the_diffusion_sample_grid_leaves_a_trained_backbone_key_unchanged_by_de
     assert "samples" not in config.diffusion.identity()  # backbones trained before keep their key
     fewer = load_experiment("cpu", overrides=["diffusion.samples=0"]).diffusion
     assert fewer.identity()["samples"] == 0
+
+
+@pytest.mark.parametrize(
+    ("experiments", "pretrain", "datasets"),
+    [
+        ("[ndsb]", ("ndsb",), ("ndsb",)),
+        ("[zoolake]", ("zoolake-2018+2019", "zoolake-2018"), ("zoolake",)),
+        ("[ndsb-pwssc]", ("ndsb",), ("ndsb", "pwssc", "ndsb-nopol", "pwssc-nopol")),
+        ("[ndsb, zoolake, ndsb-pwssc]", ("ndsb", "zoolake-2018+2019", "zoolake-2018"), None),
+    ],
+)
+def test_a_study_prepares_and_pretrains_only_what_its_experiments_read(
+    tmp_path, experiments, pretrain, datasets
+):
+    text = MINIMAL.replace(
+        "  pwssc: {source: c.zip}\n",
+        "  pwssc: {source: c.zip}\n  ndsb-nopol: {source: a.zip, polarity: false}\n  pwssc-nopol: {source: c.zip, polarity: false}\n",
+    )
+    config = load_experiment(write(tmp_path, f"experiments: {experiments}\n" + text))
+    assert config.used_pretrain == pretrain
+    assert config.used_datasets == (datasets or tuple(config.datasets))

@@ -244,3 +244,19 @@ def test_a_study_resumed_from_its_stages_into_a_fresh_results_folder_writes_ever
     first, second = files(tmp_path / "first" / "resumed"), files(tmp_path / "second" / "resumed")
     assert any(name.endswith("test_predictions.csv") for name in first)
     assert first == second, sorted(first ^ second)
+
+
+def test_the_dry_run_of_one_family_lists_only_the_datasets_it_prepares(tiny_experiment: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    experiment = tmp_path / "ndsb-only.yaml"
+    experiment.write_text(
+        "experiments: [ndsb]\n"
+        + (tiny_experiment / "tiny.yaml").read_text().replace("name: tiny", "name: dry")
+    )
+    result = CliRunner().invoke(app, ["run", str(experiment), "--dry-run", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    prepared = [line.split()[-1] for line in result.output.splitlines() if "prepare/" in line]
+    assert prepared == ["prepare/ndsb"], result.output

@@ -116,6 +116,10 @@ class Caps(Strict):
 
 
 EXPERIMENT_FAMILIES = ("ndsb", "zoolake", "ndsb-pwssc")
+# The NDSB → PWSSC datasets prepared without polarity normalisation (the ndsb-pwssc family's second
+# experiment, planned when the file lists both).
+NOPOL = "-nopol"
+UNNORMALISED = (f"ndsb{NOPOL}", f"pwssc{NOPOL}")
 Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
 # The scored split of an experiment on one's own data (`OwnExperiment.split`).
 OwnSplit = Literal["long-tailed", "balanced"]
@@ -212,6 +216,33 @@ class ExperimentConfig(Strict):
     def own(self) -> tuple[OwnExperiment, ...]:
         """The experiments on datasets of one's own, in the order the file lists them."""
         return tuple(e for e in self.experiments if isinstance(e, OwnExperiment))
+
+    @property
+    def ndsb_pretrain(self) -> str | None:
+        """The pre-training the ndsb and ndsb-pwssc experiments read: the first one on NDSB."""
+        return next((k for k, spec in self.pretrain.items() if spec.dataset == "ndsb"), None)
+
+    @property
+    def used_pretrain(self) -> tuple[str, ...]:
+        """The pretrain keys the selected experiments read, in file order: only these are planned
+        and trained (an unused entry's split may not even be drawable on the data given)."""
+        used = {e.pretrain for e in self.own}
+        if {"ndsb", "ndsb-pwssc"} & set(self.families):
+            used.add(self.ndsb_pretrain)
+        if "zoolake" in self.families:
+            used |= {k for k, spec in self.pretrain.items() if spec.dataset == "zoolake"}
+        return tuple(k for k in self.pretrain if k in used)
+
+    @property
+    def used_datasets(self) -> tuple[str, ...]:
+        """The datasets the selected experiments read, in file order: only these are prepared."""
+        used = {self.pretrain[k].dataset for k in self.used_pretrain}
+        if "ndsb-pwssc" in self.families:
+            used.add("pwssc")
+            # The pair without polarity normalisation is scored only when both are listed.
+            if set(UNNORMALISED) <= set(self.datasets):
+                used |= set(UNNORMALISED)
+        return tuple(k for k in self.datasets if k in used)
 
     def own_name(self, entry: OwnExperiment) -> str:
         """`<dataset>/<split>`, the name an experiment on one's own data has in tables and results."""

@@ -95,7 +95,7 @@ class Study:
     def run(self) -> Path | None:
         started = datetime.now(timezone.utc)
         self._prepare()
-        if self.dry_run and len(self.datasets) < len(self.config.datasets):
+        if self.dry_run and len(self.datasets) < len(self.config.used_datasets):
             self.planned.append(("splits, pretraining, features, probes, report", "run after prepare"))
             return None
         replicates = [plan_replicate(self.config, self.datasets, seed) for seed in self.config.seeds]
@@ -124,7 +124,9 @@ class Study:
         return report
 
     def _prepare(self) -> None:
-        for name, spec in self.config.datasets.items():
+        # Only what the selected experiments read: `experiments: [ndsb]` prepares no ZooLake.
+        for name in self.config.used_datasets:
+            spec = self.config.datasets[name]
             source = Path(spec.source)
             source = source if source.is_absolute() else self.project_root / source
             if not source.exists():
