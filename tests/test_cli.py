@@ -232,6 +232,8 @@ TYPOS = [
     ),
     (("predict", "model", "in", "--out", "o", "--sample-by", "week"), "--sample-by"),
     (("predict", "model", "in", "--out", "o", "--device", "tpu"), "--device"),
+    (("predict", "model", "in", "--out", "o", "--device", "cuda:x"), "--device"),
+    (("features", "extract", "run", "ds", "--out", "o", "--device", "cuda1"), "--device"),
 ]
 
 
@@ -241,6 +243,34 @@ def test_a_typo_in_a_choice_is_refused(run_cli, args, option):
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.text
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("verb", [("features", "extract", "run", "ds"), ("predict", "model", "in")])
+def test_a_gpu_index_without_cuda_is_one_line(run_cli, monkeypatch, verb):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_cli(*verb, "--out", "o", "--device", "cuda:0")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == "error: --device cuda:0: no CUDA device is visible to torch"
+
+
+def test_a_gpu_index_is_checked_against_the_visible_gpus(monkeypatch):
+    import torch
+
+    from plankdiff.cli_support import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    console = Console(record=True, width=400)
+    assert resolve_device(console, "cuda:1") == "cuda:1"
+    assert resolve_device(console, "cuda") == "cuda"
+    with pytest.raises(typer.Exit):
+        resolve_device(console, "cuda:2")
+    assert (
+        console.export_text().strip()
+        == "error: --device cuda:2: no such GPU; torch sees 2 (cuda:0 to cuda:1)"
+    )
 
 
 def test_switches_take_no_value(run_cli):

@@ -36,5 +36,6 @@ OutputFormat = Literal["csv", "ecotaxa"]
 # how predict counts per sample: the decisions after abstention, or QuaPy's quantifiers
 Counting = Literal["cc", "pcc", "pacc", "emq"]
 
-# where a command runs: auto picks CUDA when there is one (accelerate's choice for predict)
+# where a command runs: auto picks CUDA when there is one (accelerate's choice for predict); the
+# command line also takes cuda:N, one GPU of several (`plankdiff.cli_support.device_option`)
 Device = Literal["auto", "cpu", "cuda"]
