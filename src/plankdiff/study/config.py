@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
-from plankdiff.data.splits import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS
+from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.features.spec import SearchSpec
 from plankdiff.probe.protocol import EvaluationProtocol
@@ -144,40 +144,6 @@ ExperimentEntry = Annotated[
     Annotated[Family, Tag("family")] | Annotated[OwnExperiment, Tag("own")],
     Discriminator(lambda value: "own" if isinstance(value, dict | OwnExperiment) else "family"),
 ]
-
-
-class SplitOptions(Strict):
-    """How the stratified partitions are drawn. The defaults are the shipped studies' 70/10/20."""
-
-    # Shares of each class's images held out for validation (where every choice is made) and for
-    # test; the rest trains. A temporal split keeps the same validation share of its training
-    # period's non-test images, and carves `test_fraction` of its training rows as in-period test.
-    val_fraction: float = Field(DEFAULT_FRACTIONS[1], gt=0, lt=1)
-    test_fraction: float = Field(DEFAULT_FRACTIONS[2], gt=0, lt=1)
-    # Balanced splits: classes with at least this many training images, each capped at `balanced_cap`.
-    balanced_min_train: int = Field(BALANCED_MIN_TRAIN, ge=1)
-    balanced_cap: int = Field(BALANCED_CAP, ge=1)
-
-    @model_validator(mode="after")
-    def _room_to_train(self) -> SplitOptions:
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no training images"
-            )
-        return self
-
-    @property
-    def fractions(self) -> tuple[float, float, float]:
-        """(train, val, test); exactly DEFAULT_FRACTIONS by default, so shipped splits are unchanged."""
-        if (self.val_fraction, self.test_fraction) == DEFAULT_FRACTIONS[1:]:
-            return DEFAULT_FRACTIONS
-        return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
-
-    @property
-    def temporal_val_fraction(self) -> float:
-        """The validation share of a training period (0.125 by default: 0.1 of 0.8). Rounded so the
-        default is exactly 0.125: a share one ulp off moves a class's val count where n/8 ends in .5."""
-        return round(self.val_fraction / (1 - self.test_fraction), 10)
 
 
 class ExperimentConfig(Strict):
