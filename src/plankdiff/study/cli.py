@@ -20,7 +20,7 @@ def run_command(
         None,
         "--set",
         help="KEY=VALUE on top of the experiment file, KEY dotted, VALUE YAML; repeatable "
-        "(e.g. --set diffusion.max_minutes=5 --set 'seeds=[0]')",
+        "(e.g. --set diffusion.max_minutes=5 --set 'seeds=[0]'; default: none)",
     ),
 ) -> None:
     """Run the whole study: prepare, pretrain, extract, probe, evaluate under shift, report.
