@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -154,6 +155,62 @@ def test_data_split_long_tailed_writes_the_csv(run_cli, ndsb_copy):
     assert sorted(frame["target"].unique()) == ndsb_copy.classes
 
 
+def test_data_split_takes_the_experiment_files_shares(run_cli, ndsb_copy):
+    from plankdiff.data.shares import SplitOptions
+    from plankdiff.data.splits import long_tailed_split
+
+    result = run_cli("data", "split", ndsb_copy.root, "--val-fraction", "0.25", "--test-fraction", "0.25")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(ndsb_copy.root / "splits" / "long-tailed-v25t25-s0.csv")
+    assert frame["split"].value_counts().to_dict() == {"train": 24, "test": 12, "val": 12}
+    # The partition a study with `splits: {val_fraction: 0.25, test_fraction: 0.25}` draws.
+    shares = SplitOptions(val_fraction=0.25, test_fraction=0.25)
+    study = long_tailed_split(ndsb_copy, seed=0, fractions=shares.fractions).to_frame()
+    pd.testing.assert_frame_equal(frame, study)
+
+    balanced = run_cli("data", "split", ndsb_copy.root, "--kind", "balanced", "--balanced-min-train", "5")
+    assert balanced.exit_code == 0, balanced.output
+    assert (ndsb_copy.root / "splits" / "balanced-m5c100-s0.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--val-fraction", "0"), "error: --val-fraction 0.0: Input should be greater than 0"),
+        (
+            ("--val-fraction", "0.5", "--test-fraction", "0.5"),
+            "val_fraction 0.5 + test_fraction 0.5 leave no training images",
+        ),
+    ],
+)
+def test_data_split_refuses_shares_that_leave_nothing_in_one_line(run_cli, ndsb_copy, options, message):
+    result = run_cli("data", "split", ndsb_copy.root, *options)
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (ndsb_copy.root / "splits").exists()
+
+
+def test_data_split_cross_domain_keeps_the_parts_of_the_long_tailed_split(run_cli, ndsb_copy, tmp_path):
+    """The source rows keep the part they have in the long-tailed split of the same seed and shares."""
+    target = shutil.copytree(ndsb_copy.root, tmp_path / "target")
+    mapping = tmp_path / "mapping.csv"
+    pd.DataFrame(
+        [{"dataset": d, "label": c, "group": c} for d in ("ndsb", "pwssc") for c in ndsb_copy.classes]
+    ).to_csv(mapping, index=False)
+    result = run_cli(
+        "data", "split", ndsb_copy.root, "--kind", "cross-domain", "--target", target, "--mapping", mapping
+    )
+    assert result.exit_code == 0, result.output
+    assert run_cli("data", "split", ndsb_copy.root).exit_code == 0
+    saved = sorted(p.name for p in (ndsb_copy.root / "splits").glob("*.csv"))
+    source = pd.read_csv(
+        ndsb_copy.root / "splits" / next(n for n in saved if not n.startswith("long-tailed"))
+    )
+    base = pd.read_csv(ndsb_copy.root / "splits" / "long-tailed-s0.csv").set_index("row")["split"]
+    assert (source.set_index("row")["split"] == base[source["row"]]).all()
+    assert list((target / "splits").glob("*.csv"))
+
+
 def test_data_split_unknown_kind(run_cli, ndsb_copy):
     result = run_cli("data", "split", ndsb_copy.root, "--kind", "random")
     assert result.exit_code == 2
@@ -232,6 +289,8 @@ TYPOS = [
     ),
     (("predict", "model", "in", "--out", "o", "--sample-by", "week"), "--sample-by"),
     (("predict", "model", "in", "--out", "o", "--device", "tpu"), "--device"),
+    (("predict", "model", "in", "--out", "o", "--device", "cuda:x"), "--device"),
+    (("features", "extract", "run", "ds", "--out", "o", "--device", "cuda1"), "--device"),
 ]
 
 
@@ -241,6 +300,34 @@ def test_a_typo_in_a_choice_is_refused(run_cli, args, option):
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.text
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("verb", [("features", "extract", "run", "ds"), ("predict", "model", "in")])
+def test_a_gpu_index_without_cuda_is_one_line(run_cli, monkeypatch, verb):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_cli(*verb, "--out", "o", "--device", "cuda:0")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == "error: --device cuda:0: no CUDA device is visible to torch"
+
+
+def test_a_gpu_index_is_checked_against_the_visible_gpus(monkeypatch):
+    import torch
+
+    from plankdiff.cli_support import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    console = Console(record=True, width=400)
+    assert resolve_device(console, "cuda:1") == "cuda:1"
+    assert resolve_device(console, "cuda") == "cuda"
+    with pytest.raises(typer.Exit):
+        resolve_device(console, "cuda:2")
+    assert (
+        console.export_text().strip()
+        == "error: --device cuda:2: no such GPU; torch sees 2 (cuda:0 to cuda:1)"
+    )
 
 
 def test_switches_take_no_value(run_cli):

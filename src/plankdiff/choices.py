@@ -44,5 +44,6 @@ Counting = Literal["cc", "pcc", "pacc", "emq"]
 # what `export --ood` takes: a score, or off (no image is ever called `unknown`)
 OODOption = Literal["mahalanobis", "energy", "off"]
 
-# where a command runs: auto picks CUDA when there is one (accelerate's choice for predict)
+# where a command runs: auto picks CUDA when there is one (accelerate's choice for predict); the
+# command line also takes cuda:N, one GPU of several (`plankdiff.cli_support.device_option`)
 Device = Literal["auto", "cpu", "cuda"]

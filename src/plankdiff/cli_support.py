@@ -8,7 +8,8 @@ Nothing heavy is imported at module level (torch, pandas, …): the CLI modules 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, NoReturn
+import re
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 import typer
 from rich.console import Console
@@ -97,14 +98,37 @@ def load_split(console: Console, dataset: PreparedDataset, name: str) -> Split:
     return Split.load(dataset, name)
 
 
-def resolve_device(console: Console, choice: Device) -> str:
-    """`auto`: CUDA when there is a device, else the CPU; `cuda` without one is refused."""
+CUDA_INDEX = re.compile(r"cuda:(\d+)")
+
+
+def parse_device(text: str) -> str:
+    """A `Device` value or `cuda:N`; anything else is refused while the command line is parsed
+    (exit 2, before anything runs), like every Literal option. Whether GPU N exists is checked by
+    `resolve_device`, which needs torch."""
+    if text in get_args(Device) or CUDA_INDEX.fullmatch(text):
+        return text
+    choices = ", ".join(repr(c) for c in (*get_args(Device), "cuda:N"))
+    raise typer.BadParameter(f"{text!r} is not one of {choices} (N: a GPU index)")
+
+
+def device_option(help: str) -> Any:
+    """`--device`, the same for every verb: auto | cpu | cuda | cuda:N."""
+    return typer.Option("auto", "--device", parser=parse_device, metavar="<auto|cpu|cuda|cuda:N>", help=help)
+
+
+def resolve_device(console: Console, choice: str) -> str:
+    """`auto`: CUDA when there is a device, else the CPU; `cuda` or `cuda:N` without CUDA, or with
+    N not a GPU torch sees, is refused in one line."""
     import torch
 
-    if choice == "cuda" and not torch.cuda.is_available():
-        fail(console, "--device cuda: no CUDA device is visible to torch")
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        fail(console, f"--device {choice}: no CUDA device is visible to torch")
+    index = CUDA_INDEX.fullmatch(choice)
+    if index and int(index.group(1)) >= (count := torch.cuda.device_count()):
+        visible = f"cuda:0 to cuda:{count - 1}" if count > 1 else "cuda:0"
+        fail(console, f"--device {choice}: no such GPU; torch sees {count} ({visible})")
     return choice
 
 

@@ -188,6 +188,13 @@ def test_temporal_split_keeps_classes_seen_on_both_sides(timed):
     assert_partition(split)
 
 
+def test_a_temporal_split_with_another_validation_share_is_named_apart(timed):
+    """`data split --kind temporal --val-fraction`: never written over the default partition's file."""
+    split = temporal_split(timed, train_years=(2018, 2019), test_years=(2020,), val_fraction=0.2)
+    assert split.name == "temporal-2018+2019-to-2020-v20-s0"
+    assert (len(split.indices("train")), len(split.indices("val"))) == (20, 5)
+
+
 def test_temporal_split_with_a_lower_threshold_keeps_more(timed):
     split = temporal_split(timed, train_years=(2018, 2019), test_years=(2020,), min_per_side=5)
     assert split.classes == ["asplanchna", "bosmina"]

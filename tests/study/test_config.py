@@ -347,3 +347,24 @@ def test_training_precision_enters_the_pretraining_key_only_when_it_is_not_fp32(
     bf16 = pretrain_inputs(config, "ndsb-key", [3, 1, 2], 0, "bf16")
     assert "precision" not in fp32 and bf16 == fp32 | {"precision": "bf16"}
     assert pretrain_inputs(config, "ndsb-key", [3, 1, 2], 1, "fp32") != fp32  # the seed is in it too
+
+
+@pytest.mark.parametrize(
+    ("experiments", "pretrain", "datasets"),
+    [
+        ("[ndsb]", ("ndsb",), ("ndsb",)),
+        ("[zoolake]", ("zoolake-2018+2019", "zoolake-2018"), ("zoolake",)),
+        ("[ndsb-pwssc]", ("ndsb",), ("ndsb", "pwssc", "ndsb-nopol", "pwssc-nopol")),
+        ("[ndsb, zoolake, ndsb-pwssc]", ("ndsb", "zoolake-2018+2019", "zoolake-2018"), None),
+    ],
+)
+def test_a_study_prepares_and_pretrains_only_what_its_experiments_read(
+    tmp_path, experiments, pretrain, datasets
+):
+    text = MINIMAL.replace(
+        "  pwssc: {source: c.zip}\n",
+        "  pwssc: {source: c.zip}\n  ndsb-nopol: {source: a.zip, polarity: false}\n  pwssc-nopol: {source: c.zip, polarity: false}\n",
+    )
+    config = load_experiment(write(tmp_path, f"experiments: {experiments}\n" + text))
+    assert config.used_pretrain == pretrain
+    assert config.used_datasets == (datasets or tuple(config.datasets))

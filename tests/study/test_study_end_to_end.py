@@ -239,3 +239,40 @@ label_fractions: [0.5, 1.0]
         assert read_json(record)["result"]["stopped_by"] == "flops", at_kill
     assert {"diffusion", "simclr", "raw-pixels"} <= set(straight["method"])
     pd.testing.assert_frame_equal(again, straight, check_exact=True, obj=at_kill)
+
+
+def test_a_study_resumed_from_its_stages_into_a_fresh_results_folder_writes_every_file(
+    tiny_experiment: Path, tmp_path: Path
+):
+    """Every stage reused, nothing recomputed, yet the results folder holds what an uninterrupted
+    study's does: the report reads the probes' per-experiment files (predictions, selections)."""
+    config = load_experiment(tiny_experiment / "tiny.yaml").model_copy(
+        update={"name": "resumed", "experiments": ("ndsb",), "seeds": (0,)}
+    )
+    assert Study(config, results_root=tmp_path / "first").run() is not None
+    again = Study(config, results_root=tmp_path / "second")
+    assert again.run() is not None
+    assert {status for _, status in again.plan() if status in ("run", "reuse")} == {"reuse"}
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+    first, second = files(tmp_path / "first" / "resumed"), files(tmp_path / "second" / "resumed")
+    assert any(name.endswith("test_predictions.csv") for name in first)
+    assert first == second, sorted(first ^ second)
+
+
+def test_the_dry_run_of_one_family_lists_only_the_datasets_it_prepares(tiny_experiment: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    experiment = tmp_path / "ndsb-only.yaml"
+    experiment.write_text(
+        "experiments: [ndsb]\n"
+        + (tiny_experiment / "tiny.yaml").read_text().replace("name: tiny", "name: dry")
+    )
+    result = CliRunner().invoke(app, ["run", str(experiment), "--dry-run", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    prepared = [line.split()[-1] for line in result.output.splitlines() if "prepare/" in line]
+    assert prepared == ["prepare/ndsb"], result.output

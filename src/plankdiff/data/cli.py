@@ -11,9 +11,12 @@ from rich.table import Table
 
 from plankdiff.choices import Background, SizeMode, SplitKind
 from plankdiff.cli_support import fail, int_list, open_dataset, switch
+from plankdiff.data.shares import SplitOptions
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
+# `data split`'s share options default to the experiment files' `splits:` defaults.
+SHARES = {name: field.default for name, field in SplitOptions.model_fields.items()}
 
 
 @app.command("prepare")
@@ -120,8 +123,28 @@ def split_command(
     kind: SplitKind = typer.Option(
         "long-tailed",
         "--kind",
-        help="long-tailed: stratified 70/10/20; balanced: ≥ 60 train images per class, capped at 100; "
-        "temporal: by capture year; cross-domain: two datasets through a class mapping",
+        help="long-tailed: stratified by class (train / --val-fraction / --test-fraction); balanced: the "
+        "same, classes with --balanced-min-train train images, each capped at --balanced-cap; temporal: "
+        "by capture year; cross-domain: two datasets through a class mapping",
+    ),
+    val_fraction: float = typer.Option(
+        SHARES["val_fraction"],
+        "--val-fraction",
+        help="share of each class held out for validation (temporal: of the training period's images "
+        "not in --test-fraction), as the experiment files' splits.val_fraction",
+    ),
+    test_fraction: float = typer.Option(
+        SHARES["test_fraction"],
+        "--test-fraction",
+        help="share of each class held out for test (long-tailed, balanced)",
+    ),
+    balanced_min_train: int = typer.Option(
+        SHARES["balanced_min_train"],
+        "--balanced-min-train",
+        help="balanced: classes with this many train images",
+    ),
+    balanced_cap: int = typer.Option(
+        SHARES["balanced_cap"], "--balanced-cap", help="balanced: train images kept per class at most"
     ),
     seed: int = typer.Option(0, "--seed", help="the split is named <kind>-s<seed>"),
     train_years: str = typer.Option("2018,2019", "--train-years", help="temporal: comma-separated years"),
@@ -143,17 +166,43 @@ def split_command(
 
     Example: plankdiff data split ndsb --kind long-tailed --seed 0
     """
+    from pydantic import ValidationError
+
     from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
     from plankdiff.data.splits import balanced_split, in_and_out_of_period, long_tailed_split, temporal_split
+    from plankdiff.validation import problems
 
+    fields = {
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "balanced_min_train": balanced_min_train,
+        "balanced_cap": balanced_cap,
+    }
+    try:  # the experiment files' `splits:`, checked by the same model
+        shares = SplitOptions(**fields)
+    except ValidationError as error:
+        fail(console, problems(error, source="plankdiff data split", what="shares", flags=fields))
     dataset = open_dataset(console, name)
     if kind == "long-tailed":
-        splits = [(dataset, long_tailed_split(dataset, seed=seed))]
+        splits = [(dataset, long_tailed_split(dataset, seed=seed, fractions=shares.fractions))]
     elif kind == "balanced":
-        splits = [(dataset, balanced_split(dataset, seed=seed))]
+        balanced = balanced_split(
+            dataset,
+            seed=seed,
+            min_train=shares.balanced_min_train,
+            cap=shares.balanced_cap,
+            fractions=shares.fractions,
+        )
+        splits = [(dataset, balanced)]
     elif kind == "temporal":
         years = int_list("--train-years", train_years), int_list("--test-years", test_years)
-        temporal = temporal_split(dataset, train_years=years[0], test_years=years[1], seed=seed)
+        temporal = temporal_split(
+            dataset,
+            train_years=years[0],
+            test_years=years[1],
+            val_fraction=shares.temporal_val_fraction,
+            seed=seed,
+        )
         splits = [(dataset, temporal)]
         if hold_out:
             splits += [(dataset, s) for s in in_and_out_of_period(temporal, fraction=hold_out, seed=seed)]
@@ -162,8 +211,11 @@ def split_command(
             raise typer.BadParameter("cross-domain needs --target, the prepared shifted dataset")
         shifted = open_dataset(console, target)
         table = load_mapping(mapping)
+        # The source rows keep the parts of NAME's long-tailed split with the same seed and shares
+        # (the partition backbones pre-train on), as in a study.
+        base = long_tailed_split(dataset, seed=seed, fractions=shares.fractions)
         pair = cross_domain_splits(
-            dataset, shifted, table, source_key=source_key, target_key=target_key, seed=seed
+            dataset, shifted, table, source_key=source_key, target_key=target_key, base=base
         )
         splits = [(dataset, pair[0]), (shifted, pair[1])]
         for ds, key in ((dataset, source_key), (shifted, target_key)):

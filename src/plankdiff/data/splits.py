@@ -24,13 +24,10 @@ import numpy as np
 import pandas as pd
 
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.data.shares import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS, TEMPORAL_VAL_FRACTION
 from plankdiff.provenance import read_json, write_json
 
 SPLITS = ("train", "val", "test")
-DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
-# NDSB: 71 of 121 classes have >= 60 training images at 70/10/20.
-BALANCED_MIN_TRAIN = 60
-BALANCED_CAP = 100
 
 
 # Below this many validation images per class (on average), selecting a (block, t) pair or a
@@ -280,7 +277,7 @@ def temporal_split(
     train_years: tuple[int, ...],
     test_years: tuple[int, ...],
     min_per_side: int = 20,
-    val_fraction: float = 0.125,
+    val_fraction: float = TEMPORAL_VAL_FRACTION,
     seed: int = 0,
 ) -> Split:
     times = pd.to_datetime(dataset.meta["capture_time"].replace("", None), utc=True, errors="coerce")
@@ -302,7 +299,9 @@ def temporal_split(
     test_side = test_side[np.isin(labels[test_side], both)]
     inner = _stratify(labels, train_side, (1 - val_fraction, val_fraction, 0.0), seed)
     rows = {"train": inner["train"], "val": inner["val"], "test": test_side}
-    name = f"temporal-{'+'.join(map(str, train_years))}-to-{'+'.join(map(str, test_years))}-s{seed}"
+    # Another validation share is named (`-v18.8`), so it never takes the default partition's file.
+    shares = "" if val_fraction == TEMPORAL_VAL_FRACTION else f"-v{val_fraction * 100:.3g}"
+    name = f"temporal-{'+'.join(map(str, train_years))}-to-{'+'.join(map(str, test_years))}{shares}-s{seed}"
     return _relabel(name, rows, labels, dataset.classes)
 
 

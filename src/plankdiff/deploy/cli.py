@@ -8,8 +8,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from plankdiff.choices import Counting, Device, Loss, OODOption, OutputFormat, SampleBy
-from plankdiff.cli_support import check_split, fail, open_dataset, resolve_device, say_device, switch
+from plankdiff.choices import Counting, Loss, OODOption, OutputFormat, SampleBy
+from plankdiff.cli_support import (
+    check_split,
+    device_option,
+    fail,
+    open_dataset,
+    resolve_device,
+    say_device,
+    switch,
+)
 
 # kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
 # tests/test_cli.py checks that the two agree.
@@ -161,9 +169,7 @@ def predict_command(
     ),
     out: Path = typer.Option(..., "--out", help="folder for predictions.csv, counts.csv and skipped.csv"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="images per forward pass"),
-    device: Device = typer.Option(
-        "auto", "--device", help="auto: accelerate's choice (CUDA when there is one)"
-    ),
+    device: str = device_option(help="auto: accelerate's choice (CUDA when there is one); cuda:N: GPU N"),
     sample_by: SampleBy = typer.Option(
         "input",
         "--sample-by",

@@ -63,21 +63,21 @@ def label_curve(
     return out
 
 
-def plot_label_efficiency(frame: pd.DataFrame, out: Path) -> None:
+def plot_label_efficiency(frame: pd.DataFrame, out: Path):
+    """Test accuracy against the labelled share, one line per method, ± one standard deviation over
+    seeds where there are two or more ("1 seed" in the legend where there is one). Returns the figure."""
     from matplotlib.figure import Figure
+
+    from plankdiff.report.figures import seed_errorbars
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for method, group in frame.groupby("method"):
-        stats = group.groupby("fraction")["accuracy"].agg(["mean", "std"]).reset_index()
-        ax.errorbar(
-            stats["fraction"] * 100,
-            stats["mean"] * 100,
-            yerr=stats["std"].fillna(0) * 100,
-            marker="o",
-            label=method,
-            capsize=2,
-        )
+        stats = group.groupby("fraction")["accuracy"].agg(["mean", "std", "count"]).reset_index()
+        x, mean = stats["fraction"] * 100, stats["mean"] * 100
+        one = (stats["count"] == 1).all()
+        (line,) = ax.plot(x, mean, marker="o", label=f"{method} (1 seed)" if one else method)
+        seed_errorbars(ax, x, mean, stats["std"] * 100, stats["count"], ecolor=line.get_color(), capsize=2)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images per class (%)")
     ax.set_ylabel("test accuracy (%)")
@@ -85,6 +85,7 @@ def plot_label_efficiency(frame: pd.DataFrame, out: Path) -> None:
     ax.grid(alpha=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
+    return fig
 
 
 __all__ = ["label_curve", "nested_fraction", "plot_label_efficiency"]

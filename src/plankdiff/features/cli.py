@@ -8,8 +8,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.choices import Device, Pooling, Precision
-from plankdiff.cli_support import fail, int_list, load_split, open_dataset, resolve_device, say_device, switch
+from plankdiff.choices import Pooling, Precision
+from plankdiff.cli_support import (
+    device_option,
+    fail,
+    int_list,
+    load_split,
+    open_dataset,
+    resolve_device,
+    say_device,
+    switch,
+)
 from plankdiff.features.spec import SearchSpec
 
 # `features search` and the study's `features:` block share one typed object and its defaults.
@@ -64,7 +73,7 @@ def extract_command(
     sub_blocks: bool = switch(False, "--sub-blocks", help="also each ResNet and attention layer"),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="images per forward pass"),
     split: str = typer.Option("", "--split", help="only the rows of this split (default: every row)"),
-    device: Device = typer.Option("auto", "--device", help="auto: CUDA when there is one, else the CPU"),
+    device: str = device_option(help="auto: CUDA when there is one, else the CPU; cuda:N: GPU N"),
     precision: Precision = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Extract pooled features of every (block, t) pair; resumes an interrupted run.

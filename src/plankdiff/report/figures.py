@@ -28,9 +28,29 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def seed_errorbars(ax, x, mean, std, n_seeds, **style) -> None:
+    """± one standard deviation over replicates, drawn only where there are two or more: a single
+    seed has no spread, and a zero-length bar with its caps would read as a measured zero."""
+    keep = np.asarray(n_seeds) > 1
+    if keep.any():
+        ax.errorbar(
+            np.asarray(x, float)[keep],
+            np.asarray(mean, float)[keep],
+            yerr=np.asarray(std, float)[keep],
+            fmt="none",
+            **style,
+        )
+
+
+def seeds_label(n: int) -> str:
+    """What a figure writes for a value's replicates: "1 seed" says why it has no error bar."""
+    return "1 seed" if n == 1 else f"n={n}"
+
+
 def experiment_figure(rows: pd.DataFrame, experiment: str) -> bytes:
     """One panel per metric, methods side by side along x, one bar per setting; error bars are one
-    standard deviation over replicates (none with a single replicate), n written under each method."""
+    standard deviation over replicates (none with a single replicate: "1 seed" under the method),
+    n written under each method."""
     from matplotlib.figure import Figure
 
     rows = rows[rows["experiment"] == experiment]
@@ -57,19 +77,13 @@ def experiment_figure(rows: pd.DataFrame, experiment: str) -> bytes:
             present = [m for m in methods if m in hits.index]
             mean = hits.loc[present, "mean"].to_numpy(float) * scale
             std = np.nan_to_num(hits.loc[present, "std"].to_numpy(float)) * scale
-            ax.bar(
-                x + (k - (len(settings) - 1) / 2) * width,
-                mean,
-                width,
-                yerr=std,
-                capsize=3,
-                color=COLOURS[k % len(COLOURS)],
-                label=setting,
-            )
+            at = x + (k - (len(settings) - 1) / 2) * width
+            ax.bar(at, mean, width, color=COLOURS[k % len(COLOURS)], label=setting)
+            seed_errorbars(ax, at, mean, std, hits.loc[present, "n_seeds"], ecolor="black", capsize=3)
         n = rows[rows["metric"] == metric].groupby("method")["n_seeds"].max()
         ax.set_xticks(
             range(len(methods)),
-            [f"{m}\nn={n.get(m, 0)}" for m in methods],
+            [f"{m}\n{seeds_label(int(n.get(m, 0)))}" for m in methods],
             rotation=30,
             ha="right",
             fontsize=8,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from plankdiff.features.raw import RAW_METHOD as RAW
-from plankdiff.report.figures import COLOURS, _png
+from plankdiff.report.figures import COLOURS, _png, seed_errorbars
 
 COLUMNS = [
     "study",
@@ -107,15 +107,16 @@ def scaling_figure(table: pd.DataFrame, experiment: str) -> bytes:
             if method == RAW:  # no training: a floor across the budgets
                 axis.axhline(100 * group["mean"].mean(), color="grey", linestyle=":", label="raw pixels")
                 continue
-            errors = 100 * group["std"].where(group["n_seeds"] > 1)  # no bar for a single seed
-            axis.errorbar(
+            label = f"{method} (1 seed)" if (group["n_seeds"] == 1).all() else method
+            axis.plot(group["tflops"], 100 * group["mean"], marker="o", color=colour, label=label)
+            seed_errorbars(
+                axis,
                 group["tflops"],
                 100 * group["mean"],
-                yerr=errors.fillna(0).to_numpy(),
-                marker="o",
+                100 * group["std"],
+                group["n_seeds"],
+                ecolor=colour,
                 capsize=3,
-                color=colour,
-                label=method,
             )
         axis.set_xscale("log")
         if not trained.empty:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from plankdiff.choices import Precision, ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
-from plankdiff.data.splits import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS
+from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, load_config
 from plankdiff.features.spec import SearchSpec
 from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY, EvaluationProtocol
@@ -117,6 +117,10 @@ class Caps(Strict):
 
 
 EXPERIMENT_FAMILIES = ("ndsb", "zoolake", "ndsb-pwssc")
+# The NDSB → PWSSC datasets prepared without polarity normalisation (the ndsb-pwssc family's second
+# experiment, planned when the file lists both).
+NOPOL = "-nopol"
+UNNORMALISED = (f"ndsb{NOPOL}", f"pwssc{NOPOL}")
 Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
 # The scored split of an experiment on one's own data (`OwnExperiment.split`).
 OwnSplit = Literal["long-tailed", "balanced"]
@@ -141,40 +145,6 @@ ExperimentEntry = Annotated[
     Annotated[Family, Tag("family")] | Annotated[OwnExperiment, Tag("own")],
     Discriminator(lambda value: "own" if isinstance(value, dict | OwnExperiment) else "family"),
 ]
-
-
-class SplitOptions(Strict):
-    """How the stratified partitions are drawn. The defaults are the shipped studies' 70/10/20."""
-
-    # Shares of each class's images held out for validation (where every choice is made) and for
-    # test; the rest trains. A temporal split keeps the same validation share of its training
-    # period's non-test images, and carves `test_fraction` of its training rows as in-period test.
-    val_fraction: float = Field(DEFAULT_FRACTIONS[1], gt=0, lt=1)
-    test_fraction: float = Field(DEFAULT_FRACTIONS[2], gt=0, lt=1)
-    # Balanced splits: classes with at least this many training images, each capped at `balanced_cap`.
-    balanced_min_train: int = Field(BALANCED_MIN_TRAIN, ge=1)
-    balanced_cap: int = Field(BALANCED_CAP, ge=1)
-
-    @model_validator(mode="after")
-    def _room_to_train(self) -> SplitOptions:
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction {self.val_fraction} + test_fraction {self.test_fraction} leave no training images"
-            )
-        return self
-
-    @property
-    def fractions(self) -> tuple[float, float, float]:
-        """(train, val, test); exactly DEFAULT_FRACTIONS by default, so shipped splits are unchanged."""
-        if (self.val_fraction, self.test_fraction) == DEFAULT_FRACTIONS[1:]:
-            return DEFAULT_FRACTIONS
-        return (1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction)
-
-    @property
-    def temporal_val_fraction(self) -> float:
-        """The validation share of a training period (0.125 by default: 0.1 of 0.8). Rounded so the
-        default is exactly 0.125: a share one ulp off moves a class's val count where n/8 ends in .5."""
-        return round(self.val_fraction / (1 - self.test_fraction), 10)
 
 
 class ProcessingShiftSpec(Strict):
@@ -249,6 +219,33 @@ class ExperimentConfig(Strict):
     def own(self) -> tuple[OwnExperiment, ...]:
         """The experiments on datasets of one's own, in the order the file lists them."""
         return tuple(e for e in self.experiments if isinstance(e, OwnExperiment))
+
+    @property
+    def ndsb_pretrain(self) -> str | None:
+        """The pre-training the ndsb and ndsb-pwssc experiments read: the first one on NDSB."""
+        return next((k for k, spec in self.pretrain.items() if spec.dataset == "ndsb"), None)
+
+    @property
+    def used_pretrain(self) -> tuple[str, ...]:
+        """The pretrain keys the selected experiments read, in file order: only these are planned
+        and trained (an unused entry's split may not even be drawable on the data given)."""
+        used = {e.pretrain for e in self.own}
+        if {"ndsb", "ndsb-pwssc"} & set(self.families):
+            used.add(self.ndsb_pretrain)
+        if "zoolake" in self.families:
+            used |= {k for k, spec in self.pretrain.items() if spec.dataset == "zoolake"}
+        return tuple(k for k in self.pretrain if k in used)
+
+    @property
+    def used_datasets(self) -> tuple[str, ...]:
+        """The datasets the selected experiments read, in file order: only these are prepared."""
+        used = {self.pretrain[k].dataset for k in self.used_pretrain}
+        if "ndsb-pwssc" in self.families:
+            used.add("pwssc")
+            # The pair without polarity normalisation is scored only when both are listed.
+            if set(UNNORMALISED) <= set(self.datasets):
+                used |= set(UNNORMALISED)
+        return tuple(k for k in self.datasets if k in used)
 
     def own_name(self, entry: OwnExperiment) -> str:
         """`<dataset>/<split>`, the name an experiment on one's own data has in tables and results."""

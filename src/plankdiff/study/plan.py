@@ -39,7 +39,7 @@ from plankdiff.data.splits import (
     translate,
 )
 from plankdiff.probe.ood import held_out_classes, open_set_split, unknown_split
-from plankdiff.study.config import ExperimentConfig, Family, PretrainSpec
+from plankdiff.study.config import NOPOL, ExperimentConfig, Family, PretrainSpec
 
 # What an experiment's scored split is, whatever its family.
 Kind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
@@ -174,14 +174,16 @@ def _balanced(config: ExperimentConfig, dataset: PreparedDataset, seed: int) -> 
 
 def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset], seed: int) -> Replicate:
     s = partition_seed(config, seed)
+    # Only the pre-trainings the selected experiments read: an unused one is neither split nor trained.
     pretrain = {
         key: (spec.dataset, pretrain_split(config, spec, datasets[spec.dataset], s))
         for key, spec in config.pretrain.items()
+        if key in config.used_pretrain
     }
     experiments: list[Experiment] = []
     skipped: list[str] = []
     families = config.families
-    ndsb_key = next((k for k, spec in config.pretrain.items() if spec.dataset == "ndsb"), None)
+    ndsb_key = config.ndsb_pretrain
     if "ndsb" in families:
         common = {"family": "ndsb", "dataset": "ndsb", "pretrain": ndsb_key}
         experiments += [
@@ -210,7 +212,7 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
     if "ndsb-pwssc" in families:
         mapping = load_mapping("ndsb_pwssc")
         base = pretrain[ndsb_key][1]
-        for suffix, polarity in (("", "with"), ("-nopol", "without")):
+        for suffix, polarity in (("", "with"), (NOPOL, "without")):
             source, target = f"ndsb{suffix}", f"pwssc{suffix}"
             if source not in datasets or target not in datasets:
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,7 +101,7 @@ class Study:
     def run(self) -> Path | None:
         started = datetime.now(timezone.utc)
         self._prepare()
-        if self.dry_run and len(self.datasets) < len(self.config.datasets):
+        if self.dry_run and len(self.datasets) < len(self.config.used_datasets):
             self.planned.append(("splits, pretraining, features, probes, report", "run after prepare"))
             return None
         replicates = [plan_replicate(self.config, self.datasets, seed) for seed in self.config.seeds]
@@ -135,7 +136,9 @@ class Study:
         return source if source.is_absolute() else self.project_root / source
 
     def _prepare(self) -> None:
-        for name, spec in self.config.datasets.items():
+        # Only what the selected experiments read: `experiments: [ndsb]` prepares no ZooLake.
+        for name in self.config.used_datasets:
+            spec = self.config.datasets[name]
             source = self._source(name)
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
@@ -415,6 +418,12 @@ class Study:
                     for s in experiment.shifted
                 ]
                 out = self.results / "metrics" / experiment.slug / method / f"seed{seed}"
+                # The probe writes its files (predictions, selection, figures) in the work dir with
+                # its stage record, and the results folder gets a copy: a study resumed into another
+                # --results folder, or one whose results were removed, reports them all the same.
+                kept = self.work / "probes" / f"seed{seed}" / experiment.slug / method
+                if not kept.exists() and out.exists():  # probed before the work dir kept a copy
+                    shutil.copytree(out, kept)
                 inputs = {
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -425,7 +434,7 @@ class Study:
                 result = self.stage(
                     f"probe/seed{seed}/{experiment.slug}/{method}",
                     inputs,
-                    lambda st=store, sp=experiment.split, sh=shifts, o=out: _probe_summary(
+                    lambda st=store, sp=experiment.split, sh=shifts, o=kept: _probe_summary(
                         probe_features(
                             st,
                             sp,
@@ -436,7 +445,9 @@ class Study:
                             **protocol.probe_arguments(),
                         )
                     ),
+                    outputs=kept,
                 )
+                shutil.copytree(kept, out, dirs_exist_ok=True)
                 self.per_seed.append(
                     {"seed": seed, "experiment": experiment.name, "method": method, **result}
                 )

@@ -28,10 +28,15 @@ class StageCache:
         path = self.record(name)
         return read_json(path).get("result") if path.exists() else None
 
-    def __call__(self, name: str, inputs: dict, run: Callable[[], Any]) -> Any:
+    def __call__(
+        self, name: str, inputs: dict, run: Callable[[], Any], *, outputs: Path | None = None
+    ) -> Any:
+        """`outputs`: a folder the stage writes beside its result; a record whose folder is gone is
+        run again, since its result alone would leave the files the report reads missing."""
         record = self.record(name)
         key = sha256_json(inputs)
-        if record.exists() and read_json(record).get("key") == key:
+        present = outputs is None or Path(outputs).exists()
+        if present and record.exists() and read_json(record).get("key") == key:
             self.planned.append((name, "reuse"))
             return read_json(record).get("result")
         self.planned.append((name, "run"))
