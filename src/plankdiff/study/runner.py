@@ -417,13 +417,7 @@ class Study:
                     )
                     for s in experiment.shifted
                 ]
-                out = self.results / "metrics" / experiment.slug / method / f"seed{seed}"
-                # The probe writes its files (predictions, selection, figures) in the work dir with
-                # its stage record, and the results folder gets a copy: a study resumed into another
-                # --results folder, or one whose results were removed, reports them all the same.
-                kept = self.work / "probes" / f"seed{seed}" / experiment.slug / method
-                if not kept.exists() and out.exists():  # probed before the work dir kept a copy
-                    shutil.copytree(out, kept)
+                kept, out = self._probe_folders(experiment.slug, method, seed)
                 inputs = {
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -453,6 +447,17 @@ class Study:
                 )
             if experiment is replicate.headline and "supervised" in self._methods():
                 self._own_head(stores[(experiment.name, "supervised", experiment.dataset)], experiment, seed)
+
+    def _probe_folders(self, slug: str, method: str, seed: int) -> tuple[Path, Path]:
+        """(kept, out): a probe writes its files (predictions, selection, figures) in the work dir
+        (`kept`) with its stage record, and the results folder gets a copy (`out`) after the stage,
+        run or reused: a study resumed into another --results folder, or one whose results were
+        removed, reports them all the same."""
+        out = self.results / "metrics" / slug / method / f"seed{seed}"
+        kept = self.work / "probes" / f"seed{seed}" / slug / method
+        if not kept.exists() and out.exists():  # probed before the work dir kept a copy
+            shutil.copytree(out, kept)
+        return kept, out
 
     # -- evaluations: processing shift and open set ----------------------------------------------
     def _processing_shift(self, replicate: Replicate, stores: Stores) -> None:
@@ -490,9 +495,7 @@ class Study:
                 store = stores[(experiment.name, method, experiment.dataset)]
                 selected = self._selected(experiment.name, method, seed)
                 pairs = list(selected["pairs"])
-                out = (
-                    self.results / "metrics" / f"{experiment.slug}_processing-shift" / method / f"seed{seed}"
-                )
+                kept, out = self._probe_folders(f"{experiment.slug}_processing-shift", method, seed)
                 inputs = {
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -502,7 +505,7 @@ class Study:
                     "protocol": protocol.model_dump(mode="json"),
                 }
 
-                def score(st=store, e=experiment, p=pairs, o=out, m=method, f=folder, sh=shifted) -> dict:
+                def score(st=store, e=experiment, p=pairs, o=kept, m=method, f=folder, sh=shifted) -> dict:
                     shifted_stores = {
                         shift: extract_like(st, dataset, out=f / f"{m}-{e.slug}-{shift}", pairs=p)
                         for shift, dataset in sh.items()
@@ -518,7 +521,10 @@ class Study:
                     )
                     return {"pair": result.selected_pair, "rows": _records(table)}
 
-                record = self.stage(f"processing-shift/seed{seed}/{experiment.slug}/{method}", inputs, score)
+                record = self.stage(
+                    f"processing-shift/seed{seed}/{experiment.slug}/{method}", inputs, score, outputs=kept
+                )
+                shutil.copytree(kept, out, dirs_exist_ok=True)
                 if record["pair"] != selected["pair"]:  # the same fit on the same rows: it should not happen
                     self.console.print(
                         f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the processing-shift "
@@ -542,7 +548,7 @@ class Study:
         for experiment in (e for e in replicate.experiments if e.open_set is not None):
             for method in self._methods():
                 store = stores[(experiment.name, method, experiment.dataset)]
-                out = self.results / "metrics" / f"{experiment.slug}_open-set" / method / f"seed{seed}"
+                kept, out = self._probe_folders(f"{experiment.slug}_open-set", method, seed)
                 inputs = {
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
@@ -552,7 +558,7 @@ class Study:
                     "protocol": protocol.model_dump(mode="json"),
                 }
 
-                def score(st=store, e=experiment, o=out) -> dict:
+                def score(st=store, e=experiment, o=kept) -> dict:
                     result = open_set_scores(
                         st,
                         e.split,
@@ -570,7 +576,10 @@ class Study:
                         "rows": _records(result.table),
                     }
 
-                record = self.stage(f"open-set/seed{seed}/{experiment.slug}/{method}", inputs, score)
+                record = self.stage(
+                    f"open-set/seed{seed}/{experiment.slug}/{method}", inputs, score, outputs=kept
+                )
+                shutil.copytree(kept, out, dirs_exist_ok=True)
                 self.open_set_rows += [
                     {
                         "experiment": experiment.name,
