@@ -17,7 +17,8 @@ Background = Literal["none", "normalise"]
 SplitKind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
 
 # diffusion
-Preset = Literal["tiny", "cpu", "paper"]
+# cpu-wide8 and cpu-64: the `cpu` preset at equal training FLOPs, another shape or 64 px (issue #15)
+Preset = Literal["tiny", "cpu", "cpu-wide8", "cpu-64", "paper"]
 
 # features (and the baselines' feature maps)
 Pooling = Literal["avg", "avg2x2"]

@@ -17,9 +17,15 @@ from safetensors.torch import load_file
 
 from helpers import kill_9_at_a_random_point
 from plankdiff.diffusion.checkpoint import latest_checkpoint, load_checkpoint
-from plankdiff.diffusion.config import PRESETS, load_config
-from plankdiff.diffusion.model import build_unet, count_parameters
-from plankdiff.diffusion.train import DiffusionTrainer, dihedral_augment, to_model_range
+from plankdiff.diffusion.config import PRESETS, LowNoiseTimesteps, UniformTimesteps, load_config
+from plankdiff.diffusion.model import build_unet, count_parameters, load_backbone
+from plankdiff.diffusion.train import (
+    DiffusionTrainer,
+    dihedral_augment,
+    draw_timesteps,
+    to_model_range,
+    training_step_flops,
+)
 from plankdiff.training import TrainingDiverged, TrainResult
 
 # `plankdiff.diffusion` re-exports names that could hide submodules: fetch the module itself.
@@ -367,3 +373,119 @@ def test_kill_9_at_a_random_point_then_resume_equals_an_uninterrupted_run(
     assert_same_weights(ema_a, ema_b)
     assert torch.equal(state_a["generator"], state_b["generator"])
     assert [m["loss"] for m in read_metrics(out)] == [m["loss"] for m in read_metrics(tmp_path / "straight")]
+
+
+# -- issue #15 §3: timestep sampling, EMA warm-up, shapes at equal FLOPs ---------------------------
+
+
+def test_default_timestep_sampling_takes_the_same_random_draws_as_before(
+    prepared_small_ndsb, make_trainer, tmp_path
+):
+    """Runs begun before the option existed resume identically: a step with the default consumes the
+    generator exactly as the former `torch.randint(0, T, (n,))` did, and draws the same t."""
+    trainer = make_trainer(prepared_small_ndsb, tmp_path / "uniform")
+    assert trainer.config.train.timestep_sampling == UniformTimesteps()
+    indices = torch.arange(8)
+    replay = torch.Generator()
+    replay.set_state(trainer.generator.get_state())
+    trainer.loss(indices)
+    x0 = dihedral_augment(to_model_range(trainer.images[indices]), replay)
+    torch.randn(x0.shape, generator=replay)
+    torch.randint(0, 1000, (8,), generator=replay)
+    assert torch.equal(replay.get_state(), trainer.generator.get_state())
+    seeded = [torch.Generator().manual_seed(3) for _ in range(2)]
+    drawn = draw_timesteps(UniformTimesteps(), n=64, num_timesteps=1000, generator=seeded[0])
+    assert torch.equal(drawn, torch.randint(0, 1000, (64,), generator=seeded[1]))
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0])
+def test_low_noise_timesteps_follow_their_power_law_and_cover_every_t(power):
+    n = 400_000
+    t = draw_timesteps(
+        LowNoiseTimesteps(power=power), n=n, num_timesteps=1000, generator=torch.Generator().manual_seed(0)
+    )
+    assert t.dtype == torch.long and int(t.min()) == 0 and int(t.max()) == 999
+    # t/T ~ Beta(1/power, 1): the share of t < τ is (τ/T)^(1/power), e.g. sqrt(0.1) = 0.316 for τ = 100.
+    for tau in (26, 100, 200, 500):
+        assert abs(float((t < tau).float().mean()) - (tau / 1000) ** (1 / power)) < 0.004, tau
+    assert float((t >= 900).float().mean()) > 0.02  # the high-noise end still trains
+
+
+def test_timestep_sampling_is_validated_and_recorded(prepared_small_ndsb, make_trainer, tmp_path):
+    with pytest.raises(ValueError, match=r"timestep.sampling.*greater than 1"):
+        load_config("tiny", timestep_sampling={"kind": "low-noise", "power": 1})
+    with pytest.raises(ValueError, match=r"timestep.sampling.*'uniform', 'low-noise'"):
+        load_config("tiny", timestep_sampling={"kind": "cosine"})
+    out = tmp_path / "low-noise"
+    trainer = make_trainer(
+        prepared_small_ndsb,
+        out,
+        max_steps=1,
+        timestep_sampling={"kind": "low-noise", "power": 2.5},
+        ema_warmup={"inv_gamma": 2.0, "power": 0.75},
+    )
+    assert trainer.train().step == 1
+    recorded = json.loads((out / "config.json").read_text())["diffusion"]["train"]
+    assert recorded["timestep_sampling"] == {"kind": "low-noise", "power": 2.5}
+    assert recorded["ema_warmup"] == {"inv_gamma": 2.0, "power": 0.75}
+    assert load_config("tiny").train.ema_warmup is None  # default: the EMA of every earlier run
+
+
+def ema_distance(trainer) -> float:
+    """How far the EMA is from the live weights (summed squared differences)."""
+    live = list(trainer.model.parameters())
+    return sum(float((e - w).square().sum()) for e, w in zip(trainer.ema.shadow_params, live, strict=True))
+
+
+def test_ema_warmup_reaches_diffusers_and_tracks_the_live_weights(
+    prepared_small_ndsb, make_trainer, tmp_path
+):
+    steps, batch = 8, torch.arange(8)
+    runs = {}
+    for name, warmup in {"default": None, "warm": {"inv_gamma": 1.0, "power": 2 / 3}}.items():
+        trainer = make_trainer(prepared_small_ndsb, tmp_path / name, ema_decay=0.999, ema_warmup=warmup)
+        initial = [p.detach().clone() for p in trainer.model.parameters()]
+        for _ in range(steps):
+            trainer.train_step(batch)
+        runs[name] = trainer
+    default, warm = runs["default"], runs["warm"]
+    assert (default.ema.use_ema_warmup, warm.ema.use_ema_warmup) == (False, True)
+    # diffusers' decay at EMA step s (it counts from s - 1): the (1 + s)/(10 + s) ramp by default,
+    # 1 - (1 + s/inv_gamma)^-power with the warm-up; both capped at ema_decay.
+    assert default.ema.cur_decay_value == pytest.approx(steps / (steps + 9))
+    assert warm.ema.cur_decay_value == pytest.approx(1 - steps ** (-2 / 3))
+    # A fixed 0.999 decay from step 1 would keep 0.999^8 = 99 % of the initial weights. Both EMAs
+    # are far closer to the live weights than that; the warm-up averages over a longer window.
+    fixed = sum(
+        float((0.999**steps * (w0 - w.detach())).square().sum())
+        for w0, w in zip(initial, warm.model.parameters(), strict=True)
+    )
+    assert ema_distance(default) < ema_distance(warm) < 0.5 * fixed
+
+
+def test_features_are_read_from_the_ema_weights(tiny_run):
+    model, ema, _ = load_checkpoint(tiny_run / "checkpoints" / "step_0000006")
+    backbone, _ = load_backbone(tiny_run)
+    weights = dict(backbone.named_parameters())
+    assert weights.keys() == ema.keys()
+    assert all(torch.equal(weights[name], ema[name]) for name in ema)
+    assert not all(torch.equal(weights[name], model[name]) for name in ema)  # not the live weights
+
+
+def flops_per_image(preset: str, size: int) -> float:
+    network = build_unet(load_config(preset), image_size=size, channels=1)
+    return training_step_flops(network, batch=2, channels=1, size=size, device="cpu") / 2
+
+
+def test_shape_presets_cost_what_the_cpu_preset_costs():
+    cpu = flops_per_image("cpu", 32)
+    assert 3.1e9 < cpu < 3.3e9  # bench/results/flops.md: 3.20 GFLOP per image
+    assert 0.9 < flops_per_image("cpu-wide8", 32) / cpu < 1.1
+    wide = build_unet(load_config("cpu-wide8"), image_size=32, channels=1)
+    assert wide.config.block_out_channels[0] < 32 and wide.config.block_out_channels[-1] > 128
+    # 64 px: the same network costs ~4x per image; a quarter of the batch keeps the FLOPs per step,
+    # so a FLOP budget gives cpu-64 the same number of steps on a quarter of the images.
+    ratio = flops_per_image("cpu-64", 64) / cpu
+    assert 3.8 < ratio < 4.2
+    assert load_config("cpu-64").unet == load_config("cpu").unet
+    assert load_config("cpu-64").train.batch_size * 4 == load_config("cpu").train.batch_size

@@ -32,9 +32,20 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_every_shipped_experiment_file_is_listed_and_loads():
     folder = resources.files("plankdiff") / "configs" / "experiments"
     files = sorted(Path(str(entry)).stem for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-    assert (
-        files == sorted(SHIPPED) == ["best", "compare", "cpu", "gpu", "quick", "scaling-high", "scaling-low"]
-    )
+    assert files == sorted(SHIPPED)
+    assert sorted(SHIPPED) == [
+        "best",
+        "compare",
+        "cpu",
+        "ddpm-64px",
+        "ddpm-ema-warmup",
+        "ddpm-lownoise",
+        "ddpm-wide8",
+        "gpu",
+        "quick",
+        "scaling-high",
+        "scaling-low",
+    ]
     for name in SHIPPED:
         config = load_experiment(name)
         assert config.name == name
@@ -152,7 +163,7 @@ REFUSED = [
     (
         "unknown preset",
         {"preset: tiny": "preset: huge"},
-        r"diffusion\.preset: unknown preset 'huge': one of tiny, cpu, paper or a YAML file",
+        r"diffusion\.preset: unknown preset 'huge': one of tiny, cpu, cpu-wide8, cpu-64, paper or a YAML file",
     ),
     (
         "unknown method",
@@ -368,3 +379,63 @@ def test_a_study_prepares_and_pretrains_only_what_its_experiments_read(
     config = load_experiment(write(tmp_path, f"experiments: {experiments}\n" + text))
     assert config.used_pretrain == pretrain
     assert config.used_datasets == (datasets or tuple(config.datasets))
+
+
+# -- issue #15 §3: the DDPM option studies ----------------------------------------------------------
+
+DDPM_OPTIONS = {
+    "ddpm-lownoise": {"timestep_sampling": {"kind": "low-noise", "power": 2.0}},
+    "ddpm-ema-warmup": {"ema_warmup": {"inv_gamma": 1.0, "power": 0.6667}},
+    "ddpm-wide8": {"preset": "cpu-wide8"},
+    "ddpm-64px": {"preset": "cpu-64"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(DDPM_OPTIONS))
+def test_each_ddpm_option_study_differs_from_the_cpu_study_only_in_its_option(name):
+    """Measured against the cpu study's seed-0 NDSB DDPM rows: same budget, precision, caps, feature
+    search and probe protocol; NDSB only, DDPM only (raw pixels as the floor), one seed."""
+    cpu, study = load_experiment("cpu"), load_experiment(name)
+    assert study.diffusion.identity() == cpu.diffusion.identity() | DDPM_OPTIONS[name]
+    same = ("features", "protocol", "caps", "splits", "training_precision", "label_fractions", "pretrain")
+    assert {k: getattr(study, k) for k in same} == {k: getattr(cpu, k) for k in same} | {
+        "pretrain": {"ndsb": cpu.pretrain["ndsb"]}
+    }
+    assert (study.experiments, study.seeds) == (("ndsb",), (0,))
+    assert study.baselines.methods == () and study.baselines.include_raw_pixels
+    size = 64 if name == "ddpm-64px" else 32
+    assert study.datasets["ndsb"] == cpu.datasets["ndsb"].model_copy(update={"size": size})
+
+
+def test_new_diffusion_options_enter_the_backbone_key_only_when_set():
+    """Backbones cached before the options existed keep their key; a set option changes it, and
+    reaches the trained config (`train_overrides`, what the study passes to `load_config`)."""
+    from plankdiff.diffusion.config import load_config
+
+    spec = load_experiment("cpu").diffusion
+    assert spec.identity() == {"preset": "cpu", "max_minutes": None, "max_tflops": 25.0, "batch_size": None}
+    low = load_experiment("ddpm-lownoise").diffusion
+    config = load_config(low.preset, **low.train_overrides())
+    assert (config.train.timestep_sampling.kind, config.train.timestep_sampling.power) == ("low-noise", 2.0)
+    assert config.train.max_tflops == 25 and config.train.ema_warmup is None
+    warm = load_experiment("cpu", overrides=["diffusion.ema_warmup={power: 0.75}"]).diffusion
+    assert warm.identity()["ema_warmup"] == {"inv_gamma": 1.0, "power": 0.75}
+    assert load_config(warm.preset, **warm.train_overrides()).train.ema_warmup.power == 0.75
+    assert load_config(spec.preset, **spec.train_overrides()) == load_config("cpu", max_tflops=25)
+
+
+def test_a_ddpm_only_study_needs_no_baseline_budget(tmp_path):
+    text = MINIMAL.replace("baselines: {methods: [simclr], max_minutes: 0.1}", "baselines: {methods: []}")
+    assert load_experiment(write(tmp_path, text)).baselines.methods == ()
+    text = MINIMAL.replace(
+        "baselines: {methods: [simclr], max_minutes: 0.1}", "baselines: {methods: [simclr]}"
+    )
+    with pytest.raises(ValueError, match=r"baselines: give max_minutes, max_tflops or both"):
+        load_experiment(write(tmp_path, text))
+
+
+def test_a_bad_diffusion_option_names_the_key():
+    with pytest.raises(
+        ValueError, match=r"diffusion.timestep_sampling.low-noise.power: Input should be greater than 1"
+    ):
+        load_experiment("cpu", overrides=["diffusion.timestep_sampling={kind: low-noise, power: 0.5}"])

@@ -170,6 +170,38 @@ def test_a_study_of_one_experiment_family_trains_and_reports_only_what_it_needs(
     assert {e.split("/")[0] for e in headline["experiment"]} == {"ndsb"}
 
 
+def test_a_ddpm_only_study_with_a_diffusion_option_trains_no_baseline_and_reports(
+    tiny_experiment: Path, tmp_path: Path
+):
+    """The DDPM option studies (issue #15 §3): `baselines: {methods: []}` trains the DDPM alone, with
+    the `diffusion:` block's option, and the report still has raw pixels as the floor."""
+    from plankdiff.study.config import BaselineSpec, DiffusionSpec
+
+    config = load_experiment(tiny_experiment / "tiny.yaml").model_copy(
+        update={
+            "name": "tiny-ddpm-only",
+            "experiments": ("ndsb",),
+            "seeds": (0,),
+            "baselines": BaselineSpec(methods=()),
+            "diffusion": DiffusionSpec(
+                preset="tiny", max_minutes=0.02, timestep_sampling={"kind": "low-noise", "power": 2}
+            ),
+            "evaluations": load_experiment(tiny_experiment / "tiny.yaml").evaluations.model_copy(
+                update={"processing_shift": None}
+            ),
+        }
+    )
+    study = Study(config, results_root=tmp_path / "results")
+    assert study.run() is not None
+    trained = [name for name, _ in study.plan() if name.startswith("pretrain/")]
+    assert trained == ["pretrain/seed0/ndsb/diffusion"]
+    run = study.work / "runs" / "seed0" / "ndsb" / "diffusion" / "config.json"
+    recorded = read_json(run)["diffusion"]["train"]["timestep_sampling"]
+    assert recorded == {"kind": "low-noise", "power": 2.0}
+    headline = pd.read_csv(tmp_path / "results" / "tiny-ddpm-only" / "headline.csv")
+    assert set(headline["method"]) == {"diffusion", "raw-pixels"}
+
+
 KILLED_STUDY = """
 import sys
 import plankdiff.study.runner  # torch and every stage imported before the clock of the kill starts

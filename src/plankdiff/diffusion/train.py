@@ -25,7 +25,7 @@ from PIL import Image
 
 from plankdiff.budget import count_flops
 from plankdiff.data.prepare import PreparedDataset
-from plankdiff.diffusion.config import DiffusionConfig
+from plankdiff.diffusion.config import DiffusionConfig, TimestepSampling, UniformTimesteps
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
 from plankdiff.provenance import git_sha
 from plankdiff.training import LoopSettings, Trainer
@@ -55,9 +55,33 @@ def dihedral_augment_all(x: torch.Tensor) -> list[torch.Tensor]:
     return [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
 
 
+def draw_timesteps(
+    sampling: TimestepSampling, *, n: int, num_timesteps: int, generator: torch.Generator
+) -> torch.Tensor:
+    """`n` training timesteps in 0 … num_timesteps-1, drawn as `sampling` says (`TrainConfig`)."""
+    if isinstance(sampling, UniformTimesteps):
+        # Exactly the draw of every run before the option existed: same numbers from the same stream.
+        return torch.randint(0, num_timesteps, (n,), generator=generator)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (num_timesteps * u**sampling.power).floor().long().clamp_(max=num_timesteps - 1)
+
+
+def training_step_flops(network: torch.nn.Module, *, batch: int, channels: int, size: int, device) -> int:
+    """Forward and backward FLOPs of one ε-prediction step of `network` on `batch` images (the
+    network's gradients are left set: pass a copy)."""
+    x = torch.zeros(batch, channels, size, size, device=device)
+    t = torch.zeros(batch, dtype=torch.long, device=device)
+    with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
+        return count_flops(lambda: (network(x, t).sample - x).square().mean().backward())
+
+
 class DiffusionTrainer(Trainer):
     """The DDPM's part of the training loop (`plankdiff.training.Trainer`): the U-Net and its EMA,
-    AdamW with a constant-after-warm-up schedule, and the noise-prediction loss."""
+    AdamW with a constant-after-warm-up schedule, and the noise-prediction loss.
+
+    The EMA of the weights (diffusers' `EMAModel`: `ema_decay`, optionally `ema_warmup`) is what a
+    run leaves as its backbone: `ema/` holds it, and `load_backbone` (features, the study, export,
+    sampling) reads `ema/`, never the live weights, which only the checkpoints keep for resuming."""
 
     description = "diffusion train"
     record_file = "config.json"
@@ -87,7 +111,13 @@ class DiffusionTrainer(Trainer):
         self.noise = build_scheduler(config)
         if train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMAModel(self.model.parameters(), decay=train.ema_decay, use_ema_warmup=False)
+        warmup = train.ema_warmup
+        self.ema = EMAModel(
+            self.model.parameters(),
+            decay=train.ema_decay,
+            use_ema_warmup=warmup is not None,
+            **({"inv_gamma": warmup.inv_gamma, "power": warmup.power} if warmup else {}),
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=train.lr,
@@ -117,10 +147,9 @@ class DiffusionTrainer(Trainer):
         """Forward and backward FLOPs of one training step, counted on a copy of the network."""
         network = copy.deepcopy(self.accelerator.unwrap_model(self.model)).float()
         channels, size = self.images.shape[1], self.images.shape[2]
-        x = torch.zeros(self.config.train.batch_size, channels, size, size, device=self.device)
-        t = torch.zeros(len(x), dtype=torch.long, device=self.device)
-        with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
-            return count_flops(lambda: (network(x, t).sample - x).square().mean().backward())
+        return training_step_flops(
+            network, batch=self.config.train.batch_size, channels=channels, size=size, device=self.device
+        )
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _run_config(self) -> dict:
@@ -202,7 +231,12 @@ class DiffusionTrainer(Trainer):
         if train.augment:
             x0 = dihedral_augment(x0, self.generator)
         noise = torch.randn(x0.shape, generator=self.generator)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (x0.shape[0],), generator=self.generator)
+        t = draw_timesteps(
+            train.timestep_sampling,
+            n=x0.shape[0],
+            num_timesteps=self.noise.config.num_train_timesteps,
+            generator=self.generator,
+        )
         noisy = self.noise.add_noise(x0, noise, t).to(self.device)
         if train.channels_last:
             noisy = noisy.contiguous(memory_format=torch.channels_last)

@@ -24,7 +24,7 @@ from pydantic import (
 from plankdiff.choices import Precision, ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
 from plankdiff.data.shares import SplitOptions
-from plankdiff.diffusion.config import PRESETS, load_config
+from plankdiff.diffusion.config import PRESETS, EMAWarmup, TimestepSampling, load_config
 from plankdiff.features.spec import SearchSpec
 from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY, EvaluationProtocol
 from plankdiff.validation import problems
@@ -74,15 +74,27 @@ class DiffusionSpec(Budget):
     # Images in the DDIM sample grid drawn after training (25 steps each; none with 0): at 64 px the
     # `paper` preset's 36 × 25 forward passes take minutes on a CPU, longer than a smoke test trains.
     samples: int = Field(SAMPLE_GRID, ge=0)
+    # Training options replacing the preset's (`TrainConfig`, issue #15); None: the preset's own.
+    timestep_sampling: TimestepSampling | None = None
+    ema_warmup: EMAWarmup | None = None
+
+    def train_overrides(self) -> dict:
+        """The preset's `train` fields this block replaces (`load_config`'s overrides; None: kept)."""
+        fields = {"timestep_sampling": self.timestep_sampling, "ema_warmup": self.ema_warmup}
+        return {
+            "max_minutes": self.max_minutes,
+            "max_tflops": self.max_tflops,
+            "batch_size": self.batch_size,
+            **{k: v.model_dump(mode="json") for k, v in fields.items() if v is not None},
+        }
 
     def identity(self) -> dict:
-        """What decides whether a trained backbone is reused: `samples` joins it only when not the
-        default, so backbones trained before it existed keep their key (the grid is a figure, not
-        the backbone)."""
-        fields = self.model_dump()
-        if fields["samples"] == SAMPLE_GRID:
-            del fields["samples"]
-        return fields
+        """What decides whether a trained backbone is reused. The options added after backbones
+        were cached join it only when not at their defaults, so those backbones keep their key:
+        `samples` (the grid is a figure, not the backbone), `timestep_sampling` and `ema_warmup`."""
+        fields = self.model_dump(mode="json")
+        defaults = {"samples": SAMPLE_GRID, "timestep_sampling": None, "ema_warmup": None}
+        return {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
 
     @field_validator("preset")
     @classmethod
@@ -93,10 +105,18 @@ class DiffusionSpec(Budget):
 
 
 class BaselineSpec(Budget):
+    """The baselines trained beside the DDPM. `methods: []` trains none (a DDPM-only study, e.g. to
+    compare DDPM options; raw pixels stay as the floor unless `include_raw_pixels: false`), and
+    then needs no budget."""
+
     methods: tuple[str, ...] = ("supervised", "simclr", "byol", "dino", "mae")
     include_raw_pixels: bool = True
     # Every method's batch size; None: each method's own default (`BaselineConfig`).
     batch_size: int | None = Field(None, ge=2)  # contrastive losses need at least one other image
+
+    @model_validator(mode="after")
+    def _bounded(self):  # replaces Budget's: no budget to give when nothing trains
+        return super()._bounded() if self.methods else self
 
     @field_validator("methods")
     @classmethod
@@ -300,7 +320,20 @@ class ExperimentConfig(Strict):
         return self
 
 
-SHIPPED = ("quick", "cpu", "gpu", "compare", "best", "scaling-low", "scaling-high")
+# ddpm-*: one DDPM option each against the `cpu` preset at 25 TFLOP (issue #15 §3)
+SHIPPED = (
+    "quick",
+    "cpu",
+    "gpu",
+    "compare",
+    "best",
+    "scaling-low",
+    "scaling-high",
+    "ddpm-lownoise",
+    "ddpm-ema-warmup",
+    "ddpm-wide8",
+    "ddpm-64px",
+)
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], object]:

@@ -238,12 +238,7 @@ class Study:
     def _train_diffusion(self, dataset, split: Split, folder: Path, seed: int) -> dict:
         spec = self.config.diffusion
         config = load_config(
-            spec.preset,
-            max_minutes=spec.max_minutes,
-            max_tflops=spec.max_tflops,
-            batch_size=spec.batch_size,
-            seed=seed,
-            precision=self._training_precision(),
+            spec.preset, **spec.train_overrides(), seed=seed, precision=self._training_precision()
         )
         trainer = DiffusionTrainer(
             config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True

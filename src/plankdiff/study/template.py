@@ -85,15 +85,20 @@ splits:
   balanced_cap: 100        # ...each capped at this many (validation and test in proportion)
 
 # The DDPM (U-Net denoiser, trained without labels). preset: tiny (tests), cpu (32 px on CPUs),
-# paper (64 px on a GPU) or a YAML file of your own.
+# cpu-wide8 and cpu-64 (cpu's FLOPs per step, other shape or 64 px), paper (64 px on a GPU) or a
+# YAML file of your own.
 diffusion:
   preset: cpu
   max_tflops: 25
   # max_minutes: 10
   # batch_size: 64       # default: the preset's
+  # Training options replacing the preset's (default: the preset's; docs/results/ddpm-variants.md):
+  # timestep_sampling: {{kind: low-noise, power: 2}}  # t = floor(1000 u^power): more steps at small t
+  # ema_warmup: {{inv_gamma: 1.0, power: 0.6667}}     # diffusers' EMA warm-up instead of its ramp
 
 # The methods compared with the DDPM, each with the same budget (one budget for all of them).
-# methods: any of supervised (ResNet-18 on the labels), simclr, byol, dino, mae.
+# methods: any of supervised (ResNet-18 on the labels), simclr, byol, dino, mae; [] trains the
+# DDPM alone (then no budget is needed).
 baselines:
   methods: [supervised, simclr]
   max_tflops: 25
