@@ -40,6 +40,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
         "ddpm-64px",
         "ddpm-ema-warmup",
         "ddpm-lownoise",
+        "ddpm-warmup10",
         "ddpm-wide8",
         "gpu",
         "quick",
@@ -388,6 +389,7 @@ DDPM_OPTIONS = {
     "ddpm-ema-warmup": {"ema_warmup": {"inv_gamma": 1.0, "power": 0.6667}},
     "ddpm-wide8": {"preset": "cpu-wide8"},
     "ddpm-64px": {"preset": "cpu-64"},
+    "ddpm-warmup10": {"warmup_steps": 10},
 }
 
 
@@ -418,6 +420,9 @@ def test_new_diffusion_options_enter_the_backbone_key_only_when_set():
     config = load_config(low.preset, **low.train_overrides())
     assert (config.train.timestep_sampling.kind, config.train.timestep_sampling.power) == ("low-noise", 2.0)
     assert config.train.max_tflops == 25 and config.train.ema_warmup is None
+    short = load_experiment("ddpm-warmup10").diffusion
+    assert load_config(short.preset, **short.train_overrides()).train.warmup_steps == 10
+    assert load_config(spec.preset, **spec.train_overrides()).train.warmup_steps == 100  # the preset's
     warm = load_experiment("cpu", overrides=["diffusion.ema_warmup={power: 0.75}"]).diffusion
     assert warm.identity()["ema_warmup"] == {"inv_gamma": 1.0, "power": 0.75}
     assert load_config(warm.preset, **warm.train_overrides()).train.ema_warmup.power == 0.75

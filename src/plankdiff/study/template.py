@@ -95,6 +95,8 @@ diffusion:
   # Training options replacing the preset's (default: the preset's; docs/results/ddpm-variants.md):
   # timestep_sampling: {{kind: low-noise, power: 2}}  # t = floor(1000 u^power): more steps at small t
   # ema_warmup: {{inv_gamma: 1.0, power: 0.6667}}     # diffusers' EMA warm-up instead of its ramp
+  # warmup_steps: 10     # learning-rate warm-up steps (the cpu preset's 100 suit long runs)
+  # samples: 36          # DDIM sample grid drawn after training (0: none)
 
 # The methods compared with the DDPM, each with the same budget (one budget for all of them).
 # methods: any of supervised (ResNet-18 on the labels), simclr, byol, dino, mae; [] trains the
@@ -133,6 +135,20 @@ caps: {{train: 300, val: 40, test: 80}}
 # Label efficiency: the probe refitted on these shares of the training labels.
 label_fractions: [0.1, 0.25, 1.0]
 kmeans: true   # k-means (K = number of classes) on the test images' selected features
+
+# Every backbone's training precision: auto (bf16 autocast where the CPU or GPU has bf16 units,
+# ~1.4-2x faster on such CPUs), fp32 or bf16.
+training_precision: auto
+
+# Robustness, on the first long-tailed experiment (or those named in experiments: [...]):
+# evaluations:
+#   processing_shift:      # the test images rebuilt from their raw files as another instrument
+#     shifts: [grey-background, inverted, jpeg, rescaled, corner-disc, half-contrast]
+#     study_seeds: [0]     # the seeds it runs in (default: every seed; it extracts every method's
+#                          # features on six copies of the test images)
+#   open_set:              # classes held out of the probe; the share of their images rejected
+#     hold_out_every: 5    # every 5th class name (sorted): a fixed fifth, chosen before any result
+#     keep: 0.95           # the cut keeps this share of the known classes' validation images
 """
 
 
