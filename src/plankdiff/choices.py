@@ -14,6 +14,8 @@ from typing import Literal
 SizeMode = Literal["fit", "keep-scale"]
 # background and contrast normalisation after polarity (see plankdiff.data.preprocess)
 Background = Literal["none", "normalise"]
+# small separate parts in a corner of the frame (scale markers, labels): kept, or removed as background
+Markers = Literal["keep", "remove"]
 SplitKind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
 
 # diffusion

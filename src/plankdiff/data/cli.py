@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.choices import Background, SizeMode, SplitKind
+from plankdiff.choices import Background, Markers, SizeMode, SplitKind
 from plankdiff.cli_support import fail, int_list, open_dataset, switch
 from plankdiff.data.shares import SplitOptions
 
@@ -37,6 +37,12 @@ def prepare_command(
         help="normalise (default with --polarity): subtract the border's background level, drop its "
         "noise, scale the object's contrast; none: as before",
     ),
+    markers: Markers = typer.Option(
+        "keep",
+        "--markers",
+        help="remove: small separate parts in a corner of the frame (scale markers, labels) become "
+        "background (needs background normalisation); keep: as recorded",
+    ),
     workers: int = typer.Option(0, "--workers", min=0, help="decoding processes (0: one per core)"),
     labels: Path = typer.Option(
         None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name); default: none"
@@ -58,10 +64,11 @@ def prepare_command(
             channels=channels,
             normalise_polarity=polarity,
             background=background,
+            markers=markers,
             workers=workers or None,
             labels_csv=labels,
         )
-    except (SourceError, AssertionError) as error:
+    except (SourceError, AssertionError, ValueError) as error:
         fail(console, error)
     info = dataset.info
     console.print(

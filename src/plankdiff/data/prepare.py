@@ -34,6 +34,7 @@ from plankdiff.data.preprocess import (
     MAX_PIXELS,
     Background,
     ImageRejected,
+    Markers,
     PreprocessParams,
     default_background,
     keep_scale_factor,
@@ -171,6 +172,7 @@ def prepare_like(
         channels=params.channels,
         normalise_polarity=params.normalise_polarity,
         background=params.background,
+        markers=params.markers,
         scale_factor=params.scale_factor,
         show_progress=show_progress,
     )
@@ -190,11 +192,13 @@ def prepare(
     show_progress: bool = True,
     labels_csv: Path | str | None = None,
     background: Background | None = None,
+    markers: Markers = "keep",
     scale_factor: float | None = None,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed.
 
     `background` None: normalised where polarity is normalised (`default_background`).
+    `markers`: "remove" turns corner markers into background (`preprocess.corner_markers`).
     `scale_factor`: keep-scale's factor given, not read from this collection's sizes (see
     `prepare_like`)."""
     collection = open_collection(source, labels_csv)
@@ -208,6 +212,7 @@ def prepare(
         normalise_polarity=normalise_polarity,
         scale_factor=factor,
         background=background or default_background(normalise_polarity),
+        markers=markers,
     )
     config = {
         "format_version": FORMAT_VERSION,

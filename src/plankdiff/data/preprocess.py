@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from plankdiff.choices import Background, SizeMode
+from plankdiff.choices import Background, Markers, SizeMode
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
@@ -50,6 +50,12 @@ OBJECT_PERCENTILE = 99.0
 # At most this gain: a nearly blank image (an empty frame, a faint speck) is not blown up into
 # full-range noise. 8 still restores an object whose contrast was cut to an eighth.
 MAX_GAIN = 8.0
+# Corner markers (`markers="remove"`): a part of the object mask separate from the largest part,
+# smaller than MARKER_MAX_SHARE of its area and lying wholly within CORNER_SHARE of the width and of
+# the height from one corner, is a scale marker or a label burnt in by the instrument's software,
+# not the organism. Separate parts elsewhere (chains, colonies, detached appendages) are kept.
+MARKER_MAX_SHARE = 0.25
+CORNER_SHARE = 0.3
 
 
 MIN_SIZE, MAX_SIZE = 8, 1024  # the square side S in pixels
@@ -71,6 +77,9 @@ class PreprocessParams:
     scale_factor: float = 1.0
     # "none" here, not DEFAULT_BACKGROUND: see the comment at DEFAULT_BACKGROUND.
     background: Background = "none"
+    # "remove" needs background normalisation (it works on its object mask); "keep" is what every
+    # record written before the field existed means.
+    markers: Markers = "keep"
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
@@ -83,6 +92,12 @@ class PreprocessParams:
             raise ValueError(f"scale_factor {self.scale_factor}: must be in (0, 1]")
         if self.background not in ("none", "normalise"):
             raise ValueError(f"background must be 'none' or 'normalise', got {self.background!r}")
+        if self.markers not in ("keep", "remove"):
+            raise ValueError(f"markers must be 'keep' or 'remove', got {self.markers!r}")
+        if self.markers == "remove" and self.background != "normalise":
+            raise ValueError(
+                "removing corner markers needs background normalisation (--background normalise)"
+            )
         if self.background == "normalise" and not self.normalise_polarity:
             # The normalisation keeps what is brighter than the background: it needs a dark background.
             raise ValueError("background normalisation needs polarity normalisation (drop --no-polarity)")
@@ -103,6 +118,8 @@ def params_record(params: PreprocessParams) -> dict:
     record = asdict(params)
     if params.background == "none":
         del record["background"]
+    if params.markers == "keep":  # likewise: records made before the field existed lack it
+        del record["markers"]
     return record
 
 
@@ -209,15 +226,38 @@ def object_is_darker(gray: np.ndarray, level: float, spread: float) -> bool:
     return bool(below > above)
 
 
-def normalise_background(array: np.ndarray) -> np.ndarray:
+def corner_markers(is_object: np.ndarray) -> np.ndarray:
+    """The pixels of `is_object` [H, W] that belong to corner markers (see MARKER_MAX_SHARE)."""
+    parts, count = ndimage.label(is_object, structure=np.ones((3, 3)))
+    markers = np.zeros_like(is_object, dtype=bool)
+    if count < 2:
+        return markers
+    sizes = np.bincount(parts.ravel())
+    largest = 1 + int(np.argmax(sizes[1:]))
+    height, width = is_object.shape
+    near = (CORNER_SHARE * height, CORNER_SHARE * width)
+    for label, (rows, cols) in enumerate(ndimage.find_objects(parts), start=1):
+        if label == largest or sizes[label] > MARKER_MAX_SHARE * sizes[largest]:
+            continue
+        in_rows = rows.stop <= near[0] or rows.start >= height - near[0]
+        in_cols = cols.stop <= near[1] or cols.start >= width - near[1]
+        if in_rows and in_cols:
+            markers |= parts == label
+    return markers
+
+
+def normalise_background(array: np.ndarray, *, markers: Markers = "keep") -> np.ndarray:
     """uint8 [H, W, C] with a dark background (after polarity) -> the same with background 0 and a
     high object percentile at 255: subtract each channel's border median, set what lies within the
     noise band of the background to 0, scale by 255 / the object's `OBJECT_PERCENTILE` percentile
-    (gain at most `MAX_GAIN`). A blank image (no pixel beyond the noise band) becomes all zeros."""
+    (gain at most `MAX_GAIN`). A blank image (no pixel beyond the noise band) becomes all zeros.
+    `markers="remove"`: corner markers (`corner_markers`) become background first."""
     gray = array.mean(axis=2)
     level, spread = border_level(gray)
     above = gray - level
     is_object = above > object_step(spread)
+    if markers == "remove":
+        is_object &= ~corner_markers(is_object)
     if not is_object.any():
         return np.zeros_like(array)
     # The brightness reference is the largest connected part of the object: a scale marker or a
@@ -257,7 +297,7 @@ def preprocess(
         background = 255.0 - background
     if params.background == "normalise":
         # Before the object area is measured, so that noise on a grey background is not counted.
-        array = normalise_background(array)
+        array = normalise_background(array, markers=params.markers)
         gray, background = array.mean(axis=2), 0.0
     foreground = np.abs(gray - background) > 24
     object_area = float(foreground.sum()) * (orig_w * orig_h) / (width * height)
@@ -309,6 +349,8 @@ def describe(params: PreprocessParams) -> str:
     polarity = "dark background" if params.normalise_polarity else "polarity as recorded"
     if params.background == "normalise":
         polarity += ", background and contrast normalised"
+    if params.markers == "remove":
+        polarity += ", corner markers removed"
     return f"{params.size}×{params.size} {params.mode}, {params.channels} channel(s), {polarity}{extra}"
 
 
@@ -319,6 +361,7 @@ __all__ = [
     "PreprocessParams",
     "Prepared",
     "border_level",
+    "corner_markers",
     "decode",
     "default_background",
     "normalise_background",

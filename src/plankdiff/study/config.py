@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from plankdiff.choices import Precision, ShiftName
+from plankdiff.choices import Markers, Precision, ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
 from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, EMAWarmup, TimestepSampling, load_config
@@ -42,6 +42,8 @@ class DatasetSpec(Strict):
     polarity: bool = True
     # Background and contrast normalisation after polarity; None: on where polarity is normalised.
     background: Literal["none", "normalise"] | None = None
+    # remove: small separate parts in a corner of the frame (scale markers) become background.
+    markers: Markers = "keep"
 
 
 class PretrainSpec(Strict):

@@ -143,7 +143,8 @@ class Study:
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
             # The source's content is part of the key: a changed zip or folder is prepared again.
-            inputs = spec.model_dump() | {
+            # `markers` joins the key only when set: preparations made before it existed keep theirs.
+            inputs = spec.model_dump(exclude={"markers"} if spec.markers == "keep" else set()) | {
                 "name": name,
                 "source_hash": source_fingerprint(source),
                 "background": spec.background or default_background(spec.polarity),
@@ -167,6 +168,7 @@ class Study:
             channels=spec.channels,
             normalise_polarity=spec.polarity,
             background=spec.background,
+            markers=spec.markers,
         )
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}
 

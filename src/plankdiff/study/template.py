@@ -60,6 +60,7 @@ datasets:
     channels: 1        # 1 (grayscale) or 3 (RGB)
     polarity: true     # invert images so every one has a dark background and a bright object
     # background: normalise   # none | normalise (default: normalise where polarity is on)
+    # markers: remove        # keep | remove: small separate parts in a corner (scale markers) become background
 
 # What each backbone learns from: the train rows of a split of a dataset (never its validation or
 # test rows). split: long-tailed (stratified, the natural class distribution) or
