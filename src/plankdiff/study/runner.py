@@ -26,15 +26,12 @@ import pandas as pd
 from rich.console import Console
 
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
-from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.info import contact_sheet
 from plankdiff.data.lineage import readouts
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.preprocess import default_background
 from plankdiff.data.splits import Split
-from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import load_backbone
-from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
 from plankdiff.evaluation.clustering import kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve, plot_label_efficiency
 from plankdiff.evaluation.open_set import open_set_scores
@@ -49,6 +46,13 @@ from plankdiff.provenance import cache_root, git_sha, read_json, sha256_json, wr
 from plankdiff.report.evaluations import OPEN_SET_TABLE, PROCESSING_SHIFT_TABLE
 from plankdiff.study.config import ExperimentConfig
 from plankdiff.study.plan import Experiment, Replicate, plan_replicate
+from plankdiff.study.pretrain import (
+    StudyInterrupted,
+    pretrain_inputs,
+    train_baseline,
+    train_diffusion,
+    training_precision,
+)
 from plankdiff.study.stages import StageCache
 
 DIFFUSION = "diffusion"
@@ -56,10 +60,6 @@ RAW = RAW_METHOD
 OWN_HEAD = "supervised (own head)"
 
 Stores = dict[tuple[str, str, str], FeatureStore]  # (experiment, method, dataset key) → store
-
-
-class StudyInterrupted(Exception):
-    """A training stage stopped on a signal: it is not recorded as done, so a rerun resumes it."""
 
 
 class Study:
@@ -200,13 +200,13 @@ class Study:
             dataset = self.datasets[dataset_key]
             folder = self.work / "runs" / f"seed{seed}" / key
             inputs = pretrain_inputs(
-                self.config, dataset.key, split.indices("train"), seed, self._training_precision()
+                self.config, dataset.key, split.indices("train"), seed, training_precision(self.config)
             )
             runs[key] = {DIFFUSION: folder / DIFFUSION}
             self.stage(
                 f"pretrain/seed{seed}/{key}/{DIFFUSION}",
                 inputs,
-                lambda d=dataset, s=split, f=folder / DIFFUSION: self._train_diffusion(d, s, f, seed),
+                lambda d=dataset, s=split, f=folder / DIFFUSION: train_diffusion(self.config, d, s, f, seed),
             )
             for method in self.config.baselines.methods:
                 runs[key][method] = folder / method
@@ -220,76 +220,11 @@ class Study:
                     }
                     # Only when set, so backbones trained before the option existed keep their key.
                     | ({"batch_size": batch} if (batch := self.config.baselines.batch_size) else {}),
-                    lambda d=dataset, s=split, f=folder / method, m=method: self._train_baseline(
-                        d, s, f, m, seed
+                    lambda d=dataset, s=split, f=folder / method, m=method: train_baseline(
+                        self.config, d, s, f, m, seed
                     ),
                 )
         return runs
-
-    def _training_precision(self) -> str:
-        """What the study's `training_precision` resolves to on the device the backbones train on."""
-        import torch
-
-        from plankdiff.precision import resolve_precision
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return resolve_precision(self.config.training_precision, device)
-
-    def _train_diffusion(self, dataset, split: Split, folder: Path, seed: int) -> dict:
-        spec = self.config.diffusion
-        config = load_config(
-            spec.preset,
-            max_minutes=spec.max_minutes,
-            max_tflops=spec.max_tflops,
-            batch_size=spec.batch_size,
-            seed=seed,
-            precision=self._training_precision(),
-        )
-        trainer = DiffusionTrainer(
-            config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
-        )
-        result = trainer.train()
-        _refuse_interrupted(result, folder)
-        unet, scheduler = load_backbone(folder)
-        if spec.samples:
-            save_grid(
-                sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png"
-            )
-        return {
-            "minutes": result.elapsed_minutes,
-            "images_seen": result.images_seen,
-            "steps": result.step,
-            "tflops": result.flops / 1e12,
-            "stopped_by": result.stopped_by,
-            "precision": result.precision,
-            "parameters": sum(p.numel() for p in unet.parameters()),
-            "last_loss": result.last_loss,
-        }
-
-    def _train_baseline(self, dataset, split: Split, folder: Path, method: str, seed: int) -> dict:
-        budget = self.config.baselines
-        config = BaselineConfig.for_method(
-            method,
-            max_minutes=budget.max_minutes,
-            max_tflops=budget.max_tflops,
-            batch_size=budget.batch_size,
-            seed=seed,
-            precision=self._training_precision(),
-        )
-        rows = training_rows(dataset, method=method, split=split.name)
-        trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
-        result = trainer.train()
-        _refuse_interrupted(result, folder)
-        info = read_json(folder / "baseline.json")
-        return {
-            "minutes": result.elapsed_minutes,
-            "images_seen": result.images_seen,
-            "steps": result.step,
-            "tflops": result.flops / 1e12,
-            "stopped_by": result.stopped_by,
-            "precision": result.precision,
-            "parameters": _trained_parameters(info.get("parameters")),
-        }
 
     # -- features -------------------------------------------------------------------------------
     def _features(self, replicate: Replicate, runs: dict[str, dict[str, Path]]) -> Stores:
@@ -897,18 +832,6 @@ class Study:
         return notes
 
 
-def pretrain_inputs(config: ExperimentConfig, dataset_key: str, rows, seed: int, precision: str) -> dict:
-    """What a pre-training stage's key hashes (the baselines add their method and budget)."""
-    return {
-        "dataset": dataset_key,
-        "rows": sha256_json(np.asarray(rows).tolist()),
-        "seed": seed,
-        **config.diffusion.identity(),
-        # Every backbone trained before bf16 training existed was fp32: its key stays as it was.
-        **({"precision": precision} if precision != "fp32" else {}),
-    }
-
-
 def _versions() -> dict[str, str]:
     """The versions the numbers were made with: Python and the packages that compute them."""
     from importlib.metadata import PackageNotFoundError, version
@@ -943,19 +866,6 @@ def _records(table: pd.DataFrame) -> list[dict]:
 
 def _kept(result) -> dict:
     return {"timesteps": list(result.kept_timesteps), "blocks": list(result.kept_blocks or [])}
-
-
-def _refuse_interrupted(result, folder: Path) -> None:
-    if result.stopped_by == "interrupt":
-        raise StudyInterrupted(
-            f"{folder}: training was interrupted at step {result.step} and saved a checkpoint; "
-            "rerun the same command to resume it"
-        )
-
-
-def _trained_parameters(counts) -> int | None:
-    """Baselines record {backbone, trainable, total}; the budget table compares what each method trains."""
-    return counts.get("trainable") if isinstance(counts, dict) else counts
 
 
 def _probe_summary(result) -> dict:
@@ -1011,4 +921,4 @@ def _embedding_figure(study: Study, out: Path) -> None:
     fig.savefig(out, dpi=120, bbox_inches="tight")
 
 
-__all__ = ["Study", "StudyInterrupted"]
+__all__ = ["Study", "StudyInterrupted", "pretrain_inputs"]
