@@ -28,10 +28,10 @@ from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.preprocess import default_background
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
-from plankdiff.evaluation.clustering import kmeans_scores
+from plankdiff.evaluation.clustering import pair_kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve
 from plankdiff.evaluation.open_set import open_set_scores
-from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, processing_shift_scores
+from plankdiff.evaluation.processing_shift import prepare_shifts, shifted_dataset_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
 from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
@@ -440,14 +440,13 @@ class Study:
                 }
 
                 def score(st=store, e=experiment, p=pairs, o=out, m=method, f=folder, sh=shifted) -> dict:
-                    shifted_stores = {
-                        shift: extract_like(st, dataset, out=f / f"{m}-{e.slug}-{shift}", pairs=p)
-                        for shift, dataset in sh.items()
-                    }
-                    result, table = processing_shift_scores(
+                    result, table = shifted_dataset_scores(
                         st,
                         e.split,
-                        shifted_stores,
+                        sh,
+                        features_dir=f,
+                        prefix=f"{m}-{e.slug}-",
+                        pairs=p,
                         seed=seed,
                         out=o,
                         config=self.config.model_dump(mode="json"),
@@ -594,11 +593,13 @@ class Study:
                 "seed": seed,
             }
 
-            def cluster(st=store, p=pair):
-                x = np.asarray(st.load(p)[st.positions(test)], np.float32)
-                return kmeans_scores(x, experiment.split.targets[test], seed=seed)
-
-            scores = self.stage(f"kmeans/seed{seed}/{method}", inputs, cluster)
+            scores = self.stage(
+                f"kmeans/seed{seed}/{method}",
+                inputs,
+                lambda st=store, p=pair: pair_kmeans_scores(
+                    st, p, test, experiment.split.targets[test], seed=seed
+                ),
+            )
             self.kmeans_rows.append({"method": method, "seed": seed, "pair": pair, **scores})
 
     # -- report -------------------------------------------------------------------------------
