@@ -77,3 +77,18 @@ def test_kmeans_recovers_well_separated_classes_and_not_noise():
     assert good["k"] == 4
     assert good["hungarian_accuracy"] > 0.95 and good["nmi"] > 0.9
     assert bad["nmi"] < 0.2
+
+
+def test_pair_kmeans_scores_clusters_the_pairs_rows_of_the_store(store_and_split, tmp_path):
+    from plankdiff.evaluation.clustering import pair_kmeans_scores
+    from plankdiff.features.raw import raw_pixel_store
+
+    dataset, _, split = store_and_split
+    test = split.indices("test")
+    store = raw_pixel_store(dataset, rows=np.sort(test), out=tmp_path / "test-rows")
+    scores = pair_kmeans_scores(store, "pixels", test, split.targets[test], seed=1)
+    # The same rows read by hand: positions map dataset rows to store rows, which are not the same.
+    x = np.asarray(store.load("pixels")[store.positions(test)], np.float32)
+    assert scores == kmeans_scores(x, split.targets[test], seed=1)
+    assert scores["k"] == len(np.unique(split.targets[test]))
+    assert not np.array_equal(store.positions(test), test)  # else the check above would not test the mapping

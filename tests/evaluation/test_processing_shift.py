@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -286,3 +287,24 @@ def test_the_cli_scores_the_shifts_and_writes_sha_and_config(clean_and_shifted, 
     assert (out / "processing_shift.csv").exists() and (out / "features" / "jpeg" / "store.json").exists()
     bad = CliRunner().invoke(app, [*args[:5], "--source", str(tmp_path / "missing.zip")])
     assert bad.exit_code == 1 and "--source" in bad.output
+
+
+def test_shifted_dataset_scores_extracts_each_shift_beside_the_others_and_scores_them(
+    clean_and_shifted, small_ndsb_zip, tmp_path
+):
+    from plankdiff.evaluation.processing_shift import shifted_dataset_scores
+
+    _, clean, split, _ = clean_and_shifted
+    store = raw_pixel_store(clean, rows=np.arange(len(clean)), out=tmp_path / "clean")
+    shifted = prepare_shifts(
+        small_ndsb_zip, clean, split, out_dir=tmp_path / "zips", name="x", shifts=["inverted", "jpeg"]
+    )
+    probe = {"bootstrap": 0, "probe_options": {"epochs": 3, "min_steps": 20}}
+    result, table = shifted_dataset_scores(
+        store, split, shifted, features_dir=tmp_path / "features", prefix="raw-", **probe
+    )
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["raw-inverted", "raw-jpeg"]
+    by_hand = {s: extract_like(store, d, out=tmp_path / "hand" / s) for s, d in shifted.items()}
+    _, expected = processing_shift_scores(store, split, by_hand, **probe)
+    pd.testing.assert_frame_equal(table, expected)
+    assert table["set"].tolist() == ["clean", "inverted", "jpeg"]

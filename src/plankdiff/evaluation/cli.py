@@ -100,7 +100,7 @@ def shift_command(
 
     Example: plankdiff evaluate shift cache/features/ddpm --split long-tailed-s0 --shift jpeg --shift inverted
     """
-    from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, processing_shift_scores
+    from plankdiff.evaluation.processing_shift import prepare_shifts, shifted_dataset_scores
 
     store, dataset, chosen = _inputs(features, split)
     source = source or Path(dataset.info["source"])
@@ -132,11 +132,15 @@ def shift_command(
         )
         # The probe's selection is made on clean validation before any shifted image is read; the
         # pairs to extract are every pair it may select (the grid runs over all of them).
-        stores = {
-            name: extract_like(store, data, out=out / "features" / name) for name, data in shifted.items()
-        }
-        result, table = processing_shift_scores(
-            store, chosen, stores, seed=seed, out=out, config=config, **settings.probe_arguments()
+        result, table = shifted_dataset_scores(
+            store,
+            chosen,
+            shifted,
+            features_dir=out / "features",
+            seed=seed,
+            out=out,
+            config=config,
+            **settings.probe_arguments(),
         )
     except ValueError as error:
         fail(console, error)

@@ -4,10 +4,15 @@ assignment) and purity (each cluster votes for its majority class)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+if TYPE_CHECKING:
+    from plankdiff.features.store import FeatureStore
 
 
 def cluster_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
@@ -35,3 +40,11 @@ def kmeans_scores(
     k = n_clusters or len(np.unique(labels))
     clusters = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
     return cluster_scores(labels, clusters) | {"k": k}
+
+
+def pair_kmeans_scores(
+    store: FeatureStore, pair: str, rows: np.ndarray, labels: np.ndarray, *, seed: int = 0
+) -> dict[str, float]:
+    """`kmeans_scores` of one pair's features of the dataset rows `rows` (labels: theirs)."""
+    x = np.asarray(store.load(pair)[store.positions(rows)], np.float32)
+    return kmeans_scores(x, labels, seed=seed)

@@ -417,6 +417,28 @@ def processing_shift_scores(
     return result, processing_shift_table(result, list(shifted))
 
 
+def shifted_dataset_scores(
+    store: FeatureStore,
+    split: Split,
+    shifted: Mapping[str, PreparedDataset],
+    *,
+    features_dir: Path,
+    prefix: str = "",
+    pairs: Sequence[str] | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    config: dict | None = None,
+    **probe_arguments,
+) -> tuple[ProbeResult, pd.DataFrame]:
+    """`store`'s features of each shifted dataset ({shift: prepared dataset}; `pairs` only, default
+    all), extracted into `features_dir/<prefix><shift>`, then `processing_shift_scores` on them."""
+    stores = {
+        shift: extract_like(store, dataset, out=Path(features_dir) / f"{prefix}{shift}", pairs=pairs)
+        for shift, dataset in shifted.items()
+    }
+    return processing_shift_scores(store, split, stores, seed=seed, out=out, config=config, **probe_arguments)
+
+
 def processing_shift_table(result: ProbeResult, shifts: Sequence[str] | None = None) -> pd.DataFrame:
     """One row for the clean test and one per shift: accuracy, macro-F1, their drops from the clean
     test (fractions; positive = worse) and whether the drop meets the goal (<= 10 points)."""
@@ -463,6 +485,7 @@ __all__ = [
     "processing_shift_table",
     "shift_source_rows",
     "shift_split",
+    "shifted_dataset_scores",
     "shifted_sets",
     "split_test_paths",
 ]

@@ -15,8 +15,6 @@ every probe refuses to score one of them (`plankdiff.data.lineage`).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,29 +24,37 @@ import pandas as pd
 from rich.console import Console
 
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
-from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
-from plankdiff.data.info import contact_sheet
-from plankdiff.data.lineage import readouts
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.preprocess import default_background
 from plankdiff.data.splits import Split
-from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.model import load_backbone
-from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
-from plankdiff.evaluation.clustering import kmeans_scores
-from plankdiff.evaluation.label_efficiency import label_curve, plot_label_efficiency
+from plankdiff.evaluation.clustering import pair_kmeans_scores
+from plankdiff.evaluation.label_efficiency import label_curve
 from plankdiff.evaluation.open_set import open_set_scores
-from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, processing_shift_scores
+from plankdiff.evaluation.processing_shift import prepare_shifts, shifted_dataset_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
 from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
 from plankdiff.features.search import coarse_to_fine
 from plankdiff.features.store import FeatureStore
-from plankdiff.probe.run import Shifted, load_pairs, probe_features
-from plankdiff.provenance import cache_root, git_sha, read_json, sha256_json, write_json
-from plankdiff.report.evaluations import OPEN_SET_TABLE, PROCESSING_SHIFT_TABLE
+from plankdiff.probe.run import Shifted, probe_features
+from plankdiff.provenance import cache_root, sha256_json
+from plankdiff.report.study import (
+    HeadlineExperiment,
+    StudyRows,
+    headline_rows,
+    what_varies,
+    write_study_report,
+)
 from plankdiff.study.config import ExperimentConfig
 from plankdiff.study.plan import Experiment, Replicate, plan_replicate
+from plankdiff.study.pretrain import (
+    StudyInterrupted,
+    pretrain_inputs,
+    train_baseline,
+    train_diffusion,
+    training_precision,
+)
 from plankdiff.study.stages import StageCache
 
 DIFFUSION = "diffusion"
@@ -56,10 +62,6 @@ RAW = RAW_METHOD
 OWN_HEAD = "supervised (own head)"
 
 Stores = dict[tuple[str, str, str], FeatureStore]  # (experiment, method, dataset key) → store
-
-
-class StudyInterrupted(Exception):
-    """A training stage stopped on a signal: it is not recorded as done, so a rerun resumes it."""
 
 
 class Study:
@@ -202,13 +204,13 @@ class Study:
             dataset = self.datasets[dataset_key]
             folder = self.work / "runs" / f"seed{seed}" / key
             inputs = pretrain_inputs(
-                self.config, dataset.key, split.indices("train"), seed, self._training_precision()
+                self.config, dataset.key, split.indices("train"), seed, training_precision(self.config)
             )
             runs[key] = {DIFFUSION: folder / DIFFUSION}
             self.stage(
                 f"pretrain/seed{seed}/{key}/{DIFFUSION}",
                 inputs,
-                lambda d=dataset, s=split, f=folder / DIFFUSION: self._train_diffusion(d, s, f, seed),
+                lambda d=dataset, s=split, f=folder / DIFFUSION: train_diffusion(self.config, d, s, f, seed),
             )
             for method in self.config.baselines.methods:
                 runs[key][method] = folder / method
@@ -222,71 +224,11 @@ class Study:
                     }
                     # Only when set, so backbones trained before the option existed keep their key.
                     | ({"batch_size": batch} if (batch := self.config.baselines.batch_size) else {}),
-                    lambda d=dataset, s=split, f=folder / method, m=method: self._train_baseline(
-                        d, s, f, m, seed
+                    lambda d=dataset, s=split, f=folder / method, m=method: train_baseline(
+                        self.config, d, s, f, m, seed
                     ),
                 )
         return runs
-
-    def _training_precision(self) -> str:
-        """What the study's `training_precision` resolves to on the device the backbones train on."""
-        import torch
-
-        from plankdiff.precision import resolve_precision
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return resolve_precision(self.config.training_precision, device)
-
-    def _train_diffusion(self, dataset, split: Split, folder: Path, seed: int) -> dict:
-        spec = self.config.diffusion
-        config = load_config(
-            spec.preset, **spec.train_overrides(), seed=seed, precision=self._training_precision()
-        )
-        trainer = DiffusionTrainer(
-            config=config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
-        )
-        result = trainer.train()
-        _refuse_interrupted(result, folder)
-        unet, scheduler = load_backbone(folder)
-        if spec.samples:
-            save_grid(
-                sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png"
-            )
-        return {
-            "minutes": result.elapsed_minutes,
-            "images_seen": result.images_seen,
-            "steps": result.step,
-            "tflops": result.flops / 1e12,
-            "stopped_by": result.stopped_by,
-            "precision": result.precision,
-            "parameters": sum(p.numel() for p in unet.parameters()),
-            "last_loss": result.last_loss,
-        }
-
-    def _train_baseline(self, dataset, split: Split, folder: Path, method: str, seed: int) -> dict:
-        budget = self.config.baselines
-        config = BaselineConfig.for_method(
-            method,
-            max_minutes=budget.max_minutes,
-            max_tflops=budget.max_tflops,
-            batch_size=budget.batch_size,
-            seed=seed,
-            precision=self._training_precision(),
-        )
-        rows = training_rows(dataset, method=method, split=split.name)
-        trainer = BaselineTrainer(config=config, dataset=dataset, data=rows, out=folder, resume=True)
-        result = trainer.train()
-        _refuse_interrupted(result, folder)
-        info = read_json(folder / "baseline.json")
-        return {
-            "minutes": result.elapsed_minutes,
-            "images_seen": result.images_seen,
-            "steps": result.step,
-            "tflops": result.flops / 1e12,
-            "stopped_by": result.stopped_by,
-            "precision": result.precision,
-            "parameters": _trained_parameters(info.get("parameters")),
-        }
 
     # -- features -------------------------------------------------------------------------------
     def _features(self, replicate: Replicate, runs: dict[str, dict[str, Path]]) -> Stores:
@@ -503,14 +445,13 @@ class Study:
                 }
 
                 def score(st=store, e=experiment, p=pairs, o=kept, m=method, f=folder, sh=shifted) -> dict:
-                    shifted_stores = {
-                        shift: extract_like(st, dataset, out=f / f"{m}-{e.slug}-{shift}", pairs=p)
-                        for shift, dataset in sh.items()
-                    }
-                    result, table = processing_shift_scores(
+                    result, table = shifted_dataset_scores(
                         st,
                         e.split,
-                        shifted_stores,
+                        sh,
+                        features_dir=f,
+                        prefix=f"{m}-{e.slug}-",
+                        pairs=p,
                         seed=seed,
                         out=o,
                         config=self.config.model_dump(mode="json"),
@@ -663,283 +604,66 @@ class Study:
                 "seed": seed,
             }
 
-            def cluster(st=store, p=pair):
-                x = np.asarray(st.load(p)[st.positions(test)], np.float32)
-                return kmeans_scores(x, experiment.split.targets[test], seed=seed)
-
-            scores = self.stage(f"kmeans/seed{seed}/{method}", inputs, cluster)
+            scores = self.stage(
+                f"kmeans/seed{seed}/{method}",
+                inputs,
+                lambda st=store, p=pair: pair_kmeans_scores(
+                    st, p, test, experiment.split.targets[test], seed=seed
+                ),
+            )
             self.kmeans_rows.append({"method": method, "seed": seed, "pair": pair, **scores})
 
-    # -- headline -------------------------------------------------------------------------------
-    def _varies(self) -> str:
-        parts = ["backbone seed", "probe seed"] + (["partition"] if self.config.vary_partition else [])
-        return ", ".join(parts)
+    # -- report -------------------------------------------------------------------------------
+    def _rows(self) -> StudyRows:
+        return StudyRows(
+            per_seed=self.per_seed,
+            efficiency=self.efficiency_rows,
+            kmeans=self.kmeans_rows,
+            shift=self.shift_rows,
+            open_set=self.open_set_rows,
+        )
+
+    def _headline(self) -> HeadlineExperiment | None:
+        if self.headline is None:
+            return None
+        return HeadlineExperiment(
+            name=self.headline.name, slug=self.headline.slug, dataset=self.headline.dataset
+        )
 
     def headline_rows(self) -> list[dict]:
         """Mean ± std over replicates of every (experiment, setting, method, metric)."""
-        rows: list[dict] = []
-        frame = pd.DataFrame(self.per_seed)
-        varies = self._varies()
-        for (experiment, method), group in frame.groupby(["experiment", "method"], sort=False):
-            group = group.sort_values("seed")
-            pairs = ", ".join(sorted(set(group["pair"])))
-            shifted = "shift" in group and group["shift"].notna().all()
-            setting_in = "in period / source" if shifted else "in distribution"
-            for metric in ("accuracy", "macro_f1"):
-                values = [t[metric] for t in group["test"]]
-                rows.append(_aggregate(experiment, setting_in, method, pairs, metric, values, varies))
-                if shifted:
-                    moved = [s[metric] for s in group["shift"]]
-                    rows.append(_aggregate(experiment, "under shift", method, pairs, metric, moved, varies))
-                    drops = [a - b for a, b in zip(values, moved, strict=True)]
-                    rows.append(
-                        _aggregate(experiment, "drop", method, pairs, f"drop_{metric}", drops, varies)
-                    )
-        if self.efficiency_rows:
-            efficiency = pd.DataFrame(self.efficiency_rows)
-            for (method, fraction), group in efficiency.groupby(["method", "fraction"]):
-                rows.append(
-                    _aggregate(
-                        f"{self.headline.dataset}/label efficiency",
-                        f"{fraction:.0%} of train labels",
-                        method,
-                        "",
-                        "accuracy",
-                        list(group["accuracy"]),
-                        varies,
-                    )
-                )
-        if self.kmeans_rows:
-            clusters = pd.DataFrame(self.kmeans_rows)
-            for method, group in clusters.groupby("method", sort=False):
-                for metric in ("nmi", "ari", "hungarian_accuracy", "purity"):
-                    rows.append(
-                        _aggregate(
-                            f"{self.headline.dataset}/k-means (K = classes)",
-                            "test images, pair selected by the probe on validation",
-                            method,
-                            ", ".join(sorted(set(group["pair"]))),
-                            metric,
-                            list(group[metric]),
-                            varies + ", k-means initialisation",
-                        )
-                    )
-        return rows
+        return headline_rows(
+            self._rows(),
+            varies=what_varies(self.config.vary_partition),
+            headline_dataset=self.headline.dataset if self.headline else None,
+        )
 
-    # -- report ---------------------------------------------------------------------------------
     def _report(self, started: datetime, runs, replicates: list[Replicate]) -> Path:
-        from plankdiff.report import render_report, write_tables
-        from plankdiff.report.render import TRAINING_DIR
-
-        figures = self.results / "figures"
-        tables = self.results / "tables"
-        figures.mkdir(parents=True, exist_ok=True)
-        tables.mkdir(parents=True, exist_ok=True)
-        captions = {}
-        budgets = []
-        for seed, by_key in runs.items():
-            for key, methods in by_key.items():
-                for method in methods:
-                    result = self.stage.result(f"pretrain/seed{seed}/{key}/{method}") or {}
-                    # The report draws every backbone's loss curve; run folders live under the
-                    # work dir, so the results folder gets a copy of each (small) training log.
-                    log = methods[method] / "metrics.jsonl"
-                    if log.exists():
-                        copy = self.results / TRAINING_DIR / key / method / f"seed{seed}.jsonl"
-                        copy.parent.mkdir(parents=True, exist_ok=True)
-                        copy.write_bytes(log.read_bytes())
-                    budgets.append(
-                        {
-                            "method": f"{method} ({key})",
-                            "seed": seed,
-                            "minutes": result.get("minutes"),
-                            "tflops": result.get("tflops"),
-                            "steps": result.get("steps"),
-                            "images_seen": result.get("images_seen"),
-                            "parameters": result.get("parameters"),
-                            "precision": result.get("precision"),
-                        }
-                    )
-                sample = methods[DIFFUSION] / "samples" / "final.png"
-                if seed == self.config.seeds[0] and sample.exists():
-                    target = figures / f"samples_{key}.png"
-                    target.write_bytes(sample.read_bytes())
-                    captions[target.name] = (
-                        f"DDIM samples of the DDPM pre-trained on {key} (25 steps, EMA weights)"
-                    )
-        first = self.config.seeds[0]
-        for metrics_dir in sorted((self.results / "metrics").glob(f"*/{DIFFUSION}/seed{first}")):
-            for png in metrics_dir.glob("*.png"):
-                target = figures / f"{metrics_dir.parent.parent.name}_{png.name}"
-                target.write_bytes(png.read_bytes())
-                captions[target.name] = (
-                    f"{metrics_dir.parent.parent.name}, diffusion, seed {first}: {png.stem.replace('_', ' ')}"
-                )
-        for name, dataset in self.datasets.items():
-            contact_sheet(dataset, figures / f"contact_{name}.png", per_class=6, cell=32)
-            captions[f"contact_{name}.png"] = (
-                f"{name}: six random prepared images per class (as the backbones see them), "
-                "with the class's image count"
-            )
-        headline = self.headline.name if self.headline else ""
-        _embedding_figure(self, figures / "embedding.png")
-        captions["embedding.png"] = (
-            f"t-SNE of the selected diffusion features, {headline} test images, coloured by class"
-        )
-        if self.efficiency_rows:
-            efficiency = pd.DataFrame(self.efficiency_rows)
-            efficiency.to_csv(tables / "label_efficiency.csv", index=False)
-            plot_label_efficiency(efficiency, figures / "label_efficiency.png")
-            captions["label_efficiency.png"] = (
-                f"{headline}: test accuracy against the fraction of labelled training images"
-            )
-        if self.kmeans_rows:
-            pd.DataFrame(self.kmeans_rows).to_csv(tables / "kmeans.csv", index=False)
-        if self.shift_rows:
-            pd.DataFrame(self.shift_rows).to_csv(tables / PROCESSING_SHIFT_TABLE, index=False)
-        if self.open_set_rows:
-            pd.DataFrame(self.open_set_rows).to_csv(tables / OPEN_SET_TABLE, index=False)
-        write_json(figures / "captions.json", captions)
-        pd.DataFrame(self.headline_rows()).to_csv(self.results / "headline.csv", index=False)
-        write_json(
-            self.results / "study.json",
-            {
-                "name": self.config.name,
-                "description": self.config.description,
-                "git_sha": git_sha(),
-                "started": started.isoformat(),
-                "finished": datetime.now(timezone.utc).isoformat(),
-                "versions": _versions(),
-                "machine": {
-                    "platform": platform.platform(),
-                    "processor": platform.processor(),
-                    "cpus": os.cpu_count(),
-                },
-                "config": self.config.model_dump(mode="json"),
-                "datasets": {
-                    k: {"images": len(d), "classes": len(d.classes), "source": d.info["source"]}
-                    for k, d in self.datasets.items()
-                },
-                "budgets": budgets,
-                "seeds": list(self.config.seeds),
-                "seeds_completed": [r.seed for r in replicates],
-                # experiment → its folder under metrics/ (the report reads per-class files there)
-                "experiments": {e.name: e.slug for r in replicates for e in r.experiments},
-                "varies": self._varies(),
-                "test_readouts": self._test_readouts(replicates),
-                "notes": self._notes() + self._partial_note(replicates),
+        return write_study_report(
+            self.results,
+            config=self.config,
+            started=started,
+            runs=runs,
+            trained={
+                (seed, key, method): self.stage.result(f"pretrain/seed{seed}/{key}/{method}")
+                for seed, by_key in runs.items()
+                for key, methods in by_key.items()
+                for method in methods
             },
+            datasets=self.datasets,
+            methods=self._methods(),
+            headline=self._headline(),
+            rows=self._rows(),
+            experiments={e.name: e.slug for r in replicates for e in r.experiments},
+            # Every scored split whose test rows the report counts the readouts of.
+            scored=[
+                (dataset, split.name)
+                for r in replicates
+                for e in r.experiments
+                for dataset, split in [(e.dataset, e.split)] + [(s.dataset, s.split) for s in e.shifted]
+            ],
+            seeds_completed=[r.seed for r in replicates],
         )
-        write_tables(self.results)
-        return render_report(self.results)
-
-    def _test_readouts(self, replicates: list[Replicate]) -> list[dict]:
-        """How often each scored split's test rows have been read, over every run that scored them."""
-        seen, out = set(), []
-        for replicate in replicates:
-            for experiment in replicate.experiments:
-                for dataset, split in [(experiment.dataset, experiment.split)] + [
-                    (s.dataset, s.split) for s in experiment.shifted
-                ]:
-                    if (dataset, split.name) in seen:
-                        continue
-                    seen.add((dataset, split.name))
-                    out.append(
-                        {
-                            "dataset": dataset,
-                            "split": split.name,
-                            "readouts": readouts(self.datasets[dataset], split.name),
-                        }
-                    )
-        return out
-
-    def _partial_note(self, replicates: list[Replicate]) -> list[str]:
-        if len(replicates) == len(self.config.seeds):
-            return []
-        done = ", ".join(str(r.seed) for r in replicates)
-        return [
-            f"Partial study: seeds {done} of {len(self.config.seeds)} planned are complete; "
-            "rerun the same command to resume the rest."
-        ]
-
-    def _notes(self) -> list[str]:
-        notes = [
-            f"Each seed is a replicate: {self._varies()} vary across seeds; ± is the standard deviation over "
-            "replicates. Every backbone recorded the images it trained on, and no probe scored one of them.",
-            "Every choice (pair, timestep, probe loss, learning rate, weight decay, fusion) is made on validation "
-            "macro-F1 (then accuracy, then name); test rows are read once per replicate, for the selected probe.",
-            "Every method's features go through the same protocol: "
-            + ", ".join(f"{k} {v}" for k, v in self.config.protocol.model_dump(mode="json").items())
-            + ".",
-            "Under shift, the probe selected in distribution is applied unchanged to the shifted test set.",
-            "k-means clusters the test images in the features each method's probe selected on validation.",
-        ]
-        evaluations = self.config.evaluations
-        if evaluations.processing_shift is not None:
-            notes.append(
-                "Processing shift: shifted copies of the test images, built from the raw files and prepared like "
-                "the clean set; only the selected pairs' features are extracted from them. Each method's probe is "
-                "refitted with the same seed, rows and protocol (so the same selection on clean validation) and "
-                "applied to the clean test rows (a second readout of the same numbers) and to each shift."
-            )
-        if evaluations.open_set is not None:
-            spec = evaluations.open_set
-            notes.append(
-                f"Open set: every {spec.hold_out_every}th class name (sorted) is held out of the probe, a rule fixed "
-                "before any result; the probe is fitted and selected on the other classes' train and validation "
-                f"rows, and each out-of-distribution score's cut keeps {spec.keep:.0%} of their validation images. "
-                "Test: share of held-out-class images rejected, of known-class images kept, and AUROC."
-            )
-        if "ndsb-pwssc" in self.config.experiments:
-            notes.append(
-                "Without polarity normalisation, NDSB and PWSSC are prepared as recorded and read by the same "
-                "backbone, which was trained on polarity-normalised NDSB."
-            )
-        if self.config.label_fractions and "supervised" in self._methods():
-            notes.append(
-                "Label efficiency: only the linear probe sees the reduced share of labels. The supervised backbone "
-                "was pre-trained on every training label, so its rows are a reference, not a few-label result."
-            )
-        return notes
-
-
-def pretrain_inputs(config: ExperimentConfig, dataset_key: str, rows, seed: int, precision: str) -> dict:
-    """What a pre-training stage's key hashes (the baselines add their method and budget)."""
-    return {
-        "dataset": dataset_key,
-        "rows": sha256_json(np.asarray(rows).tolist()),
-        "seed": seed,
-        **config.diffusion.identity(),
-        # Every backbone trained before bf16 training existed was fp32: its key stays as it was.
-        **({"precision": precision} if precision != "fp32" else {}),
-    }
-
-
-def _versions() -> dict[str, str]:
-    """The versions the numbers were made with: Python and the packages that compute them."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("plankdiff", "torch", "diffusers", "lightly", "scikit-learn", "numpy", "pandas"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
-def _aggregate(experiment, setting, method, pair, metric, values, varies) -> dict:
-    return {
-        "experiment": experiment,
-        "setting": setting,
-        "method": method,
-        "pair": pair,
-        "metric": metric,
-        "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-        "n_seeds": len(values),
-        "varies": varies,
-    }
 
 
 def _records(table: pd.DataFrame) -> list[dict]:
@@ -949,19 +673,6 @@ def _records(table: pd.DataFrame) -> list[dict]:
 
 def _kept(result) -> dict:
     return {"timesteps": list(result.kept_timesteps), "blocks": list(result.kept_blocks or [])}
-
-
-def _refuse_interrupted(result, folder: Path) -> None:
-    if result.stopped_by == "interrupt":
-        raise StudyInterrupted(
-            f"{folder}: training was interrupted at step {result.step} and saved a checkpoint; "
-            "rerun the same command to resume it"
-        )
-
-
-def _trained_parameters(counts) -> int | None:
-    """Baselines record {backbone, trainable, total}; the budget table compares what each method trains."""
-    return counts.get("trainable") if isinstance(counts, dict) else counts
 
 
 def _probe_summary(result) -> dict:
@@ -979,42 +690,4 @@ def _probe_summary(result) -> dict:
     return summary
 
 
-def _embedding_figure(study: Study, out: Path) -> None:
-    from matplotlib.figure import Figure
-    from sklearn.manifold import TSNE
-
-    if study.headline is None:
-        return
-    slug = study.headline.slug
-    record = study.results / "metrics" / slug / DIFFUSION / f"seed{study.config.seeds[0]}" / "selected.json"
-    if not record.exists():
-        return
-    selected = read_json(record)
-    store = FeatureStore(Path(selected["features"]))
-    split = Split.load(PreparedDataset.open(store.info["dataset"]), selected["split"])
-    test = split.indices("test")[:2000]
-    x = np.concatenate(
-        list(
-            load_pairs(
-                store, Selection.parse(selected["pair"]).names, store.positions(test), with_size=False
-            ).values()
-        ),
-        axis=1,
-    )
-    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
-    if len(test) < 4:  # t-SNE needs a few points per neighbourhood; nothing to show on fewer
-        return
-    # Perplexity 30 (sklearn's default) needs more than 30 points; a small collection of one's own
-    # gets the largest that keeps 3 points per neighbourhood.
-    perplexity = min(30.0, (len(test) - 1) / 3)
-    points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(x)
-    fig = Figure(figsize=(7, 6))
-    ax = fig.add_subplot()
-    ax.scatter(points[:, 0], points[:, 1], c=split.targets[test], cmap="tab20", s=4)
-    ax.set_title(f"t-SNE of {selected['pair']} ({study.headline.name} test, {len(test)} images)")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-
-
-__all__ = ["Study", "StudyInterrupted"]
+__all__ = ["Study", "StudyInterrupted", "pretrain_inputs"]
