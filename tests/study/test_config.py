@@ -38,6 +38,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
         "compare",
         "cpu",
         "ddpm-64px",
+        "ddpm-bf16",
         "ddpm-ema-warmup",
         "ddpm-lownoise",
         "ddpm-warmup10",
@@ -390,6 +391,7 @@ DDPM_OPTIONS = {
     "ddpm-wide8": {"preset": "cpu-wide8"},
     "ddpm-64px": {"preset": "cpu-64"},
     "ddpm-warmup10": {"warmup_steps": 10},
+    "ddpm-bf16": {},  # the same backbone options: only training_precision differs
 }
 
 
@@ -402,7 +404,7 @@ def test_each_ddpm_option_study_differs_from_the_cpu_study_only_in_its_option(na
     same = ("features", "protocol", "caps", "splits", "training_precision", "label_fractions", "pretrain")
     assert {k: getattr(study, k) for k in same} == {k: getattr(cpu, k) for k in same} | {
         "pretrain": {"ndsb": cpu.pretrain["ndsb"]}
-    }
+    } | ({"training_precision": "bf16"} if name == "ddpm-bf16" else {})
     assert (study.experiments, study.seeds) == (("ndsb",), (0,))
     assert study.baselines.methods == () and study.baselines.include_raw_pixels
     size = 64 if name == "ddpm-64px" else 32

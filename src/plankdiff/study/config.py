@@ -346,6 +346,7 @@ SHIPPED = (
     "ddpm-wide8",
     "ddpm-64px",
     "ddpm-warmup10",
+    "ddpm-bf16",
 )
 
 
