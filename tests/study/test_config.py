@@ -43,6 +43,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
         "ddpm-warmup10",
         "ddpm-wide8",
         "gpu",
+        "normalisation",
         "quick",
         "scaling-high",
         "scaling-low",
@@ -58,7 +59,13 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
 # here so that this module does not import torch.
 METHODS = ("byol", "dino", "mae", "simclr", "supervised")
 # Budget per backbone as the README states them (the shipped studies table): (minutes, TFLOP).
-BUDGETS = {"cpu": (None, 25), "compare": (20, None), "gpu": (60, None), "best": (60, None)}
+BUDGETS = {
+    "cpu": (None, 25),
+    "compare": (20, None),
+    "gpu": (60, None),
+    "best": (60, None),
+    "normalisation": (None, 25),
+}
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))

@@ -64,13 +64,16 @@ def stand_ins(shared_datasets: Path) -> dict[str, ManifestDataset]:
     for source in ("ndsb", "pwssc"):
         base = out[source]
         out[f"{source}-nopol"] = ManifestDataset(f"{source}-nopol", base.meta, base.classes, base.info)
+    for source in ("ndsb", "pwssc", "zoolake"):  # the background ablation's preparations
+        base = out[source]
+        out[f"{source}-nobg"] = ManifestDataset(f"{source}-nobg", base.meta, base.classes, base.info)
     return out
 
 
 def leaks(config, stand_ins) -> list[str]:
     """Every (seed, experiment, scored part) whose rows include a training image of its backbone."""
     found = []
-    datasets = {k: stand_ins[k] for k in config.datasets}
+    datasets = {k: stand_ins[k] for k in config.dataset_specs}
     for seed in config.seeds:
         replicate = plan_replicate(config, datasets, seed)
         trained = {

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from plankdiff.provenance import atomic_write
+from plankdiff.report.ablation import ABLATION_CAPTION, ABLATION_FILE, ABLATION_TITLE, ablation_table
 from plankdiff.report.tables import format_score, to_markdown
 
 PROCESSING_SHIFT_TABLE = "processing_shift.csv"
@@ -107,11 +108,15 @@ def evaluation_views(results_dir: Path) -> list[EvaluationView]:
                 open_set_summary(frame),
             )
         )
+    ablation = ablation_table(results_dir)
+    if ablation is not None:
+        views.append(_view(ABLATION_FILE, ABLATION_TITLE, ABLATION_CAPTION, ablation))
     return views
 
 
 def write_evaluation_tables(results_dir: Path) -> list[Path]:
-    """`tables/processing_shift.md` and `tables/open_set.md` from their CSVs, where they exist."""
+    """`tables/processing_shift.md`, `tables/open_set.md` and `tables/background_ablation.md`, where
+    the results folder holds what they read."""
     written = []
     for view in evaluation_views(results_dir):
         markdown = to_markdown(pd.DataFrame(view.rows, columns=view.headers))
