@@ -1,6 +1,7 @@
 """The evaluations beyond the probes, as the report and `tables/*.md` show them: the processing
 shift (accuracy and macro-F1 per shift, and the drop from the clean test) and open-set rejection
-(held-out-class images rejected, known-class images kept, AUROC), each as mean ± std over seeds.
+(held-out-class images rejected, known-class images kept, AUROC), each as mean ± std over seeds;
+and, where the study ran it, the background normalisation ablation (`report.ablation`).
 
 The study writes one row per seed in `tables/processing_shift.csv` and `tables/open_set.csv`
 (`Study._report`); `plankdiff evaluate` writes the same columns for one run.
