@@ -373,3 +373,26 @@ def test_the_background_ablation_pretrains_every_method_again_on_the_unnormalise
         again.run()
         statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
         assert statuses == {"reuse"}, again.plan()
+
+
+def test_the_dry_run_of_the_normalisation_study_prepares_each_source_with_and_without_background(
+    tiny_experiment: Path, tmp_path: Path, monkeypatch
+):
+    """`plankdiff run normalisation --dry-run` (its sources replaced by the tiny zips): the three
+    sources are prepared twice, the second time as the ablation's `-nobg` datasets."""
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / "cache"))
+    sources = [
+        f"--set=datasets.{k}.source={tiny_experiment / f'{k}.zip'}" for k in ("ndsb", "zoolake", "pwssc")
+    ]
+    result = CliRunner().invoke(
+        app, ["run", "normalisation", *sources, "--dry-run", "--results", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    prepared = [line.split()[-1] for line in result.output.splitlines() if "prepare/" in line]
+    assert prepared == [f"prepare/{k}{s}" for s in ("", "-nobg") for k in ("ndsb", "zoolake", "pwssc")], (
+        result.output
+    )
