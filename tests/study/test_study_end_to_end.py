@@ -31,6 +31,14 @@ def pick(rows: list[dict], label: str, n: int, year: int | None = None) -> list[
     return chosen
 
 
+def assert_every_stage_reused(config, results: Path) -> None:
+    """A dry run of `config` finds every stage it would run already recorded with the same inputs."""
+    again = Study(config, results_root=results, dry_run=True)
+    again.run()
+    statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
+    assert statuses == {"reuse"}, again.plan()
+
+
 @pytest.fixture(scope="module")
 def tiny_experiment(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-study")
@@ -131,10 +139,7 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     assert "Processing shift" in html and "Open-set rejection" in html
     assert (results / "tables" / "open_set.md").exists()
 
-    again = Study(config, results_root=tmp_path / "results", dry_run=True)
-    again.run()
-    statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
-    assert statuses == {"reuse"}, again.plan()
+    assert_every_stage_reused(config, tmp_path / "results")
 
 
 def test_an_interrupted_training_stops_the_study_unrecorded(
@@ -369,10 +374,7 @@ def test_the_background_ablation_pretrains_every_method_again_on_the_unnormalise
 
     # The study without the switch: every one of its stages is one the ablation study already ran.
     for without_switch in (base, config):
-        again = Study(without_switch, results_root=tmp_path / "again", dry_run=True)
-        again.run()
-        statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
-        assert statuses == {"reuse"}, again.plan()
+        assert_every_stage_reused(without_switch, tmp_path / "again")
 
 
 def test_the_dry_run_of_the_normalisation_study_prepares_each_source_with_and_without_background(
