@@ -44,6 +44,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
         "ddpm-warmup10",
         "ddpm-wide8",
         "gpu",
+        "normalisation",
         "quick",
         "scaling-high",
         "scaling-low",
@@ -59,7 +60,13 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
 # here so that this module does not import torch.
 METHODS = ("byol", "dino", "mae", "simclr", "supervised")
 # Budget per backbone as the README states them (the shipped studies table): (minutes, TFLOP).
-BUDGETS = {"cpu": (None, 25), "compare": (20, None), "gpu": (60, None), "best": (60, None)}
+BUDGETS = {
+    "cpu": (None, 25),
+    "compare": (20, None),
+    "gpu": (60, None),
+    "best": (60, None),
+    "normalisation": (None, 25),
+}
 
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
@@ -446,3 +453,114 @@ def test_a_bad_diffusion_option_names_the_key():
         ValueError, match=r"diffusion.timestep_sampling.low-noise.power: Input should be greater than 1"
     ):
         load_experiment("cpu", overrides=["diffusion.timestep_sampling={kind: low-noise, power: 0.5}"])
+
+
+# -- issue #19: the background normalisation ablation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("experiments", "ablated", "datasets"),
+    [
+        ("[ndsb-pwssc]", {"ndsb": "ndsb-nobg"}, ("ndsb", "pwssc", "ndsb-nobg", "pwssc-nobg")),
+        ("[zoolake]", {"zoolake-2018+2019": "zoolake-2018+2019-nobg"}, ("zoolake", "zoolake-nobg")),
+        (
+            "[ndsb, zoolake, ndsb-pwssc]",
+            {"ndsb": "ndsb-nobg", "zoolake-2018+2019": "zoolake-2018+2019-nobg"},
+            ("ndsb", "zoolake", "pwssc", "ndsb-nobg", "zoolake-nobg", "pwssc-nobg"),
+        ),
+    ],
+)
+def test_the_background_ablation_adds_unnormalised_preparations_of_the_same_sources(
+    tmp_path, experiments, ablated, datasets
+):
+    text = f"experiments: {experiments}\nablations: {{background: true}}\n" + MINIMAL.replace(
+        "{source: a.zip}", "{source: a.zip, size: 16, mode: keep-scale}"
+    )
+    config = load_experiment(write(tmp_path, text))
+    assert config.background_ablated == ablated
+    assert config.used_datasets == datasets
+    for name, spec in config.background_datasets.items():
+        original = config.datasets[name.removesuffix("-nobg")]
+        assert original.resolved_background == "normalise" and spec.resolved_background == "none"
+        assert spec == original.model_copy(update={"background": "none"})  # nothing else differs
+    assert config.dataset_specs == config.datasets | config.background_datasets
+
+
+def test_without_the_switch_no_shipped_study_changes():
+    """The ablation is opt-in: every shipped study but `normalisation` prepares and pretrains what it
+    did before the switch existed."""
+    for name in SHIPPED:
+        config = load_experiment(name)
+        if name == "normalisation":
+            continue
+        assert not config.ablations.background and config.background_ablated == {}
+        assert config.dataset_specs == config.datasets
+        assert set(config.used_datasets) <= set(config.datasets)
+
+
+ABLATION_REFUSED = [
+    (
+        "no family it repeats",
+        "[ndsb]",
+        "",
+        r"ablations\.background needs the ndsb-pwssc or zoolake experiments",
+    ),
+    (
+        "nothing to ablate",
+        "[ndsb-pwssc]",
+        "  pwssc: {source: c.zip, background: none}\n",
+        r"ablations\.background: datasets\.pwssc is not background-normalised",
+    ),
+    (
+        "polarity kept",
+        "[zoolake]",
+        "  zoolake: {source: b.zip, polarity: false}\n",
+        r"ablations\.background: datasets\.zoolake is not background-normalised",
+    ),
+    (
+        "its name taken",
+        "[ndsb-pwssc]",
+        "  pwssc: {source: c.zip}\n  ndsb-nobg: {source: a.zip}\n",
+        r"ablations\.background: datasets\.ndsb-nobg is the ablation's own name; rename it",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "experiments", "datasets", "message"), ABLATION_REFUSED, ids=[c[0] for c in ABLATION_REFUSED]
+)
+def test_a_background_ablation_with_nothing_to_ablate_is_refused(
+    tmp_path, case, experiments, datasets, message
+):
+    text = MINIMAL
+    if datasets:
+        line = datasets.splitlines()[0].split(":")[0] + ":"
+        text = "\n".join(datasets.rstrip("\n") if ln.startswith(line) else ln for ln in text.splitlines())
+    path = write(tmp_path, f"experiments: {experiments}\nablations: {{background: true}}\n" + text)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_experiment(path)
+    assert str(caught.value).startswith(f"{path}: invalid experiment: ") and "\n" not in str(caught.value)
+
+
+def test_the_normalisation_study_is_the_cpu_study_with_the_ablation_and_one_seed():
+    """Its "with" rows must compare with the cpu study's seed-0 rows: same preparations, budgets,
+    methods, precision, caps, feature search and probe protocol."""
+    cpu, study = load_experiment("cpu"), load_experiment("normalisation")
+    same = (
+        "diffusion",
+        "baselines",
+        "features",
+        "protocol",
+        "caps",
+        "splits",
+        "training_precision",
+        "pretrain",
+    )
+    assert {k: getattr(study, k) for k in same} == {k: getattr(cpu, k) for k in same}
+    assert {k: cpu.datasets[k] for k in study.datasets} == study.datasets
+    assert (
+        study.ablations.background
+        and study.seeds == (0,)
+        and set(study.families) == {"ndsb-pwssc", "zoolake"}
+    )
+    assert study.background_ablated == {"ndsb": "ndsb-nobg", "zoolake-2018+2019": "zoolake-2018+2019-nobg"}

@@ -64,13 +64,16 @@ def stand_ins(shared_datasets: Path) -> dict[str, ManifestDataset]:
     for source in ("ndsb", "pwssc"):
         base = out[source]
         out[f"{source}-nopol"] = ManifestDataset(f"{source}-nopol", base.meta, base.classes, base.info)
+    for source in ("ndsb", "pwssc", "zoolake"):  # the background ablation's preparations
+        base = out[source]
+        out[f"{source}-nobg"] = ManifestDataset(f"{source}-nobg", base.meta, base.classes, base.info)
     return out
 
 
 def leaks(config, stand_ins) -> list[str]:
     """Every (seed, experiment, scored part) whose rows include a training image of its backbone."""
     found = []
-    datasets = {k: stand_ins[k] for k in config.datasets}
+    datasets = {k: stand_ins[k] for k in config.dataset_specs}
     for seed in config.seeds:
         replicate = plan_replicate(config, datasets, seed)
         trained = {
@@ -275,3 +278,100 @@ def test_the_processing_shift_runs_only_in_the_study_seeds_it_names(tmp_path):
     path.write_text(EVALUATED.replace("{shifts: [jpeg]}", "{shifts: [jpeg], study_seeds: [7]}"))
     with pytest.raises(ValueError, match=r"study_seeds \[7\] are not among the study's seeds"):
         load_experiment(path)
+
+
+# -- issue #19: the background normalisation ablation ------------------------------------------------
+
+
+def identities(datasets, dataset: str, split, part: str) -> list[int]:
+    return sorted(image_ids(datasets[dataset], split.indices(part)).tolist())
+
+
+def test_the_background_ablation_repeats_its_experiments_on_the_same_images(stand_ins):
+    """Every split of an ablated experiment (the backbones' pre-training partition, the probe's
+    train/val/test rows, the shifted test set) holds the same images as its normalised counterpart's,
+    on the `-nobg` preparations. The stand-ins' preparations list their images in another order, so
+    rows equal by position alone would not pass: only a translation by image identity does."""
+    config = load_experiment("normalisation")
+    datasets = {k: stand_ins[k] for k in config.dataset_specs}
+    for key in ("ndsb-nobg", "pwssc-nobg", "zoolake-nobg"):  # the same images, listed in reverse
+        base = stand_ins[key]
+        meta = base.meta.iloc[::-1].reset_index(drop=True)
+        datasets[key] = ManifestDataset(key, meta, base.classes, base.info)
+    replicate = plan_replicate(config, datasets, 0)
+    by_name = {e.name: e for e in replicate.experiments}
+    ablated = [e for e in replicate.experiments if e.ablation_of]
+    assert [(e.name, e.ablation_of) for e in ablated] == [
+        ("ndsb→pwssc/without background normalisation", "ndsb→pwssc/with polarity normalisation"),
+        ("zoolake/2018+2019→2020 without background normalisation", "zoolake/2018+2019→2020"),
+    ]
+    for experiment in ablated:
+        normalised = by_name[experiment.ablation_of]
+        assert experiment.dataset == f"{normalised.dataset}-nobg"
+        assert experiment.pretrain == f"{normalised.pretrain}-nobg"
+        assert replicate.pretrain[experiment.pretrain][0] == experiment.dataset
+        for part in ("train", "val", "test"):
+            assert identities(datasets, experiment.dataset, experiment.split, part) == identities(
+                datasets, normalised.dataset, normalised.split, part
+            )
+            mine, theirs = (
+                replicate.pretrain[experiment.pretrain][1],
+                replicate.pretrain[normalised.pretrain][1],
+            )
+            assert identities(datasets, experiment.dataset, mine, part) == identities(
+                datasets, normalised.dataset, theirs, part
+            )
+        assert len(experiment.shifted) == len(normalised.shifted) == 1
+        moved, kept = experiment.shifted[0], normalised.shifted[0]
+        assert moved.dataset == f"{kept.dataset}-nobg"
+        assert identities(datasets, moved.dataset, moved.split, "test") == identities(
+            datasets, kept.dataset, kept.split, "test"
+        )
+        assert not np.array_equal(experiment.split.indices("test"), normalised.split.indices("test"))
+    assert leaks(config, stand_ins) == []
+
+
+def test_the_switch_off_plans_exactly_what_was_planned_before(stand_ins):
+    """The cpu study with the ablation on plans its own experiments and pre-trainings unchanged (the
+    same rows, names and datasets, so the same stage keys) and only adds the ablation's."""
+    off = load_experiment("cpu").model_copy(update={"seeds": (1,)})
+    on = off.model_copy(update={"ablations": off.ablations.model_copy(update={"background": True})})
+    planned = {}
+    for config in (off, on):
+        replicate = plan_replicate(config, {k: stand_ins[k] for k in config.dataset_specs}, 1)
+        planned[config.ablations.background] = replicate
+
+    def described(replicate, experiments, pretrain) -> tuple:
+        splits = [(k, *replicate.pretrain[k]) for k in pretrain] + [
+            (e.name, e.dataset, s) for e in experiments for s in (e.split, *(x.split for x in e.shifted))
+        ]
+        return tuple(
+            (name, dataset, split.name, *(tuple(split.indices(p)) for p in ("train", "val", "test")))
+            for name, dataset, split in splits
+        )
+
+    before, after = planned[False], planned[True]
+    kept = [e for e in after.experiments if e.ablation_of is None]
+    assert [e.name for e in kept] == [e.name for e in before.experiments]
+    assert list(after.pretrain)[: len(before.pretrain)] == list(before.pretrain)
+    assert described(after, kept, before.pretrain) == described(before, before.experiments, before.pretrain)
+    assert sorted(set(after.pretrain) - set(before.pretrain)) == ["ndsb-nobg", "zoolake-2018+2019-nobg"]
+
+
+def test_the_invariant_catches_an_ablated_backbone_that_trained_on_its_test_images(stand_ins, monkeypatch):
+    """The ablated experiments are scored sets of their own backbones: a `-nobg` pre-training that
+    learned every image (here: every translated split's train part is every row) is caught there."""
+    from plankdiff.data.splits import Split
+    from plankdiff.study import plan
+
+    original = plan._without_background
+
+    def everything(datasets, dataset, split):
+        key, moved = original(datasets, dataset, split)
+        rows = dict(moved.rows) | {"train": np.arange(len(datasets[key]))}
+        return key, Split(moved.name, rows, moved.targets, moved.classes)
+
+    monkeypatch.setattr(plan, "_without_background", everything)
+    config = load_experiment("normalisation")
+    found = leaks(config, stand_ins)
+    assert found and all("without background normalisation" in f for f in found), found

@@ -31,6 +31,14 @@ def pick(rows: list[dict], label: str, n: int, year: int | None = None) -> list[
     return chosen
 
 
+def assert_every_stage_reused(config, results: Path) -> None:
+    """A dry run of `config` finds every stage it would run already recorded with the same inputs."""
+    again = Study(config, results_root=results, dry_run=True)
+    again.run()
+    statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
+    assert statuses == {"reuse"}, again.plan()
+
+
 @pytest.fixture(scope="module")
 def tiny_experiment(shared_datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-study")
@@ -131,10 +139,7 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     assert "Processing shift" in html and "Open-set rejection" in html
     assert (results / "tables" / "open_set.md").exists()
 
-    again = Study(config, results_root=tmp_path / "results", dry_run=True)
-    again.run()
-    statuses = {status for _, status in again.plan() if status in ("run", "reuse")}
-    assert statuses == {"reuse"}, again.plan()
+    assert_every_stage_reused(config, tmp_path / "results")
 
 
 def test_an_interrupted_training_stops_the_study_unrecorded(
@@ -308,3 +313,88 @@ def test_the_dry_run_of_one_family_lists_only_the_datasets_it_prepares(tiny_expe
     assert result.exit_code == 0, result.output
     prepared = [line.split()[-1] for line in result.output.splitlines() if "prepare/" in line]
     assert prepared == ["prepare/ndsb"], result.output
+
+
+@pytest.mark.slow
+def test_the_background_ablation_pretrains_every_method_again_on_the_unnormalised_images(
+    tiny_experiment: Path, tmp_path: Path
+):
+    """`ablations: {background: true}`: NDSB → PWSSC and ZooLake 2018+2019 → 2020 again on preparations
+    with `background: none`, every backbone pre-trained on that preparation and on the same images as
+    its normalised counterpart; the stages of the study without the switch are untouched by it."""
+    from dataclasses import replace
+
+    from plankdiff.data.lineage import read_training_images
+    from plankdiff.data.prepare import PreparedDataset
+    from plankdiff.study.config import Ablations
+
+    base = load_experiment(tiny_experiment / "tiny.yaml").model_copy(
+        update={"name": "tiny-nobg", "experiments": ("ndsb-pwssc", "zoolake"), "seeds": (0,)}
+    )
+    base = base.model_copy(
+        update={"evaluations": base.evaluations.model_copy(update={"processing_shift": None})}
+    )
+    config = base.model_copy(update={"ablations": Ablations(background=True)})
+    study = Study(config, results_root=tmp_path / "results")
+    report = study.run()
+    assert report is not None
+    ndsb, nobg = (PreparedDataset.open(study._dataset_name(k)) for k in ("ndsb", "ndsb-nobg"))
+    assert (ndsb.params.background, nobg.params.background) == ("normalise", "none")
+    assert ndsb.params == replace(nobg.params, background="normalise")  # nothing else differs
+    assert ndsb.key != nobg.key and nobg.info["source_hash"] == ndsb.info["source_hash"]
+    stages = study.work / "stages"
+    for key, ablated, dataset in (
+        ("ndsb", "ndsb-nobg", "ndsb-nobg"),
+        ("zoolake-2018+2019", "zoolake-2018+2019-nobg", "zoolake-nobg"),
+    ):
+        for method in ("diffusion", "supervised", "simclr"):
+            inputs = read_json(stages / f"pretrain_seed0_{ablated}_{method}.json")["inputs"]
+            assert inputs["dataset"] == PreparedDataset.open(study._dataset_name(dataset)).key
+            normalised = read_json(stages / f"pretrain_seed0_{key}_{method}.json")["inputs"]
+            assert normalised["dataset"] != inputs["dataset"]
+            same = read_training_images(study.work / "runs" / "seed0" / key / method)
+            repeat = read_training_images(study.work / "runs" / "seed0" / ablated / method)
+            assert same is not None and len(same) > 0 and (repeat == same).all(), (key, method)
+    results = tmp_path / "results" / "tiny-nobg"
+    headline = pd.read_csv(results / "headline.csv")
+    ablated = {
+        "ndsb→pwssc/without background normalisation",
+        "zoolake/2018+2019→2020 without background normalisation",
+    }
+    assert ablated <= set(headline["experiment"])
+    study_json = read_json(results / "study.json")
+    assert study_json["ablations"] == {
+        "ndsb→pwssc/without background normalisation": "ndsb→pwssc/with polarity normalisation",
+        "zoolake/2018+2019→2020 without background normalisation": "zoolake/2018+2019→2020",
+    }
+    table = (results / "tables" / "background_ablation.md").read_text()
+    for method in ("diffusion", "supervised", "simclr", "raw-pixels"):
+        assert f"| {method} " in table
+    assert "Background normalisation ablation" in report.read_text()
+
+    # The study without the switch: every one of its stages is one the ablation study already ran.
+    for without_switch in (base, config):
+        assert_every_stage_reused(without_switch, tmp_path / "again")
+
+
+def test_the_dry_run_of_the_normalisation_study_prepares_each_source_with_and_without_background(
+    tiny_experiment: Path, tmp_path: Path, monkeypatch
+):
+    """`plankdiff run normalisation --dry-run` (its sources replaced by the tiny zips): the three
+    sources are prepared twice, the second time as the ablation's `-nobg` datasets."""
+    from typer.testing import CliRunner
+
+    from plankdiff.cli import app
+
+    monkeypatch.setenv("PLANKDIFF_CACHE", str(tmp_path / "cache"))
+    sources = [
+        f"--set=datasets.{k}.source={tiny_experiment / f'{k}.zip'}" for k in ("ndsb", "zoolake", "pwssc")
+    ]
+    result = CliRunner().invoke(
+        app, ["run", "normalisation", *sources, "--dry-run", "--results", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    prepared = [line.split()[-1] for line in result.output.splitlines() if "prepare/" in line]
+    assert prepared == [f"prepare/{k}{s}" for s in ("", "-nobg") for k in ("ndsb", "zoolake", "pwssc")], (
+        result.output
+    )

@@ -1,6 +1,7 @@
 """The evaluations beyond the probes, as the report and `tables/*.md` show them: the processing
 shift (accuracy and macro-F1 per shift, and the drop from the clean test) and open-set rejection
-(held-out-class images rejected, known-class images kept, AUROC), each as mean ± std over seeds.
+(held-out-class images rejected, known-class images kept, AUROC), each as mean ± std over seeds;
+and, where the study ran it, the background normalisation ablation (`report.ablation`).
 
 The study writes one row per seed in `tables/processing_shift.csv` and `tables/open_set.csv`
 (`Study._report`); `plankdiff evaluate` writes the same columns for one run.
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from plankdiff.provenance import atomic_write
+from plankdiff.report.ablation import ABLATION_CAPTION, ABLATION_FILE, ABLATION_TITLE, ablation_table
 from plankdiff.report.tables import format_score, to_markdown
 
 PROCESSING_SHIFT_TABLE = "processing_shift.csv"
@@ -107,11 +109,15 @@ def evaluation_views(results_dir: Path) -> list[EvaluationView]:
                 open_set_summary(frame),
             )
         )
+    ablation = ablation_table(results_dir)
+    if ablation is not None:
+        views.append(_view(ABLATION_FILE, ABLATION_TITLE, ABLATION_CAPTION, ablation))
     return views
 
 
 def write_evaluation_tables(results_dir: Path) -> list[Path]:
-    """`tables/processing_shift.md` and `tables/open_set.md` from their CSVs, where they exist."""
+    """`tables/processing_shift.md`, `tables/open_set.md` and `tables/background_ablation.md`, where
+    the results folder holds what they read."""
     written = []
     for view in evaluation_views(results_dir):
         markdown = to_markdown(pd.DataFrame(view.rows, columns=view.headers))

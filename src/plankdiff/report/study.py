@@ -255,6 +255,7 @@ def write_study_report(
     experiments: Mapping[str, str],
     scored: Iterable[tuple[str, str]],
     seeds_completed: list[int],
+    ablations: Mapping[str, str] | None = None,
 ) -> Path:
     """`trained`: (seed, pretrain key, method) → the pre-training stage's record (minutes, steps,
     ...); `experiments`: name → folder under metrics/; `scored`: the (dataset, split) pairs whose
@@ -357,6 +358,8 @@ def write_study_report(
             "seeds_completed": list(seeds_completed),
             # experiment → its folder under metrics/ (the report reads per-class files there)
             "experiments": dict(experiments),
+            # ablated experiment → the experiment it repeats (`report.evaluations.ablation_table`)
+            "ablations": dict(ablations or {}),
             "varies": varies,
             "test_readouts": test_readouts(datasets, scored),
             "notes": study_notes(config, methods) + partial_note(list(config.seeds), list(seeds_completed)),

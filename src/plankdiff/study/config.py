@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from plankdiff.choices import Markers, Precision, ShiftName
-from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE
+from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE, default_background
 from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, EMAWarmup, TimestepSampling, load_config
 from plankdiff.features.spec import SearchSpec
@@ -44,6 +44,11 @@ class DatasetSpec(Strict):
     background: Literal["none", "normalise"] | None = None
     # remove: small separate parts in a corner of the frame (scale markers) become background.
     markers: Markers = "keep"
+
+    @property
+    def resolved_background(self) -> Literal["none", "normalise"]:
+        """What the preparation applies (`default_background` where the file does not say)."""
+        return self.background or default_background(self.polarity)
 
 
 class PretrainSpec(Strict):
@@ -154,6 +159,13 @@ EXPERIMENT_FAMILIES = ("ndsb", "zoolake", "ndsb-pwssc")
 NOPOL = "-nopol"
 UNNORMALISED = (f"ndsb{NOPOL}", f"pwssc{NOPOL}")
 Family = Literal["ndsb", "zoolake", "ndsb-pwssc"]
+# The background ablation's preparations (`Ablations.background`): `<dataset>-nobg`, and its
+# backbones' pretrain keys, `<pretrain key>-nobg`.
+NOBG = "-nobg"
+# The families whose experiments the background ablation repeats.
+ABLATED = ("ndsb-pwssc", "zoolake")
+# The ZooLake pre-training the background ablation repeats: 2018+2019 → 2020 (issue #19).
+ZOOLAKE_2020 = "temporal:2018+2019-2020"
 # The scored split of an experiment on one's own data (`OwnExperiment.split`).
 OwnSplit = Literal["long-tailed", "balanced"]
 
@@ -210,6 +222,19 @@ class Evaluations(Strict):
     open_set: OpenSetSpec | None = None
 
 
+class Ablations(Strict):
+    """Opt-in ablations: each adds experiments beside the selected ones and changes none of them (their
+    stages keep their keys). `background: true` (issue #19): the ndsb-pwssc and ZooLake 2018+2019 →
+    2020 experiments again, without background and contrast normalisation. Their datasets
+    (`<dataset>-nobg`: ndsb, pwssc, zoolake) are prepared from the same sources with `background:
+    none` and every other setting the same; every method (DDPM and baselines, same budgets and seeds)
+    is pre-trained again on that preparation, on the same images as its normalised counterpart
+    (pretrain key `<key>-nobg`); probes are fitted, selected and scored on the same images, the
+    shifted test set (PWSSC, ZooLake 2020) included."""
+
+    background: bool = False
+
+
 class ExperimentConfig(Strict):
     name: str
     description: str = ""
@@ -241,6 +266,7 @@ class ExperimentConfig(Strict):
     label_fractions: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 1.0)
     kmeans: bool = True
     evaluations: Evaluations = Evaluations()
+    ablations: Ablations = Ablations()
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -256,6 +282,39 @@ class ExperimentConfig(Strict):
     def ndsb_pretrain(self) -> str | None:
         """The pre-training the ndsb and ndsb-pwssc experiments read: the first one on NDSB."""
         return next((k for k, spec in self.pretrain.items() if spec.dataset == "ndsb"), None)
+
+    @property
+    def background_ablated(self) -> dict[str, str]:
+        """The pretrain keys the background ablation repeats without normalisation (`Ablations`),
+        each → its ablated key (`<key>-nobg`); empty when the ablation is off."""
+        if not self.ablations.background:
+            return {}
+        keys = [self.ndsb_pretrain] if "ndsb-pwssc" in self.families else []
+        if "zoolake" in self.families:
+            keys += [
+                k
+                for k, spec in self.pretrain.items()
+                if (spec.dataset, spec.split) == ("zoolake", ZOOLAKE_2020)
+            ]
+        return {key: f"{key}{NOBG}" for key in keys if key is not None}
+
+    @property
+    def background_datasets(self) -> dict[str, DatasetSpec]:
+        """The background ablation's preparations: `<dataset>-nobg`, the file's spec of `<dataset>`
+        with `background: none` (so everything else is the same); empty when the ablation is off."""
+        ablated = {self.pretrain[key].dataset for key in self.background_ablated}
+        if self.ndsb_pretrain in self.background_ablated:  # NDSB → PWSSC: scored on PWSSC
+            ablated.add("pwssc")
+        return {
+            f"{name}{NOBG}": self.datasets[name].model_copy(update={"background": "none"})
+            for name in self.datasets
+            if name in ablated
+        }
+
+    @property
+    def dataset_specs(self) -> dict[str, DatasetSpec]:
+        """Every dataset a study may prepare: the file's, then the background ablation's."""
+        return self.datasets | self.background_datasets
 
     @property
     def used_pretrain(self) -> tuple[str, ...]:
@@ -277,7 +336,9 @@ class ExperimentConfig(Strict):
             # The pair without polarity normalisation is scored only when both are listed.
             if set(UNNORMALISED) <= set(self.datasets):
                 used |= set(UNNORMALISED)
-        return tuple(k for k in self.datasets if k in used)
+        # The background ablation's preparations follow the file's (`dataset_specs` order).
+        used |= set(self.background_datasets)
+        return tuple(k for k in self.dataset_specs if k in used)
 
     def own_name(self, entry: OwnExperiment) -> str:
         """`<dataset>/<split>`, the name an experiment on one's own data has in tables and results."""
@@ -308,6 +369,29 @@ class ExperimentConfig(Strict):
         if stray:
             raise ValueError(
                 f"evaluations.processing_shift.study_seeds {stray} are not among the study's seeds {list(self.seeds)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _background_ablation_has_something_to_ablate(self) -> ExperimentConfig:
+        if not self.ablations.background:
+            return self
+        if not set(ABLATED) & set(self.families):
+            raise ValueError(f"ablations.background needs the {' or '.join(ABLATED)} experiments")
+        derived = sorted(self.background_datasets)
+        for name in derived:
+            base = self.datasets[name.removesuffix(NOBG)]
+            if base.resolved_background != "normalise":
+                raise ValueError(
+                    f"ablations.background: datasets.{name.removesuffix(NOBG)} is not background-normalised "
+                    "(polarity: false or background: none), so there is nothing to ablate"
+                )
+        taken = [f"datasets.{k}" for k in derived if k in self.datasets] + [
+            f"pretrain.{k}" for k in self.background_ablated.values() if k in self.pretrain
+        ]
+        if taken:
+            raise ValueError(
+                f"ablations.background: {', '.join(taken)} is the ablation's own name; rename it"
             )
         return self
 
@@ -347,6 +431,7 @@ SHIPPED = (
     "ddpm-64px",
     "ddpm-warmup10",
     "ddpm-bf16",
+    "normalisation",  # issue #19: with and without background normalisation
 )
 
 

@@ -10,6 +10,10 @@ derived from the partition its backbones trained on, never re-drawn beside it:
   (`in_and_out_of_period`), and the backbones train on what is left;
 - NDSB → PWSSC keeps every mapped NDSB row in the part it has in the pre-training split
   (translated by image identity to the preparation without polarity normalisation);
+- the background ablation (`ablations: {background: true}`) repeats the NDSB → PWSSC and ZooLake
+  2018+2019 → 2020 experiments on the preparations without background normalisation: every split
+  of theirs (the backbones' pre-training partition, the probe's split, the shifted test set) is
+  the normalised experiment's, translated by image identity, so both read the same images;
 - an experiment on one's own data (`OwnExperiment`) is planned like NDSB's: `<dataset>/long-tailed`
   is its pre-training split, `<dataset>/balanced` caps the same assignment (skipped, with a
   warning in `Replicate.skipped`, when fewer than 2 classes have enough training images).
@@ -39,7 +43,7 @@ from plankdiff.data.splits import (
     translate,
 )
 from plankdiff.probe.ood import held_out_classes, open_set_split, unknown_split
-from plankdiff.study.config import NOPOL, ExperimentConfig, Family, PretrainSpec
+from plankdiff.study.config import ABLATED, NOBG, NOPOL, ExperimentConfig, Family, PretrainSpec
 
 # What an experiment's scored split is, whatever its family.
 Kind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
@@ -79,6 +83,9 @@ class Experiment:
     # built from the raw files of `dataset`'s source; and the open-set experiment on this split.
     processing_shift: bool = False
     open_set: OpenSet | None = None
+    # The background ablation: the name of the experiment this one repeats without background
+    # normalisation (on the same images); None for every other experiment.
+    ablation_of: str | None = None
 
     @property
     def slug(self) -> str:
@@ -257,8 +264,42 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
                 split=split,
             )
         )
+    for key, ablated in config.background_ablated.items():
+        pretrain[ablated] = _without_background(datasets, *pretrain[key])
+        home = config.pretrain[key].dataset  # not the -nopol experiment: it is read on ndsb-nopol
+        repeated = [e for e in experiments if e.pretrain == key and e.family in ABLATED and e.dataset == home]
+        experiments += [_ablated(e, datasets, ablated) for e in repeated]
     experiments = _with_evaluations(config, experiments, skipped, seed)
     return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
+
+
+def _without_background(
+    datasets: dict[str, PreparedDataset], dataset: str, split: Split
+) -> tuple[str, Split]:
+    """(`<dataset>-nobg`, the same images' split there): its preparation without background
+    normalisation, matched by image identity (`translate`)."""
+    return f"{dataset}{NOBG}", translate(split, datasets[dataset], datasets[f"{dataset}{NOBG}"])
+
+
+def _ablated(experiment: Experiment, datasets: dict[str, PreparedDataset], pretrain: str) -> Experiment:
+    """`experiment` without background normalisation: read by the backbones `pretrain` (trained on
+    that preparation), on the same images in every split, the shifted test set included."""
+    dataset, split = _without_background(datasets, experiment.dataset, experiment.split)
+    family, _, setting = experiment.name.partition("/")
+    # ndsb→pwssc/with polarity normalisation → ndsb→pwssc/without background normalisation
+    # zoolake/2018+2019→2020 → zoolake/2018+2019→2020 without background normalisation
+    setting = "" if experiment.family == "ndsb-pwssc" else f"{setting} "
+    return replace(
+        experiment,
+        name=f"{family}/{setting}without background normalisation",
+        dataset=dataset,
+        pretrain=pretrain,
+        split=split,
+        shifted=tuple(
+            ShiftedSet(*_without_background(datasets, s.dataset, s.split)) for s in experiment.shifted
+        ),
+        ablation_of=experiment.name,
+    )
 
 
 def _with_evaluations(

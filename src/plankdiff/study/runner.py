@@ -25,7 +25,6 @@ from rich.console import Console
 
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
-from plankdiff.data.preprocess import default_background
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.evaluation.clustering import pair_kmeans_scores
@@ -134,13 +133,13 @@ class Study:
         return report
 
     def _source(self, name: str) -> Path:
-        source = Path(self.config.datasets[name].source)
+        source = Path(self.config.dataset_specs[name].source)
         return source if source.is_absolute() else self.project_root / source
 
     def _prepare(self) -> None:
         # Only what the selected experiments read: `experiments: [ndsb]` prepares no ZooLake.
         for name in self.config.used_datasets:
-            spec = self.config.datasets[name]
+            spec = self.config.dataset_specs[name]
             source = self._source(name)
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
@@ -149,7 +148,7 @@ class Study:
             inputs = spec.model_dump(exclude={"markers"} if spec.markers == "keep" else set()) | {
                 "name": name,
                 "source_hash": source_fingerprint(source),
-                "background": spec.background or default_background(spec.polarity),
+                "background": spec.resolved_background,
             }
             done = self.stage(
                 f"prepare/{name}", inputs, lambda s=spec, src=source, n=name: self._prepare_one(n, s, src)
@@ -158,7 +157,7 @@ class Study:
                 self.datasets[name] = PreparedDataset.open(self._dataset_name(name))
 
     def _dataset_name(self, name: str) -> str:
-        spec = self.config.datasets[name]
+        spec = self.config.dataset_specs[name]
         return f"{self.config.name}-{name}-{spec.size}"
 
     def _prepare_one(self, name, spec, source) -> dict:
@@ -199,7 +198,8 @@ class Study:
         runs: dict[str, dict[str, Path]] = {}
         seed = replicate.seed
         used = {e.pretrain for e in replicate.experiments}
-        for key in (k for k in self.config.pretrain if k in used):
+        # The file's pre-trainings in its order, then the background ablation's (`plan_replicate`).
+        for key in (k for k in replicate.pretrain if k in used):
             dataset_key, split = replicate.pretrain[key]
             dataset = self.datasets[dataset_key]
             folder = self.work / "runs" / f"seed{seed}" / key
@@ -663,6 +663,7 @@ class Study:
                 for dataset, split in [(e.dataset, e.split)] + [(s.dataset, s.split) for s in e.shifted]
             ],
             seeds_completed=[r.seed for r in replicates],
+            ablations={e.name: e.ablation_of for e in replicates[0].experiments if e.ablation_of},
         )
 
 

@@ -150,6 +150,11 @@ training_precision: auto
 #   open_set:              # classes held out of the probe; the share of their images rejected
 #     hold_out_every: 5    # every 5th class name (sorted): a fixed fifth, chosen before any result
 #     keep: 0.95           # the cut keeps this share of the known classes' validation images
+
+# Ablations (opt-in; they add experiments and change none): background: true repeats the ndsb-pwssc
+# and ZooLake 2018+2019 -> 2020 experiments without background normalisation, every backbone
+# pre-trained again on that preparation of the same images.
+# ablations: {{background: true}}
 """
 
 
