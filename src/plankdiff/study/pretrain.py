@@ -55,15 +55,8 @@ def train_diffusion(config: ExperimentConfig, dataset, split: Split, folder: Pat
     unet, scheduler = load_backbone(folder)
     if spec.samples:
         save_grid(sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png")
-    return {
-        "minutes": result.elapsed_minutes,
-        "images_seen": result.images_seen,
-        "steps": result.step,
-        "tflops": result.flops / 1e12,
-        "stopped_by": result.stopped_by,
-        "precision": result.precision,
-        "parameters": sum(p.numel() for p in unet.parameters()),
-        "last_loss": result.last_loss,
+    return _run_record(result, parameters=sum(p.numel() for p in unet.parameters())) | {
+        "last_loss": result.last_loss
     }
 
 
@@ -84,6 +77,11 @@ def train_baseline(
     result = trainer.train()
     _refuse_interrupted(result, folder)
     info = read_json(folder / "baseline.json")
+    return _run_record(result, parameters=_trained_parameters(info.get("parameters")))
+
+
+def _run_record(result, *, parameters: int | None) -> dict:
+    """What a pre-training stage records of any backbone's run (`plankdiff.training.TrainResult`)."""
     return {
         "minutes": result.elapsed_minutes,
         "images_seen": result.images_seen,
@@ -91,7 +89,7 @@ def train_baseline(
         "tflops": result.flops / 1e12,
         "stopped_by": result.stopped_by,
         "precision": result.precision,
-        "parameters": _trained_parameters(info.get("parameters")),
+        "parameters": parameters,
     }
 
 
