@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,30 @@ def _git_sha(cwd: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT = _Absent()  # a field one of two records does not have (`changed_fields`)
+
+
+def changed_fields(saved: Any, current: Any, *, ignore: Collection[str] = (), name: str = "") -> list[str]:
+    """`field: saved → now` for every value that differs between two records of nested mappings,
+    dotted from the top (`train.lr: 0.0002 → 0.0001`); keys named in `ignore` are skipped at any depth."""
+    if not (isinstance(saved, dict) and isinstance(current, dict)):
+        return [] if saved == current else [f"{name or 'value'}: {saved!r} → {current!r}"]
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        if key in ignore:
+            continue
+        where = f"{name}.{key}" if name else str(key)
+        changes += changed_fields(
+            saved.get(key, _ABSENT), current.get(key, _ABSENT), ignore=ignore, name=where
+        )
+    return changes
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

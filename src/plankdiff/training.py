@@ -48,6 +48,13 @@ from plankdiff.precision import autocast, resolve_precision
 from plankdiff.progress import progress_bar
 from plankdiff.provenance import read_json, write_json
 
+# Settings that change how a run reports and checkpoints, not what it learns.
+REPORTING_FIELDS = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
+# Settings that may change when a run is resumed: how long it runs, how it reports and the arithmetic
+# precision (a run may resume on other hardware), not what it learns. `precision` is also absent
+# from runs recorded before it existed.
+RUN_LENGTH_FIELDS = ("precision", "max_steps", "max_minutes", "max_tflops", *REPORTING_FIELDS)
+
 
 class StopReason(StrEnum):
     """Why a training run ended (a str, so records and older code compare it as text)."""

@@ -246,7 +246,7 @@ def test_resume_refuses_another_recipe_and_an_existing_run_needs_resume(dataset,
     make_trainer(dataset, "simclr", run, max_steps=1).train()
     with pytest.raises(FileExistsError, match="--resume"):
         make_trainer(dataset, "simclr", run, max_steps=2).train()
-    with pytest.raises(ValueError, match=r"the recipe differs \(lr\)"):
+    with pytest.raises(ValueError, match=r"the recipe differs \(lr: "):
         make_trainer(dataset, "simclr", run, max_steps=2, lr=1e-4, resume=True).train()
     with pytest.raises(ValueError, match="method differs"):
         make_trainer(dataset, "byol", run, max_steps=2, resume=True).train()

@@ -112,8 +112,19 @@ def test_resume_refuses_a_different_network(prepared_small_ndsb, tiny_run, tmp_p
     trainer = DiffusionTrainer(
         config=config, dataset=prepared_small_ndsb, out=run, resume=True, show_progress=False
     )
-    with pytest.raises(ValueError, match="network or noise settings differ"):
+    with pytest.raises(ValueError, match=r"settings differ \(unet.layers_per_block: 1 → 2\)"):
         trainer.train()
+
+
+def test_resume_refuses_other_training_settings_but_not_a_longer_run(
+    prepared_small_ndsb, make_trainer, tiny_run, tmp_path
+):
+    """A changed learning rate would make one run half of one recipe and half of another."""
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"settings differ \(train.lr: 0.001 → 0.002\)"):
+        make_trainer(prepared_small_ndsb, run, resume=True, lr=2e-3).train()
+    resumed = make_trainer(prepared_small_ndsb, run, resume=True, max_steps=7, log_every=2)
+    assert resumed.train().step == 7  # how long a run goes and how it reports may change
 
 
 def test_existing_run_without_resume_is_refused(prepared_small_ndsb, make_trainer, tiny_run):

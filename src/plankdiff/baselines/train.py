@@ -32,23 +32,11 @@ from plankdiff.choices import Precision
 from plankdiff.data.lineage import pretraining_rows
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
-from plankdiff.provenance import git_sha, sha256_json
-from plankdiff.training import LoopSettings, Trainer
+from plankdiff.provenance import changed_fields, git_sha, sha256_json
+from plankdiff.training import RUN_LENGTH_FIELDS, LoopSettings, Trainer
 from plankdiff.validation import problems
 
 BASELINE_FILE = "baseline.json"
-# Fields that may change when a run is resumed: how long it runs, how it reports and the arithmetic
-# precision (a run may resume on other hardware), not what it learns. `precision` is also absent
-# from runs recorded before it existed.
-RUN_LENGTH_FIELDS = (
-    "precision",
-    "max_steps",
-    "max_minutes",
-    "max_tflops",
-    "log_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-)
 
 
 class BaselineConfig(BaseModel):
@@ -244,12 +232,10 @@ class BaselineTrainer(Trainer):
                 raise ValueError(
                     f"{self.out / BASELINE_FILE}: cannot resume, {key} differs (saved {saved.get(key)}, now {current[key]})"
                 )
-        mine = {k: v for k, v in current["config"].items() if k not in RUN_LENGTH_FIELDS}
-        theirs = {k: v for k, v in saved["config"].items() if k not in RUN_LENGTH_FIELDS}
-        if mine != theirs:
-            changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+        changed = changed_fields(saved["config"], current["config"], ignore=RUN_LENGTH_FIELDS)
+        if changed:
             raise ValueError(
-                f"{self.out / BASELINE_FILE}: cannot resume, the recipe differs ({', '.join(changed)})"
+                f"{self.out / BASELINE_FILE}: cannot resume, the recipe differs ({'; '.join(changed)})"
             )
 
     def _checkpoint(self) -> tuple[dict, dict, dict]:

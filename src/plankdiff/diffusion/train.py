@@ -27,8 +27,8 @@ from plankdiff.budget import count_flops
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.config import DiffusionConfig, TimestepSampling, UniformTimesteps
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
-from plankdiff.provenance import git_sha
-from plankdiff.training import LoopSettings, Trainer
+from plankdiff.provenance import changed_fields, git_sha
+from plankdiff.training import RUN_LENGTH_FIELDS, LoopSettings, Trainer
 
 
 def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,18 @@ def training_step_flops(network: torch.nn.Module, *, batch: int, channels: int, 
     t = torch.zeros(batch, dtype=torch.long, device=device)
     with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
         return count_flops(lambda: (network(x, t).sample - x).square().mean().backward())
+
+
+def settings_changes(record: dict, config: DiffusionConfig, *, ignore: tuple[str, ...]) -> list[str]:
+    """How `config` differs from the settings a run recorded (its `config.json`), as
+    `field: saved → now`, beyond the fields in `ignore`. The record is read through the model
+    first, so a run recorded before an option existed compares as that option's default (the
+    behaviour it trained with) and a former field name as its new one."""
+    try:
+        saved = DiffusionConfig.model_validate(record["diffusion"]).model_dump(mode="json")
+    except (KeyError, TypeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        return [f"the recorded settings cannot be read ({str(error).splitlines()[0]})"]
+    return changed_fields(saved, config.model_dump(mode="json"), ignore=ignore)
 
 
 class DiffusionTrainer(Trainer):
@@ -173,11 +185,13 @@ class DiffusionTrainer(Trainer):
                     f"{self.out / 'config.json'}: cannot resume, {key} differs "
                     f"(saved {saved.get(key)}, now {current[key]})"
                 )
-        mine = {k: v for k, v in current["diffusion"].items() if k != "train"}
-        theirs = {k: v for k, v in saved["diffusion"].items() if k != "train"}
-        if mine != theirs:
+        # What the run learns must not change half-way (a run may be extended or moved to other
+        # hardware: `RUN_LENGTH_FIELDS`).
+        changed = settings_changes(saved, self.config, ignore=RUN_LENGTH_FIELDS)
+        if changed:
             raise ValueError(
-                f"{self.out / 'config.json'}: cannot resume, the network or noise settings differ"
+                f"{self.out / 'config.json'}: cannot resume, the network, noise or training settings "
+                f"differ ({'; '.join(changed)})"
             )
 
     def _named(self, params) -> dict[str, torch.Tensor]:

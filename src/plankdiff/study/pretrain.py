@@ -1,5 +1,15 @@
-"""The study's pre-training stages: what a backbone's stage key hashes, and the DDPM and baseline
-trainings it runs (resumed from their checkpoints), each returning the record the budget table reads."""
+"""The study's pre-training stages: what a backbone's stage key hashes, the DDPM and baseline
+trainings it runs (resumed from their checkpoints), each returning the record the budget table reads,
+and the check that a cached backbone was trained with the settings its stage would train now.
+
+Why that check: a DDPM's key hashes its preset's *name* (and a baseline's its method's name), not
+the settings the name resolves to, and the keys of cached studies cannot change. An edited preset
+file (or a method's recipe, which lives in code) would otherwise reuse every backbone trained with
+the old settings and report it as trained with the new ones. Each run folder already records what
+it trained with (`config.json`, `baseline.json`), so a reused stage is compared with it and refused,
+naming the differing fields. Refused, not re-run: the same key means the same folder, whose
+checkpoints a re-run would resume (or, deleted automatically, take a cached backbone away without
+anyone deciding to)."""
 
 from __future__ import annotations
 
@@ -7,13 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
+from plankdiff.baselines.train import BASELINE_FILE, BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.splits import Split
-from plankdiff.diffusion.config import load_config
+from plankdiff.diffusion.config import DiffusionConfig, load_config
 from plankdiff.diffusion.model import load_backbone
-from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid
-from plankdiff.provenance import read_json, sha256_json
+from plankdiff.diffusion.train import DiffusionTrainer, sample_images, save_grid, settings_changes
+from plankdiff.provenance import changed_fields, read_json, sha256_json
 from plankdiff.study.config import ExperimentConfig
+from plankdiff.training import REPORTING_FIELDS
+
+# Left out of the comparison: how a run reports and checkpoints, and its precision, which the stage
+# key already holds as resolved (and runs recorded before `precision` existed name `auto`).
+NOT_COMPARED = ("precision", *REPORTING_FIELDS)
 
 
 class StudyInterrupted(Exception):
@@ -42,13 +57,58 @@ def training_precision(config: ExperimentConfig) -> str:
     return resolve_precision(config.training_precision, device)
 
 
+def diffusion_config(config: ExperimentConfig, seed: int) -> DiffusionConfig:
+    """The settings the study's DDPM of `seed` trains with: its preset as the file reads now."""
+    spec = config.diffusion
+    return load_config(spec.preset, **spec.train_overrides(), seed=seed, precision=training_precision(config))
+
+
+def baseline_config(config: ExperimentConfig, method: str, seed: int) -> BaselineConfig:
+    """The settings the study's `method` backbone of `seed` trains with: its recipe as the code gives now."""
+    budget = config.baselines
+    return BaselineConfig.for_method(
+        method,
+        max_minutes=budget.max_minutes,
+        max_tflops=budget.max_tflops,
+        batch_size=budget.batch_size,
+        seed=seed,
+        precision=training_precision(config),
+    )
+
+
+def stale_diffusion(config: ExperimentConfig, folder: Path, seed: int) -> str | None:
+    """Why the DDPM in `folder` is not what its stage trains now, or None (see the module's doc)."""
+    record = folder / DiffusionTrainer.record_file
+    if not record.is_file():
+        return f"{record} is missing, so its settings cannot be checked"
+    changed = settings_changes(read_json(record), diffusion_config(config, seed), ignore=NOT_COMPARED)
+    return _stale(folder, f"preset {config.diffusion.preset}", changed)
+
+
+def stale_baseline(config: ExperimentConfig, folder: Path, method: str, seed: int) -> str | None:
+    """Why the `method` backbone in `folder` is not what its stage trains now, or None."""
+    record = folder / BASELINE_FILE
+    if not record.is_file():
+        return f"{record} is missing, so its settings cannot be checked"
+    now = baseline_config(config, method, seed).model_dump(mode="json")
+    changed = changed_fields(read_json(record).get("config"), now, ignore=NOT_COMPARED)
+    return _stale(folder, f"the {method} recipe", changed)
+
+
+def _stale(folder: Path, source: str, changed: list[str]) -> str | None:
+    if not changed:
+        return None
+    return f"{folder} was trained with other settings than {source} gives now ({'; '.join(changed)})"
+
+
 def train_diffusion(config: ExperimentConfig, dataset, split: Split, folder: Path, seed: int) -> dict:
     spec = config.diffusion
-    trainer_config = load_config(
-        spec.preset, **spec.train_overrides(), seed=seed, precision=training_precision(config)
-    )
     trainer = DiffusionTrainer(
-        config=trainer_config, dataset=dataset, out=folder, rows=split.indices("train"), resume=True
+        config=diffusion_config(config, seed),
+        dataset=dataset,
+        out=folder,
+        rows=split.indices("train"),
+        resume=True,
     )
     result = trainer.train()
     _refuse_interrupted(result, folder)
@@ -63,17 +123,10 @@ def train_diffusion(config: ExperimentConfig, dataset, split: Split, folder: Pat
 def train_baseline(
     config: ExperimentConfig, dataset, split: Split, folder: Path, method: str, seed: int
 ) -> dict:
-    budget = config.baselines
-    baseline_config = BaselineConfig.for_method(
-        method,
-        max_minutes=budget.max_minutes,
-        max_tflops=budget.max_tflops,
-        batch_size=budget.batch_size,
-        seed=seed,
-        precision=training_precision(config),
-    )
     rows = training_rows(dataset, method=method, split=split.name)
-    trainer = BaselineTrainer(config=baseline_config, dataset=dataset, data=rows, out=folder, resume=True)
+    trainer = BaselineTrainer(
+        config=baseline_config(config, method, seed), dataset=dataset, data=rows, out=folder, resume=True
+    )
     result = trainer.train()
     _refuse_interrupted(result, folder)
     info = read_json(folder / "baseline.json")
@@ -106,4 +159,14 @@ def _trained_parameters(counts) -> int | None:
     return counts.get("trainable") if isinstance(counts, dict) else counts
 
 
-__all__ = ["StudyInterrupted", "pretrain_inputs", "train_baseline", "train_diffusion", "training_precision"]
+__all__ = [
+    "StudyInterrupted",
+    "baseline_config",
+    "diffusion_config",
+    "pretrain_inputs",
+    "stale_baseline",
+    "stale_diffusion",
+    "train_baseline",
+    "train_diffusion",
+    "training_precision",
+]

@@ -50,6 +50,8 @@ from plankdiff.study.plan import Experiment, Replicate, plan_replicate
 from plankdiff.study.pretrain import (
     StudyInterrupted,
     pretrain_inputs,
+    stale_baseline,
+    stale_diffusion,
     train_baseline,
     train_diffusion,
     training_precision,
@@ -174,20 +176,27 @@ class Study:
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}
 
     def _save_splits(self, replicate: Replicate) -> None:
+        """Every split of the replicate into its prepared dataset's folder; a dry run writes none
+        (it may be pointed at the cache of a study that is running and reading them)."""
+
+        def save(split: Split, dataset_key: str) -> None:
+            if not self.dry_run:
+                split.save(self.datasets[dataset_key])
+
         for reason in replicate.skipped:
             self.console.print(f"[yellow]warning:[/yellow] seed {replicate.seed}: {reason}")
         for dataset_key, split in replicate.pretrain.values():
-            split.save(self.datasets[dataset_key])
+            save(split, dataset_key)
         for experiment in replicate.experiments:
-            experiment.split.save(self.datasets[experiment.dataset])
+            save(experiment.split, experiment.dataset)
             warning = experiment.split.selection_warning()
             if warning:  # not an error: reduced studies (caps) select on few images by design
                 self.console.print(f"[yellow]warning:[/yellow] {experiment.name}: {warning}")
             for shifted in experiment.shifted:
-                shifted.split.save(self.datasets[shifted.dataset])
+                save(shifted.split, shifted.dataset)
             if experiment.open_set is not None:
-                experiment.open_set.known.save(self.datasets[experiment.dataset])
-                experiment.open_set.unknown.save(self.datasets[experiment.dataset])
+                save(experiment.open_set.known, experiment.dataset)
+                save(experiment.open_set.unknown, experiment.dataset)
             self.planned.append(
                 (f"split/seed{replicate.seed}/{experiment.name}", f"{experiment.split.summary()}")
             )
@@ -211,6 +220,8 @@ class Study:
                 f"pretrain/seed{seed}/{key}/{DIFFUSION}",
                 inputs,
                 lambda d=dataset, s=split, f=folder / DIFFUSION: train_diffusion(self.config, d, s, f, seed),
+                outputs=folder / DIFFUSION,
+                verify=lambda f=folder / DIFFUSION: stale_diffusion(self.config, f, seed),
             )
             for method in self.config.baselines.methods:
                 runs[key][method] = folder / method
@@ -227,6 +238,8 @@ class Study:
                     lambda d=dataset, s=split, f=folder / method, m=method: train_baseline(
                         self.config, d, s, f, m, seed
                     ),
+                    outputs=folder / method,
+                    verify=lambda f=folder / method, m=method: stale_baseline(self.config, f, m, seed),
                 )
         return runs
 

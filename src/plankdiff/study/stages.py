@@ -12,6 +12,10 @@ from rich.console import Console
 from plankdiff.provenance import read_json, sha256_json, write_json
 
 
+class StaleStage(ValueError):
+    """A recorded stage whose outputs differ from what its inputs make now, in a way its key misses."""
+
+
 class StageCache:
     """Records `<root>/<name>.json` = {key, inputs, result, seconds}; `planned` lists every stage
     asked for with "run" or "reuse", which is what `--dry-run` prints."""
@@ -29,14 +33,27 @@ class StageCache:
         return read_json(path).get("result") if path.exists() else None
 
     def __call__(
-        self, name: str, inputs: dict, run: Callable[[], Any], *, outputs: Path | None = None
+        self,
+        name: str,
+        inputs: dict,
+        run: Callable[[], Any],
+        *,
+        outputs: Path | None = None,
+        verify: Callable[[], str | None] | None = None,
     ) -> Any:
         """`outputs`: a folder the stage writes beside its result; a record whose folder is gone is
-        run again, since its result alone would leave the files the report reads missing."""
+        run again, since its result alone would leave the files the report reads missing.
+        `verify`: for a stage about to be reused, why its outputs are not what it would make now
+        (what its key cannot tell, e.g. the contents of a file it names), or None; a reason refuses
+        the study with `StaleStage` (in a dry run too) rather than reusing or overwriting them."""
         record = self.record(name)
         key = sha256_json(inputs)
         present = outputs is None or Path(outputs).exists()
         if present and record.exists() and read_json(record).get("key") == key:
+            problem = verify() if verify is not None else None
+            if problem:
+                where = f"delete {outputs}" if outputs is not None else f"delete {record}"
+                raise StaleStage(f"stage {name}: {problem}; not reused: {where} to run it again")
             self.planned.append((name, "reuse"))
             return read_json(record).get("result")
         self.planned.append((name, "run"))
@@ -57,4 +74,4 @@ class StageCache:
         return result
 
 
-__all__ = ["StageCache"]
+__all__ = ["StageCache", "StaleStage"]
