@@ -564,3 +564,48 @@ def test_the_normalisation_study_is_the_cpu_study_with_the_ablation_and_one_seed
         and set(study.families) == {"ndsb-pwssc", "zoolake"}
     )
     assert study.background_ablated == {"ndsb": "ndsb-nobg", "zoolake-2018+2019": "zoolake-2018+2019-nobg"}
+
+
+def test_a_misspelt_evaluated_experiment_is_refused_naming_the_file_key_name_and_valid_names(tmp_path):
+    path = write(tmp_path, MINIMAL + "evaluations: {experiments: [ndsb/longtailed], open_set: {}}\n")
+    with pytest.raises(ValueError) as refused:
+        load_experiment(path)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: evaluations.experiments.0 names no experiment of this file: ")
+    assert "'ndsb/longtailed'" in message
+    assert "(valid: ndsb/long-tailed, ndsb/balanced, zoolake/2018+2019→2020, zoolake/2018→2019, " in message
+
+
+def test_an_evaluated_experiment_of_a_family_left_out_by_set_loads(tmp_path):
+    """`--set experiments=[zoolake]` on a file that evaluates NDSB: the evaluation is skipped with a
+    warning when planned (tests/study/test_invariants.py), not refused."""
+    path = write(tmp_path, MINIMAL + "evaluations: {experiments: [ndsb/long-tailed], open_set: {}}\n")
+    config = load_experiment(path, overrides=["experiments=[zoolake]"])
+    assert config.experiment_names() == ("zoolake/2018+2019→2020", "zoolake/2018→2019")
+
+
+def test_evaluated_experiments_without_an_evaluation_are_refused(tmp_path):
+    path = write(tmp_path, MINIMAL + "evaluations: {experiments: [ndsb/long-tailed]}\n")
+    with pytest.raises(
+        ValueError, match=r"evaluations.*no evaluation is on: add processing_shift or open_set"
+    ):
+        load_experiment(path)
+
+
+@pytest.mark.parametrize(
+    ("datasets", "refusal"),
+    [
+        (
+            "  pwssc-nopl: {source: c.zip}\n",
+            "datasets.pwssc-nopl is read by no pretrain entry and no experiment family",
+        ),
+        ("  ndsb-nopol: {source: a.zip}\n", "datasets.ndsb-nopol is read only beside datasets.pwssc-nopol"),
+    ],
+)
+def test_a_dataset_nothing_reads_is_refused(tmp_path, datasets: str, refusal: str):
+    path = write(
+        tmp_path, MINIMAL.replace("  pwssc: {source: c.zip}\n", "  pwssc: {source: c.zip}\n" + datasets)
+    )
+    with pytest.raises(ValueError, match=f"^{path}: {refusal}"):
+        load_experiment(path)

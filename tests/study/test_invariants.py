@@ -253,15 +253,26 @@ def test_the_evaluations_scored_sets_are_checked_and_a_leak_in_them_is_caught(tm
     assert any("open set" in f and "test" in f for f in leaks(config, datasets))
 
 
-def test_evaluations_naming_an_experiment_not_in_the_study_are_skipped_with_a_warning(tmp_path):
+def test_evaluations_of_an_experiment_the_data_does_not_allow_are_skipped_with_a_warning(tmp_path):
+    """`mine/balanced` is an experiment of the file, but too few classes reach the balanced split:
+    its evaluations are skipped at planning, with the reason (a misspelt name is refused on loading,
+    tests/study/test_config.py)."""
     path = tmp_path / "mine.yaml"
-    path.write_text(OWN + "evaluations: {experiments: [mine/nope], open_set: {}}")
-    replicate = plan_replicate(load_experiment(path), {"mine": own_dataset(LONG_TAIL)}, 0)
-    assert replicate.skipped == (
-        "evaluations of mine/nope skipped: no such experiment in this study "
-        "(planned: mine/long-tailed, mine/balanced)",
+    path.write_text(EVALUATED)
+    replicate = plan_replicate(load_experiment(path), {"mine": own_dataset({"a": 30, "b": 30})}, 0)
+    assert [e.name for e in replicate.experiments] == ["mine/long-tailed"]
+    assert replicate.skipped[-1] == (
+        "evaluations of mine/balanced skipped: no such experiment in this study (planned: mine/long-tailed)"
     )
-    assert all(e.open_set is None and not e.processing_shift for e in replicate.experiments)
+
+
+@pytest.mark.parametrize("experiment", SHIPPED)
+def test_the_names_a_file_evaluations_may_name_are_the_names_it_plans(experiment, stand_ins):
+    """`ExperimentConfig.experiment_names` (what `evaluations.experiments` is checked against on
+    loading) lists exactly the experiments `plan_replicate` plans, in its order."""
+    config = load_experiment(experiment)
+    replicate = plan_replicate(config, {k: stand_ins[k] for k in config.dataset_specs}, config.seeds[0])
+    assert [e.name for e in replicate.experiments] == list(config.experiment_names())
 
 
 def test_the_processing_shift_runs_only_in_the_study_seeds_it_names(tmp_path):

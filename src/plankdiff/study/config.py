@@ -170,6 +170,29 @@ ZOOLAKE_2020 = "temporal:2018+2019-2020"
 OwnSplit = Literal["long-tailed", "balanced"]
 
 
+# The names experiments have in tables, results and `evaluations.experiments` (`plan.Experiment.name`).
+NDSB_EXPERIMENTS = ("ndsb/long-tailed", "ndsb/balanced")
+
+
+def zoolake_name(split: str) -> str:
+    """`temporal:2018+2019-2020` → `zoolake/2018+2019→2020`."""
+    train, test = split.removeprefix("temporal:").split("-")
+    return f"zoolake/{train}→{test}"
+
+
+def cross_domain_name(polarity: Literal["with", "without"]) -> str:
+    return f"ndsb→pwssc/{polarity} polarity normalisation"
+
+
+def ablated_name(name: str, family: str) -> str:
+    """The background ablation's repeat of experiment `name` (`plan._ablated`):
+    ndsb→pwssc/with polarity normalisation → ndsb→pwssc/without background normalisation,
+    zoolake/2018+2019→2020 → zoolake/2018+2019→2020 without background normalisation."""
+    head, _, setting = name.partition("/")
+    setting = "" if family == "ndsb-pwssc" else f"{setting} "
+    return f"{head}/{setting}without background normalisation"
+
+
 class OwnExperiment(Strict):
     """An experiment on any dataset (a folder or zip of one's own), named `<dataset>/<split>`.
 
@@ -220,6 +243,14 @@ class Evaluations(Strict):
     experiments: tuple[str, ...] = ()
     processing_shift: ProcessingShiftSpec | None = None
     open_set: OpenSetSpec | None = None
+
+    @model_validator(mode="after")
+    def _names_are_evaluated(self):
+        if self.experiments and self.processing_shift is None and self.open_set is None:
+            raise ValueError(
+                "experiments are named but no evaluation is on: add processing_shift or open_set"
+            )
+        return self
 
 
 class Ablations(Strict):
@@ -339,6 +370,37 @@ class ExperimentConfig(Strict):
         # The background ablation's preparations follow the file's (`dataset_specs` order).
         used |= set(self.background_datasets)
         return tuple(k for k in self.dataset_specs if k in used)
+
+    def experiment_names(self, families: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The names of the experiments the file plans with `families` selected (default: the ones
+        it selects) beside its own, the background ablation's included, in planning order. A
+        balanced experiment on one's own data may still be skipped for its data (`plan_replicate`)."""
+        chosen = self if families is None else self.model_copy(update={"experiments": (*families, *self.own)})
+        names: list[tuple[str, str, str, str]] = []  # (name, family, pretrain key, dataset)
+        ndsb = chosen.ndsb_pretrain
+        if "ndsb" in chosen.families:
+            names += [(name, "ndsb", ndsb, "ndsb") for name in NDSB_EXPERIMENTS]
+        if "zoolake" in chosen.families:
+            names += [
+                (zoolake_name(spec.split), "zoolake", key, "zoolake")
+                for key, spec in chosen.pretrain.items()
+                if spec.dataset == "zoolake"
+            ]
+        if "ndsb-pwssc" in chosen.families:
+            names.append((cross_domain_name("with"), "ndsb-pwssc", ndsb, "ndsb"))
+            if set(UNNORMALISED) <= set(chosen.datasets):
+                names.append((cross_domain_name("without"), "ndsb-pwssc", ndsb, f"ndsb{NOPOL}"))
+        names += [
+            (chosen.own_name(e), "own", e.pretrain, chosen.pretrain[e.pretrain].dataset) for e in chosen.own
+        ]
+        for key in chosen.background_ablated:  # the experiments `plan_replicate` repeats
+            home = chosen.pretrain[key].dataset
+            names += [
+                (ablated_name(name, family), family, key, dataset)
+                for name, family, pretrain, dataset in list(names)
+                if pretrain == key and family in ABLATED and dataset == home
+            ]
+        return tuple(name for name, *_ in names)
 
     def own_name(self, entry: OwnExperiment) -> str:
         """`<dataset>/<split>`, the name an experiment on one's own data has in tables and results."""
@@ -488,26 +550,70 @@ def load_experiment(path_or_name: str | Path, *, overrides: Sequence[str] = ()) 
     for name, spec in config.pretrain.items():
         if spec.dataset not in config.datasets:
             raise ValueError(f"{source}: pretrain.{name}.dataset names unknown dataset {spec.dataset!r}")
-    needed = {"ndsb": ("ndsb",), "zoolake": ("zoolake",), "ndsb-pwssc": ("ndsb", "pwssc")}
+    _check_datasets_are_read(config, source)
     for family in config.families:
-        for dataset in needed[family]:
-            if dataset not in config.datasets:
-                raise ValueError(f"{source}: datasets.{dataset} is required by the {family} experiments")
-    pretrained = {(spec.dataset, spec.split) for spec in config.pretrain.values()}
-    wanted = {
-        "ndsb": [("ndsb", "long-tailed")],
-        "ndsb-pwssc": [("ndsb", "long-tailed")],
-        "zoolake": [("zoolake", "temporal:2018+2019-2020"), ("zoolake", "temporal:2018-2019")],
-    }
-    for family in config.families:
-        for dataset, split in wanted[family]:
-            if (dataset, split) not in pretrained:
-                raise ValueError(
-                    f"{source}: the {family} experiments need a pretrain entry with dataset {dataset} "
-                    f"and split {split!r}"
-                )
+        problem = _family_problem(config, family)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
     _check_own(config, source)
+    _check_evaluated(config, source)
     return config
+
+
+# What each experiment family reads: datasets, and pre-trainings as (dataset, split).
+FAMILY_DATASETS = {"ndsb": ("ndsb",), "zoolake": ("zoolake",), "ndsb-pwssc": ("ndsb", "pwssc")}
+FAMILY_PRETRAIN = {
+    "ndsb": (("ndsb", "long-tailed"),),
+    "ndsb-pwssc": (("ndsb", "long-tailed"),),
+    "zoolake": (("zoolake", "temporal:2018+2019-2020"), ("zoolake", "temporal:2018-2019")),
+}
+
+
+def _family_problem(config: ExperimentConfig, family: str) -> str | None:
+    """Why the file cannot run `family`'s experiments (a dataset or a pre-training missing), or None."""
+    for dataset in FAMILY_DATASETS[family]:
+        if dataset not in config.datasets:
+            return f"datasets.{dataset} is required by the {family} experiments"
+    pretrained = {(spec.dataset, spec.split) for spec in config.pretrain.values()}
+    for dataset, split in FAMILY_PRETRAIN[family]:
+        if (dataset, split) not in pretrained:
+            return (
+                f"the {family} experiments need a pretrain entry with dataset {dataset} and split {split!r}"
+            )
+    return None
+
+
+def _check_datasets_are_read(config: ExperimentConfig, source: object) -> None:
+    """Every dataset the file lists is read by something: a misspelt name (`pwssc-nopl`) would
+    otherwise leave its experiment out of the study without a word."""
+    families = sorted({d for datasets in FAMILY_DATASETS.values() for d in datasets} | set(UNNORMALISED))
+    read = {spec.dataset for spec in config.pretrain.values()} | set(families)
+    for name in config.datasets:
+        if name not in read:
+            raise ValueError(
+                f"{source}: datasets.{name} is read by no pretrain entry and no experiment family "
+                f"(the families read {', '.join(families)})"
+            )
+    listed = [name for name in UNNORMALISED if name in config.datasets]
+    if len(listed) == 1:
+        missing = next(name for name in UNNORMALISED if name not in listed)
+        raise ValueError(
+            f"{source}: datasets.{listed[0]} is read only beside datasets.{missing} (the ndsb-pwssc "
+            "experiment without polarity normalisation); add it or remove both"
+        )
+
+
+def _check_evaluated(config: ExperimentConfig, source: object) -> None:
+    """`evaluations.experiments` names experiments of the file: of the families it selects or has
+    the data for (a family left out, e.g. with `--set experiments=[ndsb]`, skips its evaluations
+    with a warning) and its own; any other name (a misspelling) would quietly evaluate nothing."""
+    valid = config.experiment_names([f for f in EXPERIMENT_FAMILIES if not _family_problem(config, f)])
+    for position, name in enumerate(config.evaluations.experiments):
+        if name not in valid:
+            raise ValueError(
+                f"{source}: evaluations.experiments.{position} names no experiment of this file: {name!r} "
+                f"(valid: {', '.join(valid)})"
+            )
 
 
 def _check_own(config: ExperimentConfig, source: object) -> None:

@@ -43,7 +43,18 @@ from plankdiff.data.splits import (
     translate,
 )
 from plankdiff.probe.ood import held_out_classes, open_set_split, unknown_split
-from plankdiff.study.config import ABLATED, NOBG, NOPOL, ExperimentConfig, Family, PretrainSpec
+from plankdiff.study.config import (
+    ABLATED,
+    NDSB_EXPERIMENTS,
+    NOBG,
+    NOPOL,
+    ExperimentConfig,
+    Family,
+    PretrainSpec,
+    ablated_name,
+    cross_domain_name,
+    zoolake_name,
+)
 
 # What an experiment's scored split is, whatever its family.
 Kind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
@@ -193,10 +204,11 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
     ndsb_key = config.ndsb_pretrain
     if "ndsb" in families:
         common = {"family": "ndsb", "dataset": "ndsb", "pretrain": ndsb_key}
+        long_tailed, balanced = NDSB_EXPERIMENTS
         experiments += [
-            Experiment(name="ndsb/long-tailed", kind="long-tailed", split=pretrain[ndsb_key][1], **common),
+            Experiment(name=long_tailed, kind="long-tailed", split=pretrain[ndsb_key][1], **common),
             Experiment(
-                name="ndsb/balanced", kind="balanced", split=_balanced(config, datasets["ndsb"], s), **common
+                name=balanced, kind="balanced", split=_balanced(config, datasets["ndsb"], s), **common
             ),
         ]
     if "zoolake" in families:
@@ -204,10 +216,9 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
             if spec.dataset != "zoolake":
                 continue
             within, across = _temporal(config, datasets["zoolake"], spec.split, s)
-            train_years, test_years = _years(spec.split)
             experiments.append(
                 Experiment(
-                    name=f"zoolake/{'+'.join(map(str, train_years))}→{'+'.join(map(str, test_years))}",
+                    name=zoolake_name(spec.split),
                     family="zoolake",
                     kind="temporal",
                     dataset="zoolake",
@@ -234,7 +245,7 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
             )
             experiments.append(
                 Experiment(
-                    name=f"ndsb→pwssc/{polarity} polarity normalisation",
+                    name=cross_domain_name(polarity),
                     family="ndsb-pwssc",
                     kind="cross-domain",
                     dataset=source,
@@ -285,13 +296,9 @@ def _ablated(experiment: Experiment, datasets: dict[str, PreparedDataset], pretr
     """`experiment` without background normalisation: read by the backbones `pretrain` (trained on
     that preparation), on the same images in every split, the shifted test set included."""
     dataset, split = _without_background(datasets, experiment.dataset, experiment.split)
-    family, _, setting = experiment.name.partition("/")
-    # ndsb→pwssc/with polarity normalisation → ndsb→pwssc/without background normalisation
-    # zoolake/2018+2019→2020 → zoolake/2018+2019→2020 without background normalisation
-    setting = "" if experiment.family == "ndsb-pwssc" else f"{setting} "
     return replace(
         experiment,
-        name=f"{family}/{setting}without background normalisation",
+        name=ablated_name(experiment.name, experiment.family),
         dataset=dataset,
         pretrain=pretrain,
         split=split,
@@ -307,7 +314,9 @@ def _with_evaluations(
 ) -> list[Experiment]:
     """The experiments `config.evaluations` names (default: the first long-tailed one) with their
     processing shift and open set planned; derived from each experiment's own split only. A name
-    this study does not plan (a study of fewer families, a misspelling) is skipped with a warning."""
+    this study does not plan (a family not selected, e.g. with `--set experiments=[ndsb]`, or a
+    balanced split the data does not allow) is skipped with a warning; a name no experiment of the
+    file has is refused when it is loaded (`load_experiment`)."""
     evaluations = config.evaluations
     if evaluations.processing_shift is None and evaluations.open_set is None:
         return experiments
