@@ -6,13 +6,13 @@ files (as `plankdiff probe` writes them, with the git SHA and the settings), the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 
 from plankdiff.choices import ShiftName
-from plankdiff.cli_support import fail, load_split, switch
+from plankdiff.cli_support import fail, load_split
 from plankdiff.probe.cli import DEFAULTS, _known_losses, _open_store
 from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY, EvaluationProtocol
 
@@ -34,16 +34,23 @@ def _protocol(
     )
 
 
-# The probe options both subcommands take, with `plankdiff probe`'s names and defaults.
-LOSS = typer.Option(
-    list(DEFAULTS.losses), "--loss", callback=_known_losses, help="probe loss, repeatable (as for probe)"
-)
-WITH_SIZE = switch(False, "--with-size", help="append log original width, height, area")
-FUSE_TOP = typer.Option(DEFAULTS.fuse_top, "--fuse-top", min=1, help="also try the top-k pairs fused")
-EPOCHS = typer.Option(DEFAULTS.epochs, "--epochs", min=1, help="passes over the training rows")
-MIN_STEPS = typer.Option(DEFAULTS.min_steps, "--min-steps", min=1, help="optimiser steps at least")
-SEED = typer.Option(0, "--seed", help="random seed of the probe fits")
-SPLIT = typer.Option(..., "--split", help="split name on the store's dataset, e.g. long-tailed-s0")
+# The arguments and probe options both subcommands take, declared once (with `plankdiff probe`'s
+# names and defaults; each default is given in the signature, as typer's `Annotated` form requires).
+Features = Annotated[Path, typer.Argument(help="feature store folder (DDPM, baseline or raw pixels)")]
+SplitName = Annotated[
+    str, typer.Option("--split", help="split name on the store's dataset, e.g. long-tailed-s0")
+]
+Loss = Annotated[
+    list[str], typer.Option("--loss", callback=_known_losses, help="probe loss, repeatable (as for probe)")
+]
+# metavar "": a bare switch, as `cli_support.switch` declares it.
+WithSize = Annotated[
+    bool, typer.Option("--with-size", metavar="", help="append log original width, height, area")
+]
+FuseTop = Annotated[int, typer.Option("--fuse-top", min=1, help="also try the top-k pairs fused")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="passes over the training rows")]
+MinSteps = Annotated[int, typer.Option("--min-steps", min=1, help="optimiser steps at least")]
+Seed = Annotated[int, typer.Option("--seed", help="random seed of the probe fits")]
 
 
 def _known_shifts(values: list[str]) -> list[str]:
@@ -75,8 +82,8 @@ def _record(out: Path, what: str, settings: dict, table) -> None:
 
 @app.command("shift")
 def shift_command(
-    features: Path = typer.Argument(..., help="feature store folder (DDPM, baseline or raw pixels)"),
-    split: str = SPLIT,
+    features: Features,
+    split: SplitName,
     shift: list[str] = typer.Option(
         list(SHIFTS),
         "--shift",
@@ -88,12 +95,12 @@ def shift_command(
         None, "--source", help="the raw zip or folder the dataset was prepared from (default: as recorded)"
     ),
     out: Path = typer.Option(None, "--out", help="result folder (default: FEATURES/shift-<split>)"),
-    loss: list[str] = LOSS,
-    with_size: bool = WITH_SIZE,
-    fuse_top: int = FUSE_TOP,
-    epochs: int = EPOCHS,
-    min_steps: int = MIN_STEPS,
-    seed: int = SEED,
+    loss: Loss = DEFAULTS.losses,
+    with_size: WithSize = False,
+    fuse_top: FuseTop = DEFAULTS.fuse_top,
+    epochs: Epochs = DEFAULTS.epochs,
+    min_steps: MinSteps = DEFAULTS.min_steps,
+    seed: Seed = 0,
 ) -> None:
     """Shift the split's test images (from the raw files), prepare them like the dataset, extract the
     store's features from them with the same backbone, and score the probe selected on clean validation.
@@ -156,8 +163,8 @@ def shift_command(
 
 @app.command("open-set")
 def open_set_command(
-    features: Path = typer.Argument(..., help="feature store folder (DDPM, baseline or raw pixels)"),
-    split: str = SPLIT,
+    features: Features,
+    split: SplitName,
     hold_out_every: int = typer.Option(
         HOLD_OUT_EVERY,
         "--hold-out-every",
@@ -168,12 +175,12 @@ def open_set_command(
         DEFAULT_KEEP, "--keep", min=0.0, max=1.0, help="share of known-class validation images the cut keeps"
     ),
     out: Path = typer.Option(None, "--out", help="result folder (default: FEATURES/open-set-<split>)"),
-    loss: list[str] = LOSS,
-    with_size: bool = WITH_SIZE,
-    fuse_top: int = FUSE_TOP,
-    epochs: int = EPOCHS,
-    min_steps: int = MIN_STEPS,
-    seed: int = SEED,
+    loss: Loss = DEFAULTS.losses,
+    with_size: WithSize = False,
+    fuse_top: FuseTop = DEFAULTS.fuse_top,
+    epochs: Epochs = DEFAULTS.epochs,
+    min_steps: MinSteps = DEFAULTS.min_steps,
+    seed: Seed = 0,
 ) -> None:
     """Hold classes out of the probe, calibrate the unknown cut on the known classes' validation rows,
     and report on test the share of held-out-class images rejected, of known images kept, and AUROC.
