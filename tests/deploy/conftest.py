@@ -4,8 +4,10 @@ for the whole package (exporting takes seconds; every test module reuses it)."""
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,11 +55,48 @@ def store(tiny_run, dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def model(tiny_run, store, dataset, tmp_path_factory) -> Path:
+def export_args(tiny_run, store, dataset) -> Callable[..., list]:
+    """`export_args(backbone=…, features=…)`: a `plankdiff export` command line on the package's
+    split and prepared data, to which a test adds its pairs, options and `--out`; the backbone and
+    the feature store default to the package's."""
+
+    def args(*, backbone: Path = tiny_run, features: Path = store.root) -> list:
+        return [
+            "export",
+            "--backbone",
+            backbone,
+            "--features",
+            features,
+            "--split",
+            SPLIT,
+            "--data",
+            dataset.root,
+        ]
+
+    return args
+
+
+@pytest.fixture(scope="package")
+def edit_card() -> Callable[..., Path]:
+    """`edit_card(model, edit, copy_to=None)`: the exported classifier `model` (first copied to
+    `copy_to`, when given) with its card.json changed in place by `edit(card)`. Nothing else is
+    updated, its hashes included: an edit that should pass must recompute them itself."""
+
+    def edited(model: Path, edit: Callable[[dict], object], copy_to: Path | None = None) -> Path:
+        folder = Path(shutil.copytree(model, copy_to)) if copy_to is not None else Path(model)
+        card = json.loads((folder / "card.json").read_text())
+        edit(card)
+        (folder / "card.json").write_text(json.dumps(card))
+        return folder
+
+    return edited
+
+
+@pytest.fixture(scope="package")
+def model(export_args, tmp_path_factory) -> Path:
     """Exported through the CLI: refit on train, select and calibrate on val, test once."""
     out = tmp_path_factory.mktemp("deploy-model") / "model"
-    args = ["export", "--backbone", tiny_run, "--features", store.root, "--split", SPLIT, "--out", out]
-    args += ["--data", dataset.root] + [a for p in PAIRS for a in ("--pair", p)]
+    args = [*export_args(), *[a for p in PAIRS for a in ("--pair", p)], "--out", out]
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert "exported 4 classes" in result.output

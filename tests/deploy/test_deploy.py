@@ -133,20 +133,14 @@ def test_a_changed_byte_is_refused(model, tmp_path, name):
         load_classifier(copy)
 
 
-def test_another_major_version_is_refused(model, tmp_path):
-    copy = shutil.copytree(model, tmp_path / "model")
-    card = json.loads((copy / "card.json").read_text())
-    card["plankdiff_version"] = "9.0.0"
-    (copy / "card.json").write_text(json.dumps(card))
+def test_another_major_version_is_refused(model, edit_card, tmp_path):
+    copy = edit_card(model, lambda card: card.update(plankdiff_version="9.0.0"), tmp_path / "model")
     with pytest.raises(ModelCardError, match=r"card\.json: written by plankdiff 9\.0\.0"):
         load_classifier(copy)
 
 
-def test_card_naming_other_classes_than_the_probe_is_refused(model, tmp_path):
-    copy = shutil.copytree(model, tmp_path / "model")
-    card = json.loads((copy / "card.json").read_text())
-    card["classes"].append("extra")
-    (copy / "card.json").write_text(json.dumps(card))
+def test_card_naming_other_classes_than_the_probe_is_refused(model, edit_card, tmp_path):
+    copy = edit_card(model, lambda card: card["classes"].append("extra"), tmp_path / "model")
     with pytest.raises(ModelCardError, match="content_sha256 does not match"):
         load_classifier(copy)
 
@@ -178,19 +172,15 @@ def drop_the_open_set_cut(card: dict) -> None:
     "edit",
     [swap_first_two, rename_consistently, zero_thresholds, raise_the_open_set_cut, drop_the_open_set_cut],
 )
-def test_a_card_edited_after_export_is_refused(model, tmp_path, edit):
+def test_a_card_edited_after_export_is_refused(model, edit_card, tmp_path, edit):
     """Each edit keeps the card self-consistent (same class count, thresholds naming the classes):
     only the content hash exported with the weights catches it."""
-    copy = shutil.copytree(model, tmp_path / "model")
-    card = json.loads((copy / "card.json").read_text())
-    edit(card)
-    (copy / "card.json").write_text(json.dumps(card))
+    copy = edit_card(model, edit, tmp_path / "model")
     with pytest.raises(
         ModelCardError, match=r"card\.json: its classes, thresholds.*content_sha256 does not match"
     ):
         load_classifier(copy)
-    del card["content_sha256"]  # an export from before the hash: refused, asked to re-export
-    (copy / "card.json").write_text(json.dumps(card))
+    edit_card(copy, lambda card: card.pop("content_sha256"))  # an export from before the hash
     with pytest.raises(ModelCardError, match="re-export"):
         load_classifier(copy)
 

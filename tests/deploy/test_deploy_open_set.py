@@ -159,24 +159,25 @@ def test_quantified_counts_leave_unknown_images_out_and_count_them_apart(
     assert table.loc["strange", UNKNOWN] == STRANGE
 
 
-def old_export(model: Path, target: Path) -> Path:
+def old_export(model: Path, target: Path, edit_card) -> Path:
     """`model` as exported before open-set rejection: no `ood` in the card (and its hash), no open-set
     arrays in probe.safetensors."""
     copy = Path(shutil.copytree(model, target))
     arrays = load_file(str(copy / "probe.safetensors"))
     save_file({k: v for k, v in arrays.items() if k not in OOD_ARRAYS}, str(copy / "probe.safetensors"))
-    card = json.loads((copy / "card.json").read_text())
-    del card["ood"]
-    card["sha256"]["probe.safetensors"] = sha256_file(copy / "probe.safetensors")
-    card["content_sha256"] = card_content_hash(card)
-    (copy / "card.json").write_text(json.dumps(card))
-    return copy
+
+    def without_ood(card: dict) -> None:
+        del card["ood"]
+        card["sha256"]["probe.safetensors"] = sha256_file(copy / "probe.safetensors")
+        card["content_sha256"] = card_content_hash(card)
+
+    return edit_card(copy, without_ood)
 
 
 def test_a_classifier_exported_before_open_set_rejection_still_predicts(
-    model, image_folder, strange_images, run_cli, tmp_path
+    model, edit_card, image_folder, strange_images, run_cli, tmp_path
 ):
-    old = old_export(model, tmp_path / "old")
+    old = old_export(model, tmp_path / "old", edit_card)
     assert load_classifier(old).open_set is None
     out = tmp_path / "run"
     result = run_cli("predict", old, image_folder, strange_images, "--out", out)
@@ -197,22 +198,9 @@ def test_a_classifier_exported_before_open_set_rejection_still_predicts(
 
 
 @pytest.mark.parametrize("ood", ["energy", "off"])
-def test_export_with_another_open_set_score_or_none(
-    ood, tiny_run, store, dataset, image_folder, run_cli, tmp_path
-):
+def test_export_with_another_open_set_score_or_none(ood, export_args, image_folder, run_cli, tmp_path):
     out = tmp_path / "model"
-    args = [
-        "export",
-        "--backbone",
-        tiny_run,
-        "--features",
-        store.root,
-        "--split",
-        SPLIT,
-        "--data",
-        dataset.root,
-    ]
-    result = run_cli(*args, *[a for p in PAIRS for a in ("--pair", p)], "--out", out, "--ood", ood)
+    result = run_cli(*export_args(), *[a for p in PAIRS for a in ("--pair", p)], "--out", out, "--ood", ood)
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
     assert not set(OOD_ARRAYS) & set(load_file(str(out / "probe.safetensors")))
@@ -230,19 +218,8 @@ def test_export_with_another_open_set_score_or_none(
     assert ((frame["decision"] == UNKNOWN) == (scores > card["ood"]["threshold"])).all()
 
 
-def test_a_share_to_keep_outside_0_1_is_refused(tiny_run, store, dataset, run_cli, tmp_path):
-    args = [
-        "export",
-        "--backbone",
-        tiny_run,
-        "--features",
-        store.root,
-        "--split",
-        SPLIT,
-        "--data",
-        dataset.root,
-    ]
-    args += ["--pair", PAIRS[0], "--out", tmp_path / "m"]
+def test_a_share_to_keep_outside_0_1_is_refused(export_args, run_cli, tmp_path):
+    args = [*export_args(), "--pair", PAIRS[0], "--out", tmp_path / "m"]
     zero = run_cli(*args, "--ood-keep", "0")
     assert (
         zero.exit_code == 1 and "--ood-keep 0.0: the share" in zero.output and "Traceback" not in zero.output

@@ -132,7 +132,7 @@ def test_export_options_are_checked(result, store, run_cli, tmp_path):
 
 
 def test_orientation_averaging_is_carried_into_the_card_and_applied_by_predict(
-    tiny_run, dataset, run_cli, tmp_path
+    tiny_run, dataset, export_args, run_cli, tmp_path
 ):
     unet, scheduler = load_backbone(tiny_run)
     request = ExtractionRequest(timesteps=(5,), blocks=("dec2@16",), orientations=8, batch_size=64)
@@ -141,18 +141,7 @@ def test_orientation_averaging_is_carried_into_the_card_and_applied_by_predict(
         show_progress=False,
     )  # fmt: skip
     out = tmp_path / "model"
-    args = [
-        "export",
-        "--backbone",
-        tiny_run,
-        "--features",
-        store.root,
-        "--split",
-        SPLIT,
-        "--data",
-        dataset.root,
-    ]
-    exported = run_cli(*args, "--pair", PAIRS[0], "--out", out)
+    exported = run_cli(*export_args(features=store.root), "--pair", PAIRS[0], "--out", out)
     assert exported.exit_code == 0, exported.output
     card = json.loads((out / "card.json").read_text())
     assert card["extraction"]["orientations"] == card["recipe"]["orientations"] == 8
@@ -178,7 +167,7 @@ def test_orientation_averaging_is_carried_into_the_card_and_applied_by_predict(
 
 @pytest.mark.parametrize("method", ["simclr", "mae"])
 def test_a_baseline_backbone_exports_and_predicts_its_stored_features(
-    method, dataset, small_ndsb_zip, run_cli, tmp_path
+    method, dataset, small_ndsb_zip, export_args, run_cli, tmp_path
 ):
     """A baseline is deterministic: the deployed classifier's features are the store's exactly."""
     width = {"simclr": 8, "mae": 24}[method]  # MAE: 3 heads of 8
@@ -189,7 +178,7 @@ def test_a_baseline_backbone_exports_and_predicts_its_stored_features(
     store = extract_baseline_features(run, dataset, out=tmp_path / "store", split=SPLIT, show_progress=False)
     pair = store.pairs[-1]
     out = tmp_path / "model"
-    args = ["export", "--backbone", run, "--features", store.root, "--split", SPLIT, "--data", dataset.root]
+    args = export_args(backbone=run, features=store.root)
     exported = run_cli(*args, "--pair", pair, "--object-size", "--out", out)
     assert exported.exit_code == 0, exported.output
     card = json.loads((out / "card.json").read_text())
