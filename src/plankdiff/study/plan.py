@@ -18,6 +18,10 @@ derived from the partition its backbones trained on, never re-drawn beside it:
   is its pre-training split, `<dataset>/balanced` caps the same assignment (skipped, with a
   warning in `Replicate.skipped`, when fewer than 2 classes have enough training images).
 
+`evaluations.quantification` gives the experiments it names a `QuantificationTarget`: the
+population of their shifted set without the per-class caps (every image of the ZooLake test years,
+every PWSSC image), split into the probe's classes and the rest.
+
 Label efficiency, k-means and the t-SNE figure are read on `Replicate.headline`, the first
 long-tailed experiment (`ndsb/long-tailed` in the shipped studies).
 
