@@ -4,6 +4,7 @@ reuses every stage instead of recomputing it."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -429,7 +430,10 @@ def test_the_quantification_stage_counts_every_image_of_the_shifted_targets_per_
     assert set(table["method"]) == {"diffusion", "supervised", "simclr", "raw-pixels"}
     assert set(table["counting"]) == {"cc", "pcc", "pacc", "emq"}
     assert table[["bray_curtis", "mae"]].stack().between(0, 1).all()
-    assert (table["ece_val_after"] <= table["ece_val_before"] + 1e-9).all()  # T minimises val NLL
+    # Temperature scaling minimises the validation NLL, not the ECE: on 10 images per class the ECE
+    # may rise; only its range is a property.
+    calibration = ["ece_val_before", "ece_val_after", "ece_target_before", "ece_target_after"]
+    assert table[calibration].stack().between(0, 1).all() and (table["temperature"] > 0).all()
     pooled = table[table["sample"] == "(pooled)"]
     zoolake = study.datasets["zoolake"].meta
     in_2020 = parse_capture_times(zoolake["capture_time"]).dt.year.to_numpy() == 2020
@@ -444,6 +448,6 @@ def test_the_quantification_stage_counts_every_image_of_the_shifted_targets_per_
         assert sorted(group["sample"]) == expected
         assert group["n"].sum() == 75
     markdown = (results / "tables" / "quantification.md").read_text()
-    assert "| zoolake/2018+2019→2020 | diffusion | emq |" in markdown
+    assert re.search(r"\| zoolake/2018\+2019→2020 +\| diffusion +\| emq +\|", markdown), markdown
     assert "Class counts under shift" in report.read_text()
     assert_every_stage_reused(config, tmp_path / "results")
