@@ -386,3 +386,50 @@ def test_the_invariant_catches_an_ablated_backbone_that_trained_on_its_test_imag
     config = load_experiment("normalisation")
     found = leaks(config, stand_ins)
     assert found and all("without background normalisation" in f for f in found), found
+
+
+def test_the_quantification_target_is_every_image_of_the_shift_not_the_capped_test_rows(stand_ins, tmp_path):
+    """`evaluations.quantification` on the cpu study (test rows capped at 80 per class): ZooLake's
+    target is every 2020 image, of the probe's classes or counted apart; PWSSC's every image."""
+    from plankdiff.data.timestamps import parse_capture_times
+
+    config = load_experiment("cpu", overrides=["evaluations.quantification={}"])
+    replicate = plan_replicate(config, {k: stand_ins[k] for k in config.dataset_specs}, 0)
+    quantified = {e.name: e for e in replicate.experiments if e.quantification is not None}
+    assert set(quantified) == {"zoolake/2018+2019→2020", "ndsb→pwssc/with polarity normalisation"}
+    zoolake = quantified["zoolake/2018+2019→2020"]
+    target, capped = zoolake.quantification, zoolake.shifted[0].split
+    years = parse_capture_times(stand_ins["zoolake"].meta["capture_time"]).dt.year.to_numpy()
+    in_2020 = np.flatnonzero(years == 2020)
+    assert np.array_equal(np.sort(np.concatenate([target.split.indices("test"), target.other])), in_2020)
+    assert set(capped.indices("test")) < set(target.split.indices("test"))  # the capped rows, and more
+    per_class = np.bincount(target.split.labels("test"), minlength=len(target.split.classes))
+    assert per_class.max() > 80 >= np.bincount(capped.labels("test")).max()
+    assert target.split.classes == zoolake.split.classes
+    labels = stand_ins["zoolake"].meta["label"].to_numpy()
+    assert not set(labels[target.other]) & set(target.split.classes) and len(target.other) > 0
+    pwssc = quantified["ndsb→pwssc/with polarity normalisation"].quantification
+    assert len(pwssc.split.indices("test")) + len(pwssc.other) == len(stand_ins["pwssc"])
+    assert {"Blob", "Unknown"} <= set(stand_ins["pwssc"].meta["label"].to_numpy()[pwssc.other])
+    assert not replicate.skipped
+
+
+def test_the_quantification_of_an_experiment_the_study_does_not_run_is_skipped_with_a_warning(stand_ins):
+    config = load_experiment("cpu", overrides=["experiments=[ndsb-pwssc]", "evaluations.quantification={}"])
+    replicate = plan_replicate(config, {k: stand_ins[k] for k in config.used_datasets}, 0)
+    assert [e.name for e in replicate.experiments if e.quantification is not None] == [
+        "ndsb→pwssc/with polarity normalisation"
+    ]
+    skipped = [s for s in replicate.skipped if s.startswith("quantification")]
+    assert len(skipped) == 1
+    assert skipped[0].startswith("quantification of zoolake/2018+2019→2020 skipped: no such experiment")
+    config = load_experiment(
+        "cpu",
+        overrides=["experiments=[ndsb]", "evaluations.quantification={experiments: [ndsb/long-tailed]}"],
+    )
+    replicate = plan_replicate(config, {k: stand_ins[k] for k in config.used_datasets}, 0)
+    assert all(e.quantification is None for e in replicate.experiments)
+    assert [s for s in replicate.skipped if s.startswith("quantification")] == [
+        "quantification of ndsb/long-tailed skipped: it has no shifted target population "
+        "(only the ZooLake temporal and NDSB → PWSSC experiments have one)"
+    ]

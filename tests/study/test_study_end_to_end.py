@@ -4,9 +4,11 @@ reuses every stage instead of recomputing it."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -398,3 +400,54 @@ def test_the_dry_run_of_the_normalisation_study_prepares_each_source_with_and_wi
     assert prepared == [f"prepare/{k}{s}" for s in ("", "-nobg") for k in ("ndsb", "zoolake", "pwssc")], (
         result.output
     )
+
+
+@pytest.mark.slow
+def test_the_quantification_stage_counts_every_image_of_the_shifted_targets_per_capture_day(
+    tiny_experiment: Path, tmp_path: Path
+):
+    """`evaluations.quantification` with test rows capped at 5 per class: every method's probe is
+    scored on all 2020 ZooLake images and all PWSSC images of its classes, per capture day and pooled,
+    and the table reaches the report."""
+    from plankdiff.data.timestamps import capture_days, parse_capture_times
+    from plankdiff.study.config import Caps, Evaluations, QuantificationSpec
+
+    config = load_experiment(tiny_experiment / "tiny.yaml").model_copy(
+        update={
+            "name": "tiny-quantification",
+            "experiments": ("zoolake", "ndsb-pwssc"),
+            "seeds": (0,),
+            "caps": Caps(train=40, val=10, test=5),
+            "evaluations": Evaluations(quantification=QuantificationSpec(min_images=3)),
+        }
+    )
+    study = Study(config, results_root=tmp_path / "results")
+    report = study.run()
+    assert report is not None
+    results = tmp_path / "results" / "tiny-quantification"
+    table = pd.read_csv(results / "tables" / "quantification.csv")
+    assert set(table["experiment"]) == {"zoolake/2018+2019→2020", "ndsb→pwssc/with polarity normalisation"}
+    assert set(table["method"]) == {"diffusion", "supervised", "simclr", "raw-pixels"}
+    assert set(table["counting"]) == {"cc", "pcc", "pacc", "emq"}
+    assert table[["bray_curtis", "mae"]].stack().between(0, 1).all()
+    # Temperature scaling minimises the validation NLL, not the ECE: on 10 images per class the ECE
+    # may rise; only its range is a property.
+    calibration = ["ece_val_before", "ece_val_after", "ece_target_before", "ece_target_after"]
+    assert table[calibration].stack().between(0, 1).all() and (table["temperature"] > 0).all()
+    pooled = table[table["sample"] == "(pooled)"]
+    zoolake = study.datasets["zoolake"].meta
+    in_2020 = parse_capture_times(zoolake["capture_time"]).dt.year.to_numpy() == 2020
+    zoo = pooled[pooled["experiment"] == "zoolake/2018+2019→2020"]
+    assert (zoo["n"] == in_2020.sum()).all() and in_2020.sum() == 75  # uncapped: the cap kept 3 × 5
+    pwssc = pooled[pooled["experiment"] == "ndsb→pwssc/with polarity normalisation"]
+    assert (pwssc["n"] + pwssc["n_other"] == len(study.datasets["pwssc"])).all()
+    assert (pwssc["n"] > 4 * 5).all()
+    days = table[(table["experiment"] == "zoolake/2018+2019→2020") & ~table["sample"].str.startswith("(")]
+    expected = sorted(set(np.array(capture_days(zoolake["capture_time"]), dtype=object)[in_2020]))
+    for _, group in days.groupby(["method", "counting"]):
+        assert sorted(group["sample"]) == expected
+        assert group["n"].sum() == 75
+    markdown = (results / "tables" / "quantification.md").read_text()
+    assert re.search(r"\| zoolake/2018\+2019→2020 +\| diffusion +\| emq +\|", markdown), markdown
+    assert "Class counts under shift" in report.read_text()
+    assert_every_stage_reused(config, tmp_path / "results")

@@ -25,6 +25,7 @@ import pandas as pd
 
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.shares import BALANCED_CAP, BALANCED_MIN_TRAIN, DEFAULT_FRACTIONS, TEMPORAL_VAL_FRACTION
+from plankdiff.data.timestamps import parse_capture_times
 from plankdiff.provenance import read_json, write_json
 
 SPLITS = ("train", "val", "test")
@@ -280,8 +281,7 @@ def temporal_split(
     val_fraction: float = TEMPORAL_VAL_FRACTION,
     seed: int = 0,
 ) -> Split:
-    times = pd.to_datetime(dataset.meta["capture_time"].replace("", None), utc=True, errors="coerce")
-    years = times.dt.year.to_numpy()
+    years = parse_capture_times(dataset.meta["capture_time"]).dt.year.to_numpy()
     labels = dataset.labels
     known = ~np.isnan(years)
     train_side = np.flatnonzero(known & np.isin(years, train_years))

@@ -9,8 +9,11 @@ carry their bin's start time: ROIs of one bin share it (the bin is a few minutes
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
+
+import pandas as pd
 
 from plankdiff.data.ifcb import IfcbError, parse_roi_name
 
@@ -18,6 +21,8 @@ from plankdiff.data.ifcb import IfcbError, parse_roi_name
 EARLIEST = datetime(2010, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2035, 1, 1, tzinfo=timezone.utc)
 IFCB_EARLIEST = datetime(2004, 1, 1, tzinfo=timezone.utc)  # IFCB prototypes sampled from 2004 on
+# The sample (capture day) of an image whose name carries no capture time.
+UNKNOWN_TIME = "unknown time"
 
 _PATTERNS = (
     (re.compile(r"^SPC-EAWAG-[^-]+-(\d+)-"), 1e-6),
@@ -48,3 +53,18 @@ def capture_time(path: str) -> datetime | None:
             return None
         return moment if EARLIEST <= moment < LATEST else None
     return None
+
+
+def parse_capture_times(recorded: Iterable[str]) -> pd.Series:
+    """A prepared dataset's `capture_time` column (ISO text, "" where unknown) as UTC datetimes (NaT
+    where unknown)."""
+    return pd.to_datetime(
+        pd.Series(list(recorded), dtype=object).replace("", None), utc=True, errors="coerce"
+    )
+
+
+def capture_days(recorded: Iterable[str]) -> list[str]:
+    """The UTC capture day (`2020-03-14`) of each recorded capture time, `UNKNOWN_TIME` where unknown:
+    the sample a monitoring programme counts per when the images are a day's catch."""
+    times = parse_capture_times(recorded)
+    return [UNKNOWN_TIME if pd.isna(t) else t.date().isoformat() for t in times]

@@ -80,7 +80,7 @@ from plankdiff.data.sources import (
     _check_member,
     read_member,
 )
-from plankdiff.data.timestamps import capture_time
+from plankdiff.data.timestamps import UNKNOWN_TIME, capture_time
 from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import NO_OOD_SCORE, UNCLASSIFIED, UNKNOWN, DeployedClassifier, image_seed
 from plankdiff.deploy.quantify import COUNTINGS, Counting, quantification_table, sample_counts
@@ -89,7 +89,6 @@ from plankdiff.progress import progress_bar
 TOP_K = ecotaxa.TOP_K_COLUMNS
 SAMPLE_BY: tuple[str, ...] = get_args(SampleBy)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
-UNKNOWN_TIME = "unknown time"
 PREDICTION_COLUMNS = [
     "sample", "source", "top1", "top2", "top3", "p1", "p2", "p3", "ood_score", "decision", "true_label"
 ]  # fmt: skip

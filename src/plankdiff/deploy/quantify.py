@@ -30,6 +30,8 @@ from plankdiff.choices import Counting
 from plankdiff.deploy.score import bray_curtis
 
 COUNTINGS: tuple[str, ...] = get_args(Counting)
+# The `sample` of `quantification_table`'s summary rows.
+POOLED, MEDIAN = "(pooled)", "(median over samples)"
 _METHODS = {"cc": CC, "pcc": PCC, "pacc": PACC, "emq": EMQ}
 
 
@@ -97,14 +99,19 @@ def quantification_table(
     samples: Sequence[str] | None = None,
     *,
     methods: Sequence[Counting] = COUNTINGS,
+    min_images: int = 1,
 ) -> pd.DataFrame:
     """Every counting method scored on a shifted test set, per sample and pooled.
 
     Rows: one per (method, sample) plus one per method with sample `(pooled)` (all test images as one
     sample) and one with sample `(median over samples)`. Columns: `bray_curtis` between true and
     estimated counts (prevalence × n), `mae` (mean absolute prevalence error over classes), `n`.
-    `samples`: one sample id per test row (e.g. capture day); None = one sample.
+    `samples`: one sample id per test row (e.g. capture day); None = one sample. The median is over
+    the samples of at least `min_images` images (its `n`: their images; NaN when there is none):
+    a day of three images has a composition no counting method can be judged on.
     """
+    if min_images < 1:
+        raise ValueError(f"min_images must be at least 1, not {min_images}")
     test_proba, test_labels = np.asarray(test_proba), np.asarray(test_labels)
     n_classes = test_proba.shape[1]
     samples = np.asarray(samples if samples is not None else ["(all)"] * len(test_labels))
@@ -117,7 +124,7 @@ def quantification_table(
         quantifier = fit_quantifier(method, val_proba, val_labels)
         groups = [(s, samples == s) for s in sorted(set(samples))]
         per_sample = []
-        for sample, mask in [*groups, ("(pooled)", np.ones(len(samples), bool))]:
+        for sample, mask in [*groups, (POOLED, np.ones(len(samples), bool))]:
             truth = np.bincount(test_labels[mask], minlength=n_classes) / mask.sum()
             estimate = estimate_prevalence(quantifier, method, test_proba[mask])
             row = {
@@ -128,18 +135,23 @@ def quantification_table(
                 "mae": float(np.abs(truth - estimate).mean()),
             }
             rows.append(row)
-            if sample != "(pooled)":
+            if sample != POOLED and row["n"] >= min_images:
                 per_sample.append(row)
+
         rows.append(
             {
                 "method": method,
-                "sample": "(median over samples)",
-                "n": int(len(samples)),
-                "bray_curtis": float(np.median([r["bray_curtis"] for r in per_sample])),
-                "mae": float(np.median([r["mae"] for r in per_sample])),
+                "sample": MEDIAN,
+                "n": int(sum(r["n"] for r in per_sample)),
+                "bray_curtis": _median(per_sample, "bray_curtis"),
+                "mae": _median(per_sample, "mae"),
             }
         )
     return pd.DataFrame(rows, columns=["method", "sample", "n", "bray_curtis", "mae"])
+
+
+def _median(rows: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in rows])) if rows else float("nan")
 
 
 def sample_counts(

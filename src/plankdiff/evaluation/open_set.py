@@ -33,7 +33,7 @@ from plankdiff.probe.ood import (
     unknown_split,
 )
 from plankdiff.probe.protocol import DEFAULT_KEEP, HOLD_OUT_EVERY
-from plankdiff.probe.run import ProbeResult, check_lineage, load_pairs, probe_features
+from plankdiff.probe.run import ProbeResult, check_lineage, probe_features, selected_features
 from plankdiff.provenance import write_json
 
 OOD_SCORES: tuple[str, ...] = get_args(OODScore)
@@ -79,12 +79,10 @@ def open_set_scores(
         raise ValueError(
             "open-set scores read a linear probe's standardisation and logits: use protocol linear"
         )
-    components = probe.selected.names
     with_size = bool(probe_arguments.get("with_size", False))
 
     def features(rows: np.ndarray) -> np.ndarray:
-        by_pair = load_pairs(store, components, store.positions(rows), with_size=with_size)
-        return np.concatenate([by_pair[p] for p in components], axis=1)
+        return selected_features(store, probe.selected, rows, with_size=with_size)
 
     x = {part: features(known.indices(part)) for part in ("train", "val", "test")}
     x_unknown = features(unknown_rows)

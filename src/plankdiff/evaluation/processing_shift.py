@@ -347,16 +347,26 @@ def prepare_shifts(
 
 
 def extract_like(
-    store: FeatureStore, dataset: PreparedDataset, *, out: Path | str, pairs: Sequence[str] | None = None
+    store: FeatureStore,
+    dataset: PreparedDataset,
+    *,
+    out: Path | str,
+    pairs: Sequence[str] | None = None,
+    split: Split | None = None,
 ) -> FeatureStore:
-    """Every row of `dataset` through the backbone and extraction settings `store` was made with,
-    for `pairs` of it only (default: all): the DDPM's blocks and timesteps are cut to those the
-    pairs name; a baseline extracts its few blocks in one forward pass anyway; raw pixels are pixels."""
+    """The rows of `dataset` (every row, or those of `split`'s parts) through the backbone and
+    extraction settings `store` was made with, for `pairs` of it only (default: all): the DDPM's
+    blocks and timesteps are cut to those the pairs name; a baseline extracts its few blocks in one
+    forward pass anyway (it reads its rows from a saved split: `split` is saved on `dataset`); raw
+    pixels are pixels."""
     from plankdiff.features.pairs import Selection
     from plankdiff.features.raw import RAW_METHOD, RAW_PAIR, raw_pixel_store, stored_orientations
 
     info = store.info
-    rows = np.arange(len(dataset))
+    if split is None:
+        rows = np.arange(len(dataset))
+    else:
+        rows = np.unique(np.concatenate([split.indices(part) for part in ("train", "val", "test")]))
     wanted = [p for component in (pairs or store.pairs) for p in Selection.parse(component).names]
     unknown = sorted(set(wanted) - set(store.pairs))
     if unknown:
@@ -367,8 +377,15 @@ def extract_like(
         from plankdiff.baselines.extract import extract_baseline_features
 
         orientations = info["request"].get("orientations", 1)
+        if split is not None:
+            split.save(dataset)
         return extract_baseline_features(
-            info["baseline"]["run"], dataset, out=out, orientations=orientations, show_progress=False
+            info["baseline"]["run"],
+            dataset,
+            out=out,
+            split=None if split is None else split.name,
+            orientations=orientations,
+            show_progress=False,
         )
     if not info.get("backbone"):
         raise ValueError(f"{store.root}: the store records no backbone run to extract new images with")

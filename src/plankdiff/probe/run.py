@@ -95,6 +95,15 @@ def load_pairs(
     return out
 
 
+def selected_features(
+    store: FeatureStore, selection: Selection, rows: np.ndarray, *, with_size: bool
+) -> np.ndarray:
+    """The features a selected probe reads for dataset `rows` of `store`: its pairs concatenated in
+    the selection's order (with the object size after each where the protocol adds it)."""
+    by_pair = load_pairs(store, selection.names, store.positions(rows), with_size=with_size)
+    return np.concatenate([by_pair[p] for p in selection.names], axis=1)
+
+
 def _pair_axes(store: FeatureStore) -> dict[str, tuple[str, int | None]]:
     return {p["name"]: (p["block"], p.get("t")) for p in store.pair_table()}
 
@@ -466,4 +475,12 @@ def write_result(
     write_json(out / "selected.json", {"pair": result.selected_pair, **extra})
 
 
-__all__ = ["ProbeResult", "Shifted", "probe_features", "split_positions", "load_pairs", "train_statistics"]
+__all__ = [
+    "ProbeResult",
+    "Shifted",
+    "load_pairs",
+    "probe_features",
+    "selected_features",
+    "split_positions",
+    "train_statistics",
+]

@@ -1,7 +1,9 @@
 """The evaluations beyond the probes, as the report and `tables/*.md` show them: the processing
 shift (accuracy and macro-F1 per shift, and the drop from the clean test) and open-set rejection
-(held-out-class images rejected, known-class images kept, AUROC), each as mean ± std over seeds;
-and, where the study ran it, the background normalisation ablation (`report.ablation`).
+(held-out-class images rejected, known-class images kept, AUROC) and class counts under shift
+(Bray–Curtis and prevalence error of each counting method, pooled and per capture day), each as
+mean ± std over seeds; and, where the study ran it, the background normalisation ablation
+(`report.ablation`).
 
 The study writes one row per seed in `tables/processing_shift.csv` and `tables/open_set.csv`
 (`Study._report`); `plankdiff evaluate` writes the same columns for one run.
@@ -20,6 +22,9 @@ from plankdiff.report.tables import format_score, to_markdown
 
 PROCESSING_SHIFT_TABLE = "processing_shift.csv"
 OPEN_SET_TABLE = "open_set.csv"
+QUANTIFICATION_TABLE = "quantification.csv"
+# Issue #16's goal on ZooLake 2020 with a classifier of the best CPU backbone.
+QUANTIFICATION_GOAL = "goal on ZooLake 2020: pooled Bray–Curtis ≤ 0.15 and per-day median ≤ 0.35"
 # The issue's goal for the processing shift, in points of accuracy (`processing_shift.GOAL_MAX_DROP`).
 GOAL_TEXT = "goal: no single shift costs more than 10 points of accuracy"
 
@@ -35,6 +40,17 @@ OPEN_SET_COLUMNS = {
     "known_kept": ("known classes kept (%)", "accuracy"),
     "auroc": ("AUROC", "auroc"),
     "known_accuracy": ("known-class accuracy (%)", "accuracy"),
+}
+
+
+# (sample row, column in the CSV) → (label, metric name `format_score` formats it as)
+QUANTIFICATION_COLUMNS = {
+    ("(pooled)", "bray_curtis"): ("pooled Bray–Curtis", "bray_curtis"),
+    ("(median over samples)", "bray_curtis"): ("per-day median Bray–Curtis", "bray_curtis"),
+    ("(pooled)", "mae"): ("pooled prevalence MAE", "mae"),
+    ("(median over samples)", "mae"): ("per-day median prevalence MAE", "mae"),
+    ("(pooled)", "ece_target_before"): ("target ECE before T", "ece"),
+    ("(pooled)", "ece_target_after"): ("target ECE after T", "ece"),
 }
 
 
@@ -74,6 +90,29 @@ def open_set_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return _summary(frame, ["experiment", "method", "score"], OPEN_SET_COLUMNS)
 
 
+def quantification_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment, method and counting method: the pooled and per-day median scores and the
+    target's calibration error before and after temperature scaling, mean ± std over seeds; with the
+    capture days scored and those in the median, the images counted and those of classes the probe
+    does not know (the first seed's: every seed counts the same images)."""
+    keys = ["experiment", "method", "counting"]
+    wide = frame[frame["sample"] == "(pooled)"][[*keys, "seed"]].reset_index(drop=True)
+    for (sample, column), (label, _) in QUANTIFICATION_COLUMNS.items():
+        part = frame[frame["sample"] == sample][[*keys, "seed", column]].rename(columns={column: label})
+        wide = wide.merge(part, on=[*keys, "seed"], how="left")
+    columns = {label: (label, metric) for label, metric in QUANTIFICATION_COLUMNS.values()}
+    table = _summary(wide, keys, columns)
+    first = frame.drop_duplicates([*keys, "sample"])
+    days = first[~first["sample"].isin(["(pooled)", "(median over samples)"])]
+    pooled = first[first["sample"] == "(pooled)"].set_index(keys)
+    index = pd.MultiIndex.from_frame(table[keys])
+    for label, chosen in (("days", days), ("days in median", days[days["in_median"].astype(bool)])):
+        table[label] = chosen.groupby(keys).size().reindex(index).fillna(0).astype(int).to_numpy()
+    table["images"] = pooled["n"].reindex(index).to_numpy()
+    table["other-class images"] = pooled["n_other"].reindex(index).to_numpy()
+    return table
+
+
 def _view(file: str, title: str, caption: str, table: pd.DataFrame) -> EvaluationView:
     """Three key columns (experiment, method, set or score), then numbers."""
     headers = [str(c) for c in table.columns]
@@ -109,6 +148,23 @@ def evaluation_views(results_dir: Path) -> list[EvaluationView]:
                 open_set_summary(frame),
             )
         )
+    if (tables / QUANTIFICATION_TABLE).is_file():
+        frame = pd.read_csv(
+            tables / QUANTIFICATION_TABLE, keep_default_na=False, na_values=["", "nan", "NaN"]
+        )
+        views.append(
+            _view(
+                "quantification.md",
+                "Class counts under shift (quantification)",
+                "Each method's probe, selected on validation and temperature-scaled there, counts every image of "
+                "the shifted target (no per-class cap) by classify and count (cc), probabilistic cc (pcc), "
+                "adjusted pcc (pacc) and EM prior adjustment (emq), fitted on the validation posteriors. "
+                "Bray–Curtis between true and estimated counts and mean absolute prevalence error, pooled over "
+                "the target and median over capture days; images of classes the probe does not know are counted "
+                f"apart. {QUANTIFICATION_GOAL}. EMQ assumes only the class priors change; PACC that p(x|y) holds.",
+                quantification_summary(frame),
+            )
+        )
     ablation = ablation_table(results_dir)
     if ablation is not None:
         views.append(_view(ABLATION_FILE, ABLATION_TITLE, ABLATION_CAPTION, ablation))
@@ -116,7 +172,8 @@ def evaluation_views(results_dir: Path) -> list[EvaluationView]:
 
 
 def write_evaluation_tables(results_dir: Path) -> list[Path]:
-    """`tables/processing_shift.md`, `tables/open_set.md` and `tables/background_ablation.md`, where
+    """`tables/processing_shift.md`, `tables/open_set.md`, `tables/quantification.md` and
+    `tables/background_ablation.md`, where
     the results folder holds what they read."""
     written = []
     for view in evaluation_views(results_dir):
@@ -130,9 +187,11 @@ def write_evaluation_tables(results_dir: Path) -> list[Path]:
 __all__ = [
     "OPEN_SET_TABLE",
     "PROCESSING_SHIFT_TABLE",
+    "QUANTIFICATION_TABLE",
     "EvaluationView",
     "evaluation_views",
     "open_set_summary",
+    "quantification_summary",
     "shift_summary",
     "write_evaluation_tables",
 ]

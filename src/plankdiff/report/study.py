@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from plankdiff.features.pairs import Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import load_pairs
 from plankdiff.provenance import git_sha, read_json, write_json
-from plankdiff.report.evaluations import OPEN_SET_TABLE, PROCESSING_SHIFT_TABLE
+from plankdiff.report.evaluations import OPEN_SET_TABLE, PROCESSING_SHIFT_TABLE, QUANTIFICATION_TABLE
 from plankdiff.report.render import DIFFUSION, TRAINING_DIR, render_report
 from plankdiff.report.tables import write_tables
 
@@ -56,6 +56,9 @@ class StudyRows:
     kmeans: list[dict]
     shift: list[dict]
     open_set: list[dict]
+    quantification: list[dict] = field(
+        default_factory=list
+    )  # per (seed, experiment, method, counting, capture day)
 
 
 def what_varies(vary_partition: bool) -> str:
@@ -176,6 +179,15 @@ def study_notes(config: ExperimentConfig, methods: list[str]) -> list[str]:
             "before any result; the probe is fitted and selected on the other classes' train and validation "
             f"rows, and each out-of-distribution score's cut keeps {spec.keep:.0%} of their validation images. "
             "Test: share of held-out-class images rejected, of known-class images kept, and AUROC."
+        )
+    if evaluations.quantification is not None:
+        notes.append(
+            "Quantification: each method's probe as selected on validation, its posteriors temperature-scaled "
+            "on validation, counted by classify and count (CC), probabilistic CC (PCC), adjusted PCC (PACC) and "
+            "EM prior adjustment (EMQ) fitted on the validation posteriors, on every image of the shifted target "
+            "(no per-class cap), per UTC capture day and pooled; images of classes the probe does not know are "
+            f"counted apart. Per-day medians are over days with {evaluations.quantification.min_images}+ images "
+            "of the probe's classes."
         )
     if "ndsb-pwssc" in config.experiments:
         notes.append(
@@ -328,6 +340,8 @@ def write_study_report(
         pd.DataFrame(rows.shift).to_csv(tables / PROCESSING_SHIFT_TABLE, index=False)
     if rows.open_set:
         pd.DataFrame(rows.open_set).to_csv(tables / OPEN_SET_TABLE, index=False)
+    if rows.quantification:
+        pd.DataFrame(rows.quantification).to_csv(tables / QUANTIFICATION_TABLE, index=False)
     write_json(figures / "captions.json", captions)
     varies = what_varies(config.vary_partition)
     headline_dataset = headline.dataset if headline else None

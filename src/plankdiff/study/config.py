@@ -235,14 +235,34 @@ class OpenSetSpec(Strict):
     keep: float = Field(DEFAULT_KEEP, gt=0, le=1)
 
 
+# The two shifts the project holds data for (issue #16): a year later, and another ocean and camera.
+QUANTIFIED = ("zoolake/2018+2019→2020", "ndsb→pwssc/with polarity normalisation")
+
+
+class QuantificationSpec(Strict):
+    """Class counts under the experiments' shift (`plankdiff.evaluation.quantification`): each
+    method's probe, as the study selected it on validation, temperature-scaled on validation and
+    counted by CC, PCC, PACC and EMQ on every image of the shifted target (not the per-class capped
+    test rows: a cap flattens the class mix being measured), per capture day and pooled.
+    `experiments`: names (or folder names, `zoolake_2018+2019-to-2020`) of experiments with a shifted
+    test set; one this study does not plan is skipped with a warning."""
+
+    experiments: tuple[str, ...] = Field(QUANTIFIED, min_length=1)
+    # A day with fewer images of the probe's classes stays in the pooled score and the per-day rows
+    # but not in the per-day median: a handful of images has no composition to judge a method on.
+    min_images: int = Field(20, ge=1)
+
+
 class Evaluations(Strict):
     """Evaluations beyond the probes, each off unless given. `experiments`: the names of the
     experiments they run on (e.g. `ndsb/long-tailed`, `mine/long-tailed`); empty: the first
-    long-tailed one (`Replicate.headline`)."""
+    long-tailed one (`Replicate.headline`). `quantification` names its own experiments (shifted
+    ones)."""
 
     experiments: tuple[str, ...] = ()
     processing_shift: ProcessingShiftSpec | None = None
     open_set: OpenSetSpec | None = None
+    quantification: QuantificationSpec | None = None
 
     @model_validator(mode="after")
     def _names_are_evaluated(self):

@@ -18,6 +18,10 @@ derived from the partition its backbones trained on, never re-drawn beside it:
   is its pre-training split, `<dataset>/balanced` caps the same assignment (skipped, with a
   warning in `Replicate.skipped`, when fewer than 2 classes have enough training images).
 
+`evaluations.quantification` gives the experiments it names a `QuantificationTarget`: the
+population of their shifted set without the per-class caps (every image of the ZooLake test years,
+every PWSSC image), split into the probe's classes and the rest.
+
 Label efficiency, k-means and the t-SNE figure are read on `Replicate.headline`, the first
 long-tailed experiment (`ndsb/long-tailed` in the shipped studies).
 
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Literal
+
+import numpy as np
 
 from plankdiff.data.mapping import cross_domain_splits, load_mapping
 from plankdiff.data.prepare import PreparedDataset
@@ -42,6 +48,7 @@ from plankdiff.data.splits import (
     temporal_split,
     translate,
 )
+from plankdiff.data.timestamps import parse_capture_times
 from plankdiff.probe.ood import held_out_classes, open_set_split, unknown_split
 from plankdiff.study.config import (
     ABLATED,
@@ -79,6 +86,17 @@ class OpenSet:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QuantificationTarget:
+    """Every image of an experiment's shifted target population (ZooLake: every image of the test
+    years; PWSSC: every image), uncapped: `split`'s test rows are those of the probe's classes,
+    `other` the rows of classes it does not know (counted apart, never in a composition)."""
+
+    dataset: str
+    split: Split
+    other: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     """One probed setting: a backbone pre-training, the split its probe is fitted, selected and
     tested on, and the shifted test sets the same probe is applied to."""
@@ -94,6 +112,8 @@ class Experiment:
     # built from the raw files of `dataset`'s source; and the open-set experiment on this split.
     processing_shift: bool = False
     open_set: OpenSet | None = None
+    # Counting under the shift (`evaluations.quantification`) on the uncapped shifted target.
+    quantification: QuantificationTarget | None = None
     # The background ablation: the name of the experiment this one repeats without background
     # normalisation (on the same images); None for every other experiment.
     ablation_of: str | None = None
@@ -136,6 +156,10 @@ class Replicate:
                 out.append(
                     (name, experiment.pretrain, experiment.dataset, experiment.open_set.unknown, "test")
                 )
+            if experiment.quantification is not None:
+                target = experiment.quantification
+                name = f"{experiment.name} quantification"
+                out.append((name, experiment.pretrain, target.dataset, target.split, "test"))
         return out
 
 
@@ -281,6 +305,7 @@ def plan_replicate(config: ExperimentConfig, datasets: dict[str, PreparedDataset
         repeated = [e for e in experiments if e.pretrain == key and e.family in ABLATED and e.dataset == home]
         experiments += [_ablated(e, datasets, ablated) for e in repeated]
     experiments = _with_evaluations(config, experiments, skipped, seed)
+    experiments = _with_quantification(config, experiments, skipped, datasets)
     return Replicate(seed=seed, pretrain=pretrain, experiments=tuple(experiments), skipped=tuple(skipped))
 
 
@@ -345,10 +370,69 @@ def _with_evaluations(
     return out
 
 
+def _with_quantification(
+    config: ExperimentConfig,
+    experiments: list[Experiment],
+    skipped: list[str],
+    datasets: dict[str, PreparedDataset],
+) -> list[Experiment]:
+    """The experiments `evaluations.quantification` names (by name or folder name) with their
+    uncapped target planned. A name this study does not plan, or an experiment without a shifted
+    target of its own family, is skipped with a warning (`Replicate.skipped`)."""
+    spec = config.evaluations.quantification
+    if spec is None:
+        return experiments
+    chosen = {}
+    for name in spec.experiments:
+        experiment = next((e for e in experiments if name in (e.name, e.slug)), None)
+        if experiment is None:
+            planned = ", ".join(e.name for e in experiments)
+            skipped.append(
+                f"quantification of {name} skipped: no such experiment in this study (planned: {planned})"
+            )
+        elif experiment.kind not in ("temporal", "cross-domain") or experiment.ablation_of:
+            skipped.append(
+                f"quantification of {name} skipped: it has no shifted target population "
+                "(only the ZooLake temporal and NDSB → PWSSC experiments have one)"
+            )
+        else:
+            chosen[experiment.name] = _quantification_target(config, experiment, datasets)
+    return [replace(e, quantification=chosen[e.name]) if e.name in chosen else e for e in experiments]
+
+
+def _quantification_target(
+    config: ExperimentConfig, experiment: Experiment, datasets: dict[str, PreparedDataset]
+) -> QuantificationTarget:
+    """The shifted set's population without the per-class caps: the split that `cap_per_class`
+    reduced keeps its `targets` for every row it came from (the temporal split: all rows of its
+    classes in every year, so the test years are picked again here; NDSB → PWSSC: every mapped
+    PWSSC image)."""
+    shifted = experiment.shifted[0]
+    dataset = datasets[shifted.dataset]
+    population = np.arange(len(dataset))
+    if experiment.kind == "temporal":
+        test_years = _years(config.pretrain[experiment.pretrain].split)[1]
+        years = parse_capture_times(dataset.meta["capture_time"]).dt.year.to_numpy()
+        population = population[np.isin(years, test_years)]
+    targets = shifted.split.targets
+    known = population[targets[population] >= 0]
+    empty = known[:0]
+    split = Split(
+        name=f"{shifted.split.name}-uncapped",
+        rows={"train": empty, "val": empty, "test": known},
+        targets=targets,
+        classes=list(shifted.split.classes),
+    )
+    return QuantificationTarget(
+        dataset=shifted.dataset, split=split, other=population[targets[population] < 0]
+    )
+
+
 __all__ = [
     "Experiment",
     "Kind",
     "OpenSet",
+    "QuantificationTarget",
     "Replicate",
     "ShiftedSet",
     "partition_seed",

@@ -30,7 +30,8 @@ from plankdiff.diffusion.model import load_backbone
 from plankdiff.evaluation.clustering import pair_kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve
 from plankdiff.evaluation.open_set import open_set_scores
-from plankdiff.evaluation.processing_shift import prepare_shifts, shifted_dataset_scores
+from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, shifted_dataset_scores
+from plankdiff.evaluation.quantification import quantification_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
 from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
@@ -88,6 +89,7 @@ class Study:
         self.efficiency_rows: list[dict] = []
         self.shift_rows: list[dict] = []  # per (seed, experiment, method, clean or shift)
         self.open_set_rows: list[dict] = []  # per (seed, experiment, method, OOD score)
+        self.quantification_rows: list[dict] = []  # per (seed, experiment, method, counting, day)
         self.datasets: dict[str, PreparedDataset] = {}
         # The experiment label efficiency, k-means, the own head and the t-SNE figure are read on
         # (`Replicate.headline`: the same name in every replicate), once the replicates are planned.
@@ -129,6 +131,7 @@ class Study:
             self._probe(replicate, stores)
             self._processing_shift(replicate, stores)
             self._open_set(replicate, stores)
+            self._quantification(replicate, stores)
             self._label_efficiency(replicate, stores)
             self._kmeans(replicate, stores)
             report = self._report(started, runs, replicates[:done])
@@ -197,6 +200,9 @@ class Study:
             if experiment.open_set is not None:
                 save(experiment.open_set.known, experiment.dataset)
                 save(experiment.open_set.unknown, experiment.dataset)
+            if experiment.quantification is not None:
+                target = experiment.quantification
+                save(target.split, target.dataset)
             self.planned.append(
                 (f"split/seed{replicate.seed}/{experiment.name}", f"{experiment.split.summary()}")
             )
@@ -545,6 +551,90 @@ class Study:
                     for row in record["rows"]
                 ]
 
+    def _quantification(self, replicate: Replicate, stores: Stores) -> None:
+        """Each method's probe, as the probe stage selected it on validation, temperature-scaled on
+        validation and counted by CC, PCC, PACC and EMQ on every image of the experiment's shifted
+        target (uncapped), per capture day and pooled. The target's features are extracted once per
+        backbone (the selected pairs only) into their own store: the probe stage's shifted store
+        holds only the capped test rows."""
+        spec, protocol, seed = self.config.evaluations.quantification, self.config.protocol, replicate.seed
+        for experiment in (e for e in replicate.experiments if e.quantification is not None):
+            target = experiment.quantification
+            dataset = self.datasets[target.dataset]
+            folder = self.work / f"seed{seed}" / "features" / experiment.pretrain / "quantification"
+            for method in self._methods():
+                store = stores[(experiment.name, method, experiment.dataset)]
+                selected = self._selected(experiment.name, method, seed)
+                kept, out = self._probe_folders(f"{experiment.slug}_quantification", method, seed)
+                inputs = {
+                    "store": store.info.get("key"),
+                    "split": sha256_json(experiment.split.to_frame().to_dict("list")),
+                    "target": {
+                        "dataset": dataset.key,
+                        "split": sha256_json(target.split.to_frame().to_dict("list")),
+                    },
+                    "other": sha256_json(target.other.tolist()),
+                    "pair": selected["pair"],
+                    "loss": selected.get("loss"),
+                    "seed": seed,
+                    "min_images": spec.min_images,
+                    "protocol": protocol.model_dump(mode="json"),
+                }
+
+                def score(st=store, e=experiment, t=target, sel=selected, o=kept, f=folder / method) -> dict:
+                    target_store = extract_like(
+                        st,
+                        self.datasets[t.dataset],
+                        out=f"{f}-{e.slug}",
+                        pairs=list(sel["pairs"]),
+                        split=t.split,
+                    )
+                    result = quantification_scores(
+                        st,
+                        e.split,
+                        target_store,
+                        t.split,
+                        selection=sel["pair"],
+                        # A probe record without its loss (older studies): the protocol's, chosen on val again.
+                        loss=(sel["loss"],) if sel.get("loss") else protocol.losses,
+                        other_rows=t.other,
+                        min_images=spec.min_images,
+                        seed=seed,
+                        out=o,
+                        config=self.config.model_dump(mode="json"),
+                        with_size=protocol.object_size,
+                        probe_options=protocol.probe_options(),
+                    )
+                    return {
+                        "pair": result.pair,
+                        "calibration": result.calibration,
+                        "rows": _records(result.table),
+                    }
+
+                record = self.stage(
+                    f"quantification/seed{seed}/{experiment.slug}/{method}", inputs, score, outputs=kept
+                )
+                shutil.copytree(kept, out, dirs_exist_ok=True)
+                if record["pair"] != selected["pair"]:  # the same fit on the same rows: it should not happen
+                    self.console.print(
+                        f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the quantification "
+                        f"refit selected {record['pair']}, the probe stage {selected['pair']}"
+                    )
+                calibration = {
+                    k: v for k, v in record["calibration"].items() if k != "samples_of_other_classes_only"
+                }
+                self.quantification_rows += [
+                    {
+                        "experiment": experiment.name,
+                        "method": method,
+                        "seed": seed,
+                        "pair": record["pair"],
+                        **row,
+                        **calibration,
+                    }
+                    for row in record["rows"]
+                ]
+
     def _own_head(self, store: FeatureStore, experiment: Experiment, seed: int) -> None:
         """The supervised network's own classifier on the same test rows (its classes are the split's)."""
         logits = np.load(store.root / LOGITS_FILE, mmap_mode="r")
@@ -634,6 +724,7 @@ class Study:
             kmeans=self.kmeans_rows,
             shift=self.shift_rows,
             open_set=self.open_set_rows,
+            quantification=self.quantification_rows,
         )
 
     def _headline(self) -> HeadlineExperiment | None:
@@ -673,7 +764,9 @@ class Study:
                 (dataset, split.name)
                 for r in replicates
                 for e in r.experiments
-                for dataset, split in [(e.dataset, e.split)] + [(s.dataset, s.split) for s in e.shifted]
+                for dataset, split in [(e.dataset, e.split)]
+                + [(s.dataset, s.split) for s in e.shifted]
+                + ([(e.quantification.dataset, e.quantification.split)] if e.quantification else [])
             ],
             seeds_completed=[r.seed for r in replicates],
             ablations={e.name: e.ablation_of for e in replicates[0].experiments if e.ablation_of},
