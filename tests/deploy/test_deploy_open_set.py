@@ -1,5 +1,5 @@
-"""Open-set rejection in `export` and `predict`: the Mahalanobis statistics stored with the probe give
-the score fitted on the training features, the cut is set on validation rows only, images unlike any
+"""Open-set rejection in `export` and `predict`: the relative-Mahalanobis statistics (the default
+score) stored with the probe give the score fitted on the training features, the cut is set on validation rows only, images unlike any
 training image (frame-filling shapes no NDSB class has) are `unknown` while the subset's own images
 are not, the
 counts and the EcoTaxa bundle carry `unknown` apart, and a classifier exported before all this still
@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 from plankdiff.data.splits import Split
 from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import (
-    OOD_ARRAYS,
+    OOD_ARRAY_NAMES,
     UNCLASSIFIED,
     UNKNOWN,
     card_content_hash,
@@ -29,7 +29,7 @@ from plankdiff.deploy.export import (
     load_classifier,
 )
 from plankdiff.deploy.predict import predict
-from plankdiff.probe.ood import MahalanobisScorer, calibrate_threshold
+from plankdiff.probe.ood import OOD_ARRAYS, OOD_K, RelativeMahalanobisScorer, calibrate_threshold
 from plankdiff.provenance import sha256_file
 
 
@@ -43,16 +43,21 @@ def split_features(store, dataset) -> tuple[dict[str, np.ndarray], dict[str, np.
 
 def test_the_stored_statistics_are_the_training_features_and_the_cut_is_set_on_val(model, store, dataset):
     card = json.loads((model / "card.json").read_text())["ood"]
-    assert card["method"] == "mahalanobis" and card["keep"] == 0.95
+    assert card["method"] == "relative-mahalanobis" and card["keep"] == 0.95 and "Ren" in card["meaning"]
     assert (card["n_val"], card["n_test"]) == (4, 8)
     deployed = load_classifier(model)
     arrays = load_file(str(model / "probe.safetensors"))
     assert arrays["ood_means"].shape == (4, 48) and arrays["ood_precision"].shape == (48, 48)
+    assert arrays["ood_background_mean"].shape == (48,) and arrays["ood_background_precision"].shape == (
+        48,
+        48,
+    )
     x, y = split_features(store, dataset)
-    refit = MahalanobisScorer.for_classifier(deployed.probe, x["train"], y["train"])
-    np.testing.assert_allclose(arrays["ood_means"], refit.means, rtol=1e-5, atol=1e-5)
+    refit = RelativeMahalanobisScorer.for_classifier(deployed.probe, x["train"], y["train"])
+    np.testing.assert_allclose(arrays["ood_means"], refit.classes.means, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays["ood_background_mean"], refit.background_mean, rtol=1e-5, atol=1e-5)
     for part in ("train", "val", "test"):  # what the loaded classifier scores is the refitted score
-        np.testing.assert_allclose(deployed.ood_scores(x[part]), refit.score(x[part]), rtol=1e-3)
+        np.testing.assert_allclose(deployed.ood_scores(x[part]), refit.score(x[part]), rtol=1e-3, atol=1e-2)
     val = deployed.ood_scores(x["val"])
     assert card["threshold"] == calibrate_threshold(val, keep=0.95)
     assert card["val_kept"] == (val <= card["threshold"]).mean() >= 0.95
@@ -164,7 +169,7 @@ def old_export(model: Path, target: Path) -> Path:
     arrays in probe.safetensors."""
     copy = Path(shutil.copytree(model, target))
     arrays = load_file(str(copy / "probe.safetensors"))
-    save_file({k: v for k, v in arrays.items() if k not in OOD_ARRAYS}, str(copy / "probe.safetensors"))
+    save_file({k: v for k, v in arrays.items() if k not in OOD_ARRAY_NAMES}, str(copy / "probe.safetensors"))
     card = json.loads((copy / "card.json").read_text())
     del card["ood"]
     card["sha256"]["probe.safetensors"] = sha256_file(copy / "probe.safetensors")
@@ -196,7 +201,7 @@ def test_a_classifier_exported_before_open_set_rejection_still_predicts(
     assert (counts.loc[counts["class"] == UNKNOWN, "count"] == 0).all()
 
 
-@pytest.mark.parametrize("ood", ["energy", "off"])
+@pytest.mark.parametrize("ood", ["mahalanobis", "knn", "energy", "off"])
 def test_export_with_another_open_set_score_or_none(
     ood, tiny_run, store, dataset, image_folder, run_cli, tmp_path
 ):
@@ -215,7 +220,9 @@ def test_export_with_another_open_set_score_or_none(
     result = run_cli(*args, *[a for p in PAIRS for a in ("--pair", p)], "--out", out, "--ood", ood)
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
-    assert not set(OOD_ARRAYS) & set(load_file(str(out / "probe.safetensors")))
+    stored = load_file(str(out / "probe.safetensors"))
+    wanted = set(OOD_ARRAYS.get(ood, ()))
+    assert set(OOD_ARRAY_NAMES) & set(stored) == wanted  # its own arrays, none of another score's
     deployed = load_classifier(out)
     run = predict(deployed, [image_folder], tmp_path / "run" / "predictions.csv", show_progress=False)
     frame = run.frame()
@@ -223,9 +230,13 @@ def test_export_with_another_open_set_score_or_none(
         assert card["ood"] is None and "exported with --ood off" in run.open_set_note
         assert (frame["decision"] != UNKNOWN).all()
         return
-    assert card["ood"]["method"] == "energy" and run.open_set_note is None
-    energy = deployed.ood_scores(np.zeros((1, 48), np.float32))  # defined without any stored arrays
-    assert energy.shape == (1,)
+    assert card["ood"]["method"] == ood and run.open_set_note is None
+    if ood == "knn":  # the training rows, unit length, and the k the card names
+        assert card["ood"]["k"] == OOD_K and stored["ood_bank"].shape[1] == 48
+        np.testing.assert_allclose(np.linalg.norm(stored["ood_bank"], axis=1), 1, rtol=1e-5)
+    else:
+        assert "k" not in card["ood"]
+    assert deployed.ood_scores(np.zeros((1, 48), np.float32)).shape == (1,)
     scores = frame["ood_score"].astype(float)
     assert ((frame["decision"] == UNKNOWN) == (scores > card["ood"]["threshold"])).all()
 
@@ -249,5 +260,5 @@ def test_a_share_to_keep_outside_0_1_is_refused(tiny_run, store, dataset, run_cl
     )
     above = run_cli(*args, "--ood-keep", "1.5")
     assert above.exit_code == 2 and not (tmp_path / "m").exists()
-    unknown = run_cli(*args, "--ood", "knn")
+    unknown = run_cli(*args, "--ood", "nearest")
     assert unknown.exit_code == 2
