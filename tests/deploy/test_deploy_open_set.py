@@ -1,5 +1,5 @@
-"""Open-set rejection in `export` and `predict`: the relative-Mahalanobis statistics (the default
-score) stored with the probe give the score fitted on the training features, the cut is set on validation rows only, images unlike any
+"""Open-set rejection in `export` and `predict`: the relative-Mahalanobis statistics stored with
+the probe give the score fitted on the training features, the cut is set on validation rows only, images unlike any
 training image (frame-filling shapes no NDSB class has) are `unknown` while the subset's own images
 are not, the
 counts and the EcoTaxa bundle carry `unknown` apart, and a classifier exported before all this still
@@ -30,6 +30,7 @@ from plankdiff.deploy.export import (
 )
 from plankdiff.deploy.predict import predict
 from plankdiff.probe.ood import OOD_ARRAYS, OOD_K, RelativeMahalanobisScorer, calibrate_threshold
+from plankdiff.probe.protocol import DEFAULT_OOD_SCORE
 from plankdiff.provenance import sha256_file
 
 
@@ -201,7 +202,7 @@ def test_a_classifier_exported_before_open_set_rejection_still_predicts(
     assert (counts.loc[counts["class"] == UNKNOWN, "count"] == 0).all()
 
 
-@pytest.mark.parametrize("ood", ["mahalanobis", "knn", "energy", "off"])
+@pytest.mark.parametrize("ood", ["mahalanobis", "knn", "energy", "off", None])
 def test_export_with_another_open_set_score_or_none(
     ood, tiny_run, store, dataset, image_folder, run_cli, tmp_path
 ):
@@ -217,8 +218,10 @@ def test_export_with_another_open_set_score_or_none(
         "--data",
         dataset.root,
     ]
-    result = run_cli(*args, *[a for p in PAIRS for a in ("--pair", p)], "--out", out, "--ood", ood)
+    chosen = [] if ood is None else ["--ood", ood]  # None: export's default score
+    result = run_cli(*args, *[a for p in PAIRS for a in ("--pair", p)], "--out", out, *chosen)
     assert result.exit_code == 0, result.output
+    ood = ood or DEFAULT_OOD_SCORE
     card = json.loads((out / "card.json").read_text())
     stored = load_file(str(out / "probe.safetensors"))
     wanted = set(OOD_ARRAYS.get(ood, ()))
