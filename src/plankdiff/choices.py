@@ -36,7 +36,7 @@ Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 # evaluation: the processing shifts (plankdiff.evaluation.processing_shift), and the open-set score
 ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
 # the open-set (out-of-distribution) score on the probe's features (see plankdiff.probe.ood)
-OODScore = Literal["mahalanobis", "energy"]
+OODScore = Literal["mahalanobis", "relative-mahalanobis", "knn", "energy"]
 
 # deploy
 SampleBy = Literal["input", "folder", "day"]
@@ -45,7 +45,7 @@ OutputFormat = Literal["csv", "ecotaxa"]
 # how predict counts per sample: the decisions after abstention, or QuaPy's quantifiers
 Counting = Literal["cc", "pcc", "pacc", "emq"]
 # what `export --ood` takes: a score, or off (no image is ever called `unknown`)
-OODOption = Literal["mahalanobis", "energy", "off"]
+OODOption = Literal[OODScore, "off"]
 
 # where a command runs: auto picks CUDA when there is one (accelerate's choice for predict); the
 # command line also takes cuda:N, one GPU of several (`plankdiff.cli_support.device_option`)

@@ -1,5 +1,5 @@
-"""Open-set rejection in `export` and `predict`: the Mahalanobis statistics stored with the probe give
-the score fitted on the training features, the cut is set on validation rows only, images unlike any
+"""Open-set rejection in `export` and `predict`: the relative-Mahalanobis statistics stored with
+the probe give the score fitted on the training features, the cut is set on validation rows only, images unlike any
 training image (frame-filling shapes no NDSB class has) are `unknown` while the subset's own images
 are not, the
 counts and the EcoTaxa bundle carry `unknown` apart, and a classifier exported before all this still
@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 from plankdiff.data.splits import Split
 from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import (
-    OOD_ARRAYS,
+    OOD_ARRAY_NAMES,
     UNCLASSIFIED,
     UNKNOWN,
     card_content_hash,
@@ -29,7 +29,8 @@ from plankdiff.deploy.export import (
     load_classifier,
 )
 from plankdiff.deploy.predict import predict
-from plankdiff.probe.ood import MahalanobisScorer, calibrate_threshold
+from plankdiff.probe.ood import OOD_ARRAYS, OOD_K, RelativeMahalanobisScorer, calibrate_threshold
+from plankdiff.probe.protocol import DEFAULT_OOD_SCORE
 from plankdiff.provenance import sha256_file
 
 
@@ -43,16 +44,21 @@ def split_features(store, dataset) -> tuple[dict[str, np.ndarray], dict[str, np.
 
 def test_the_stored_statistics_are_the_training_features_and_the_cut_is_set_on_val(model, store, dataset):
     card = json.loads((model / "card.json").read_text())["ood"]
-    assert card["method"] == "mahalanobis" and card["keep"] == 0.95
+    assert card["method"] == "relative-mahalanobis" and card["keep"] == 0.95 and "Ren" in card["meaning"]
     assert (card["n_val"], card["n_test"]) == (4, 8)
     deployed = load_classifier(model)
     arrays = load_file(str(model / "probe.safetensors"))
     assert arrays["ood_means"].shape == (4, 48) and arrays["ood_precision"].shape == (48, 48)
+    assert arrays["ood_background_mean"].shape == (48,) and arrays["ood_background_precision"].shape == (
+        48,
+        48,
+    )
     x, y = split_features(store, dataset)
-    refit = MahalanobisScorer.for_classifier(deployed.probe, x["train"], y["train"])
-    np.testing.assert_allclose(arrays["ood_means"], refit.means, rtol=1e-5, atol=1e-5)
+    refit = RelativeMahalanobisScorer.for_classifier(deployed.probe, x["train"], y["train"])
+    np.testing.assert_allclose(arrays["ood_means"], refit.classes.means, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays["ood_background_mean"], refit.background_mean, rtol=1e-5, atol=1e-5)
     for part in ("train", "val", "test"):  # what the loaded classifier scores is the refitted score
-        np.testing.assert_allclose(deployed.ood_scores(x[part]), refit.score(x[part]), rtol=1e-3)
+        np.testing.assert_allclose(deployed.ood_scores(x[part]), refit.score(x[part]), rtol=1e-3, atol=1e-2)
     val = deployed.ood_scores(x["val"])
     assert card["threshold"] == calibrate_threshold(val, keep=0.95)
     assert card["val_kept"] == (val <= card["threshold"]).mean() >= 0.95
@@ -62,16 +68,18 @@ def test_the_stored_statistics_are_the_training_features_and_the_cut_is_set_on_v
 def test_changing_test_rows_changes_the_measured_share_not_the_cut(model, store, dataset):
     probe = load_classifier(model).probe
     x, y = split_features(store, dataset)
-    cut, _ = fit_open_set(probe, x, y["train"])
+    # A distance score: the energy of rows 100 times farther than any is *low* (confident logits).
+    fit = lambda rows, **kw: fit_open_set(probe, rows, y["train"], method="relative-mahalanobis", **kw)  # noqa: E731
+    cut, _ = fit(x)
     rng = np.random.default_rng(0)
     noise = rng.normal(size=x["test"].shape).astype(np.float32) * 100
-    shifted, _ = fit_open_set(probe, x | {"test": noise}, y["train"])
+    shifted, _ = fit(x | {"test": noise})
     assert shifted.threshold == cut.threshold and shifted.val_kept == cut.val_kept
     assert shifted.test_kept == 0.0 < cut.test_kept  # the far test rows are measured as rejected
     # The validation rows do set it.
-    moved, _ = fit_open_set(probe, x | {"val": x["val"] * 3}, y["train"])
+    moved, _ = fit(x | {"val": x["val"] * 3})
     assert moved.threshold != cut.threshold
-    looser, _ = fit_open_set(probe, x, y["train"], keep=0.5)
+    looser, _ = fit(x, keep=0.5)
     assert looser.threshold < cut.threshold
 
 
@@ -164,7 +172,7 @@ def old_export(model: Path, target: Path, edit_card) -> Path:
     arrays in probe.safetensors."""
     copy = Path(shutil.copytree(model, target))
     arrays = load_file(str(copy / "probe.safetensors"))
-    save_file({k: v for k, v in arrays.items() if k not in OOD_ARRAYS}, str(copy / "probe.safetensors"))
+    save_file({k: v for k, v in arrays.items() if k not in OOD_ARRAY_NAMES}, str(copy / "probe.safetensors"))
 
     def without_ood(card: dict) -> None:
         del card["ood"]
@@ -197,13 +205,17 @@ def test_a_classifier_exported_before_open_set_rejection_still_predicts(
     assert (counts.loc[counts["class"] == UNKNOWN, "count"] == 0).all()
 
 
-@pytest.mark.parametrize("ood", ["energy", "off"])
+@pytest.mark.parametrize("ood", ["mahalanobis", "knn", "energy", "off", None])
 def test_export_with_another_open_set_score_or_none(ood, export_args, image_folder, run_cli, tmp_path):
     out = tmp_path / "model"
-    result = run_cli(*export_args(), *[a for p in PAIRS for a in ("--pair", p)], "--out", out, "--ood", ood)
+    chosen = [] if ood is None else ["--ood", ood]  # None: export's default score
+    result = run_cli(*export_args(), *[a for p in PAIRS for a in ("--pair", p)], "--out", out, *chosen)
     assert result.exit_code == 0, result.output
+    ood = ood or DEFAULT_OOD_SCORE
     card = json.loads((out / "card.json").read_text())
-    assert not set(OOD_ARRAYS) & set(load_file(str(out / "probe.safetensors")))
+    stored = load_file(str(out / "probe.safetensors"))
+    wanted = set(OOD_ARRAYS.get(ood, ()))
+    assert set(OOD_ARRAY_NAMES) & set(stored) == wanted  # its own arrays, none of another score's
     deployed = load_classifier(out)
     run = predict(deployed, [image_folder], tmp_path / "run" / "predictions.csv", show_progress=False)
     frame = run.frame()
@@ -211,9 +223,13 @@ def test_export_with_another_open_set_score_or_none(ood, export_args, image_fold
         assert card["ood"] is None and "exported with --ood off" in run.open_set_note
         assert (frame["decision"] != UNKNOWN).all()
         return
-    assert card["ood"]["method"] == "energy" and run.open_set_note is None
-    energy = deployed.ood_scores(np.zeros((1, 48), np.float32))  # defined without any stored arrays
-    assert energy.shape == (1,)
+    assert card["ood"]["method"] == ood and run.open_set_note is None
+    if ood == "knn":  # the training rows, unit length, and the k the card names
+        assert card["ood"]["k"] == OOD_K and stored["ood_bank"].shape[1] == 48
+        np.testing.assert_allclose(np.linalg.norm(stored["ood_bank"], axis=1), 1, rtol=1e-5)
+    else:
+        assert "k" not in card["ood"]
+    assert deployed.ood_scores(np.zeros((1, 48), np.float32)).shape == (1,)
     scores = frame["ood_score"].astype(float)
     assert ((frame["decision"] == UNKNOWN) == (scores > card["ood"]["threshold"])).all()
 
@@ -226,5 +242,5 @@ def test_a_share_to_keep_outside_0_1_is_refused(export_args, run_cli, tmp_path):
     )
     above = run_cli(*args, "--ood-keep", "1.5")
     assert above.exit_code == 2 and not (tmp_path / "m").exists()
-    unknown = run_cli(*args, "--ood", "knn")
+    unknown = run_cli(*args, "--ood", "nearest")
     assert unknown.exit_code == 2

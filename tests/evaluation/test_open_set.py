@@ -36,15 +36,19 @@ def test_held_out_classes_are_rejected_on_test_and_never_probed(store_and_split,
     held = held_out_classes(split.classes, every=2)
     assert result.held_out == held and len(held) == 2
     assert set(result.probe.test["confusion"].shape) == {2}  # the probe knows the two other classes only
-    test = split.indices("test")
-    held_rows = [r for r in test if split.classes[split.targets[r]] in held]
-    table = result.table.set_index("score")
-    assert list(table.index) == list(OOD_SCORES)
-    assert (table["n_unknown"] == len(held_rows)).all()
-    assert (table["n_known"] == len(test) - len(held_rows)).all()
-    for score in OOD_SCORES:
-        for column in ("unknown_rejected", "known_kept", "auroc"):
-            assert 0 <= table.loc[score, column] <= 1
+    assert list(result.table["score"].unique()) == list(OOD_SCORES)
+    for part in ("val", "test"):  # validation rows to choose a score on, test rows to measure it
+        rows = split.indices(part)
+        held_rows = [r for r in rows if split.classes[split.targets[r]] in held]
+        table = result.table[result.table["part"] == part].set_index("score")
+        assert list(table.index) == list(OOD_SCORES) and len(held_rows) > 0
+        assert (table["n_unknown"] == len(held_rows)).all()
+        assert (table["n_known"] == len(rows) - len(held_rows)).all()
+        for score in OOD_SCORES:
+            for column in ("unknown_rejected", "known_kept", "auroc"):
+                assert 0 <= table.loc[score, column] <= 1
+        if part == "val":  # the cut's own calibration rows keep at least the share asked for
+            assert (table["known_kept"] >= 0.95).all()
     record = json.loads((tmp_path / "out" / "open_set.json").read_text())
     assert record["held_out"] == held and record["known_split"] == f"{split.name}-open-set"
 
@@ -65,8 +69,10 @@ def test_the_cut_keeps_the_chosen_share_of_known_validation_images(store_and_spl
         split.classes[split.targets[r]] in result.held_out for r in split.indices("val")
     )
     assert [len(s) for s, _ in seen] == [known_val] * len(OOD_SCORES)  # calibrated on known validation rows
-    for (scores, _), row in zip(seen, result.table.itertuples(), strict=True):
-        assert row.threshold == scores.max()
+    for part in ("val", "test"):  # one cut per score, read on both parts
+        rows = result.table[result.table["part"] == part].itertuples()
+        for (scores, _), row in zip(seen, rows, strict=True):
+            assert row.threshold == scores.max()
 
 
 def test_too_few_known_classes_is_refused(store_and_split):
@@ -101,7 +107,9 @@ def test_the_cli_writes_a_results_folder_with_sha_and_config(store_and_split, tm
     assert (
         record["evaluation"] == "open_set" and record["git_sha"] and record["config"]["hold_out_every"] == 2
     )
-    assert [row["score"] for row in record["table"]] == list(OOD_SCORES)
+    assert [(row["score"], row["part"]) for row in record["table"]] == [
+        (score, part) for score in OOD_SCORES for part in ("val", "test")
+    ]
     assert (out / "open_set.csv").exists() and (out / "metrics.json").exists()
     bad = CliRunner().invoke(app, ["evaluate", "open-set", str(store.root), "--split", "nope"])
     assert bad.exit_code == 1 and "no such split" in bad.output

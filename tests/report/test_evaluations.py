@@ -48,12 +48,14 @@ def test_shift_and_open_set_views(tmp_path):
                 "seed": s,
                 "held_out": 25,
                 "score": "mahalanobis",
+                "part": part,
                 "unknown_rejected": r,
                 "known_kept": 0.95,
                 "auroc": a,
                 "known_accuracy": 0.5,
             }
-            for s, r, a in ((0, 0.4, 0.7), (1, 0.6, 0.9))
+            # validation rows (what a score is chosen on) stay out of the report's test table
+            for s, r, a, part in ((0, 0.4, 0.7, "test"), (1, 0.6, 0.9, "test"), (0, 0.0, 0.1, "val"))
         ]
     ).to_csv(tmp_path / "tables" / OPEN_SET_TABLE, index=False)
     shift, open_set = evaluation_views(tmp_path)
@@ -62,6 +64,7 @@ def test_shift_and_open_set_views(tmp_path):
     assert rows["jpeg"]["accuracy drop (pp)"] == "11.0 ± 5.7"
     assert rows["jpeg"]["meets goal"] == "no"  # seed 0 lost 15 points: the goal holds for every seed or not
     assert shift.numeric == list(range(3, len(shift.headers)))
+    assert len(open_set.rows) == 1
     row = dict(zip(open_set.headers, open_set.rows[0], strict=True))
     assert row["held-out classes rejected (%)"] == "50.0 ± 14.1" and row["AUROC"] == "0.800 ± 0.141"
     assert "25 per experiment" in open_set.caption

@@ -15,6 +15,7 @@ import pytest
 from helpers import kill_9_at_a_random_point, read_manifest, write_subset_zip
 from plankdiff.data.timestamps import capture_time
 from plankdiff.diffusion.train import DiffusionTrainer
+from plankdiff.evaluation.open_set import OOD_SCORES
 from plankdiff.provenance import read_json
 from plankdiff.study.config import load_experiment
 from plankdiff.study.runner import Study, StudyInterrupted
@@ -136,7 +137,9 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     raw = shift[(shift["method"] == "raw-pixels") & (shift["set"] == "inverted")]
     assert (raw["accuracy_drop"] == 0).all()  # polarity normalisation undoes an inversion exactly
     open_set = pd.read_csv(results / "tables" / "open_set.csv")
-    assert set(open_set["score"]) == {"mahalanobis", "energy"} and len(open_set) == 2 * 4 * 3
+    # every score, a validation and a test row each, per method and seed
+    assert set(open_set["score"]) == set(OOD_SCORES) and len(open_set) == len(OOD_SCORES) * 2 * 4 * 3
+    assert set(open_set["part"]) == {"val", "test"}
     assert open_set[["unknown_rejected", "known_kept", "auroc"]].stack().between(0, 1).all()
     assert "Processing shift" in html and "Open-set rejection" in html
     assert (results / "tables" / "open_set.md").exists()

@@ -143,6 +143,10 @@ class Abstention:
 OOD_MEANING = {
     "mahalanobis": "squared Mahalanobis distance to the nearest class mean of the probe's training "
     "features, in the probe's standardised feature space, one shared Ledoit-Wolf covariance",
+    "relative-mahalanobis": "the mahalanobis score minus the squared Mahalanobis distance under one "
+    "Ledoit-Wolf Gaussian of all the probe's training features (Ren et al. 2021), same space",
+    "knn": "distance to the k-th nearest training image, features standardised as the probe's and "
+    "scaled to unit length (Sun et al. 2022)",
     "energy": "-logsumexp of the probe's logits (T = 1, before temperature scaling)",
 }
 
@@ -160,6 +164,7 @@ class OpenSet:
     test_kept: float | None = None
     n_val: int = 0
     n_test: int = 0
+    k: int | None = None  # the knn score's k (None for the other scores)
 
     def unknown(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores, dtype=np.float64) > self.threshold
@@ -167,6 +172,7 @@ class OpenSet:
     def to_card(self) -> dict[str, Any]:
         return {
             "method": self.method,
+            **({"k": self.k} if self.k is not None else {}),
             "meaning": OOD_MEANING[self.method],
             "keep": self.keep,
             "threshold": self.threshold,
@@ -189,6 +195,7 @@ class OpenSet:
             test_kept=None if card.get("test_kept") is None else float(card["test_kept"]),
             n_val=int(card.get("n_val", 0)),
             n_test=int(card.get("n_test", 0)),
+            k=None if card.get("k") is None else int(card["k"]),
         )
 
 

@@ -18,11 +18,12 @@ from plankdiff.cli_support import (
     say_device,
     switch,
 )
+from plankdiff.probe.protocol import DEFAULT_KEEP as DEFAULT_OOD_KEEP
+from plankdiff.probe.protocol import DEFAULT_OOD_SCORE
 
 # kept here, not imported from deploy.calibrate (torch): `--help` must not load the library.
 # tests/test_cli.py checks that the two agree.
 DEFAULT_TARGET_PRECISION = 0.9
-DEFAULT_OOD_KEEP = 0.95
 console = Console()
 
 
@@ -71,11 +72,12 @@ def export_command(
     loss: Loss = typer.Option("ce", "--loss", help="linear probe loss (as `plankdiff probe --loss`)"),
     seed: int = typer.Option(0, "--seed", help="random seed of the probe fit"),
     ood: OODOption = typer.Option(
-        "mahalanobis",
+        DEFAULT_OOD_SCORE,
         "--ood",
-        help="open-set score deciding `unknown` (images unlike every training image): mahalanobis "
-        "(distance to the nearest class mean of the training features, shared covariance), energy "
-        "(of the probe's logits; weaker), or off",
+        help="open-set score deciding `unknown` (images unlike every training image): "
+        "relative-mahalanobis (distance to the nearest class mean of the training features minus "
+        "the distance under one Gaussian of them all), mahalanobis (without the subtraction), knn "
+        "(distance to the k-th nearest training image), energy (of the probe's logits), or off",
     ),
     ood_keep: float = typer.Option(
         DEFAULT_OOD_KEEP,

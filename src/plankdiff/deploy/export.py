@@ -69,8 +69,8 @@ from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, fit_single
 from plankdiff.probe.metrics import classification_metrics
 from plankdiff.probe.ood import DEFAULT_KEEP as DEFAULT_OOD_KEEP
-from plankdiff.probe.ood import MahalanobisScorer, calibrate_threshold, energy_score
-from plankdiff.probe.protocol import Loss
+from plankdiff.probe.ood import OOD_ARRAYS, OOD_K, Scorer, calibrate_threshold, fit_scorer, scorer_from_arrays
+from plankdiff.probe.protocol import DEFAULT_OOD_SCORE, Loss
 from plankdiff.probe.run import check_lineage, load_pairs
 from plankdiff.provenance import git_sha, read_json, sha256_file, sha256_json, write_json
 
@@ -96,8 +96,8 @@ BackboneKind = Literal["diffusion", "baseline"]
 UNCLASSIFIED = "unclassified"
 # Beyond the open-set cut: not an image of the kind the probe was trained on, whatever it predicts.
 UNKNOWN = "unknown"
-# The open-set arrays stored beside the probe's in probe.safetensors (`MahalanobisScorer.state_dict`).
-OOD_ARRAYS = ("ood_means", "ood_precision")
+# The open-set arrays stored beside the probe's in probe.safetensors (`Scorer.state_dict`), any score.
+OOD_ARRAY_NAMES = tuple(dict.fromkeys(name for names in OOD_ARRAYS.values() for name in names))
 # What `predict` writes for an image when the classifier has no open-set score (cards without `ood`).
 NO_OOD_SCORE = ""
 # The probe protocol's object size: log original width, height and object area, appended to every
@@ -161,40 +161,27 @@ def _request(pairs: Sequence[Pair], extraction: Mapping[str, Any]) -> Extraction
     )
 
 
-def open_set_scores(
-    method: OODScore, probe: LinearClassifier, scorer: MahalanobisScorer | None, x: np.ndarray
-) -> np.ndarray:
-    """The open-set score of the probe's raw input features `x` [N, D], higher = more unknown: one
-    function for export's calibration and predict's decisions, so both score alike."""
-    if method == "energy":
-        return energy_score(probe.logits(x))
-    if scorer is None:
-        raise ValueError("the Mahalanobis open-set score needs its class means and precision")
-    return scorer.score(x)
-
-
 def fit_open_set(
     probe: LinearClassifier,
     x: Mapping[str, np.ndarray],
     train_labels: np.ndarray,
     *,
-    method: OODScore = "mahalanobis",
+    method: OODScore = DEFAULT_OOD_SCORE,
     keep: float = DEFAULT_OOD_KEEP,
 ) -> tuple[OpenSet, dict[str, np.ndarray]]:
     """The open-set cut of `probe`: the score fitted on the train rows `x["train"]` (their labels
     only), its threshold set on `x["val"]` to keep a share `keep`, and the share of `x["test"]` it
     keeps measured once. Test labels are not an argument: nothing here can depend on them.
     Returns the card record and the arrays to store in probe.safetensors."""
-    arrays: dict[str, np.ndarray] = {}
-    scorer = None
-    if method == "mahalanobis":
-        arrays = MahalanobisScorer.for_classifier(probe, x["train"], train_labels).state_dict()
-        # Calibrated with the float32 arrays the folder stores, so the cut is the deployed score's.
-        scorer = MahalanobisScorer.from_arrays(mean=probe.mean, std=probe.std, **arrays)
-    val, test = (open_set_scores(method, probe, scorer, x[s]) for s in ("val", "test"))
+    fitted = fit_scorer(method, probe, x["train"], train_labels, k=OOD_K)
+    arrays = {name: np.asarray(a, dtype=np.float32) for name, a in fitted.state_dict().items()}
+    # Calibrated with the float32 arrays the folder stores, so the cut is the deployed score's.
+    scorer = scorer_from_arrays(method, probe, arrays, k=OOD_K)
+    val, test = (scorer.score(x[s]) for s in ("val", "test"))
     threshold = calibrate_threshold(val, keep=keep)
     record = OpenSet(
         method=method,
+        k=OOD_K if method == "knn" else None,
         keep=keep,
         threshold=threshold,
         val_kept=float((val <= threshold).mean()),
@@ -207,20 +194,12 @@ def fit_open_set(
 
 def _open_set_scorer(
     open_set: OpenSet, probe: LinearClassifier, arrays: Mapping[str, np.ndarray], n_classes: int
-) -> MahalanobisScorer | None:
-    """The Mahalanobis scorer of `arrays` in `probe`'s space (None for energy, which needs none);
-    a ValueError when they are missing or do not fit the probe."""
-    if open_set.method != "mahalanobis":
-        return None
-    missing = [k for k in OOD_ARRAYS if k not in arrays]
-    if missing:
-        raise ValueError(f"the Mahalanobis open-set score needs {', '.join(missing)}")
-    scorer = MahalanobisScorer.from_arrays(
-        mean=probe.mean, std=probe.std, **{k: arrays[k] for k in OOD_ARRAYS}
-    )
-    if scorer.means.shape[0] != n_classes:
-        raise ValueError(f"ood_means has {scorer.means.shape[0]} class rows for {n_classes} classes")
-    return scorer
+) -> Scorer:
+    """The open-set score of `arrays` in `probe`'s space; a ValueError when they are missing or do
+    not fit the probe."""
+    if probe.n_classes != n_classes:
+        raise ValueError(f"the probe has {probe.n_classes} classes, the card {n_classes}")
+    return scorer_from_arrays(open_set.method, probe, arrays, k=open_set.k or OOD_K)
 
 
 def export_classifier(
@@ -416,7 +395,7 @@ def export_from_store(
     probe_options: Mapping[str, Any] | None = None,
     transductive: bool = False,
     source: Mapping[str, Any] | None = None,
-    ood: OODOption = "mahalanobis",
+    ood: OODOption = DEFAULT_OOD_SCORE,
     ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Refit the probe on `pairs` of a feature store and export it with calibrated abstention.
@@ -553,7 +532,7 @@ def export_from_result(
     target_precision: float = DEFAULT_TARGET_PRECISION,
     transductive: bool = False,
     progress: bool = True,
-    ood: OODOption = "mahalanobis",
+    ood: OODOption = DEFAULT_OOD_SCORE,
     ood_keep: float = DEFAULT_OOD_KEEP,
 ) -> Path:
     """Export the probe a probe result folder selected (`results/<study>/metrics/<experiment>/<method>/seedN`
@@ -796,7 +775,7 @@ class DeployedClassifier:
         """The open-set score of the probe's input features `x` (`features`), None without the cut."""
         if self.open_set is None:
             return None
-        return open_set_scores(self.open_set.method, self.probe, self._ood_scorer, x)
+        return self._ood_scorer.score(x)
 
     @property
     def has_validation_posteriors(self) -> bool:
@@ -836,7 +815,7 @@ def load_classifier(path: Path | str, *, device: str | torch.device = "cpu") -> 
     card = read_card(root)
     arrays = load_file(str(root / PROBE_FILE))
     probe = LinearClassifier.from_arrays(**{k: arrays[k] for k in ("mean", "std", "weight", "bias")})
-    ood_arrays = {k: arrays[k] for k in OOD_ARRAYS if k in arrays}
+    ood_arrays = {k: arrays[k] for k in OOD_ARRAY_NAMES if k in arrays}
     if _kind(card) == "baseline":
         return _load_baseline_classifier(root, card, probe, ood_arrays).to(device)
     unet, scheduler = load_backbone(root / UNET_DIR)

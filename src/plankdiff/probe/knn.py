@@ -18,7 +18,7 @@ DEFAULT_TEMPERATURE = 0.07
 QUERY_CHUNK = 1024  # queries at a time: the similarity block is chunk × N_train floats (~90 MB at 21k)
 
 
-def _unit_rows(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+def unit_rows(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """Standardise with the train statistics, then scale every row to unit length (cosine = dot product)."""
     z = torch.from_numpy((x.astype(np.float32) - mean) / std)
     return torch.nn.functional.normalize(z, dim=1)
@@ -53,11 +53,11 @@ def knn_predict(
         raise ValueError("k and temperature must be positive")
     k = min(k, len(train_x))
     mean, std = train_statistics(train_x, np.arange(len(train_x)))
-    bank = _unit_rows(train_x, mean, std)
+    bank = unit_rows(train_x, mean, std)
     bank_y = torch.from_numpy(train_y.astype(np.int64))
     probs = np.empty((len(query_x), n_classes), dtype=np.float32)
     for start in range(0, len(query_x), chunk_size):
-        queries = _unit_rows(query_x[start : start + chunk_size], mean, std)
+        queries = unit_rows(query_x[start : start + chunk_size], mean, std)
         sim, nearest = (queries @ bank.T).topk(k, dim=1)
         votes = torch.zeros(len(queries), n_classes)
         votes.scatter_add_(1, bank_y[nearest], (sim / temperature).exp())

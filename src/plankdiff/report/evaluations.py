@@ -87,6 +87,10 @@ def shift_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def open_set_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """The test rows only: the validation rows (`part` val, studies since relative Mahalanobis and
+    kNN) are what a score is chosen on, and stay in the CSV."""
+    if "part" in frame:
+        frame = frame[frame["part"] == "test"]
     return _summary(frame, ["experiment", "method", "score"], OPEN_SET_COLUMNS)
 
 

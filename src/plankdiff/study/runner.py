@@ -29,7 +29,7 @@ from plankdiff.data.splits import Split
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.evaluation.clustering import pair_kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve
-from plankdiff.evaluation.open_set import open_set_scores
+from plankdiff.evaluation.open_set import OOD_SCORES, open_set_scores
 from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, shifted_dataset_scores
 from plankdiff.evaluation.quantification import quantification_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
@@ -510,6 +510,8 @@ class Study:
                     "store": store.info.get("key"),
                     "split": sha256_json(experiment.split.to_frame().to_dict("list")),
                     "held_out": list(experiment.open_set.held_out),
+                    # the scores and their validation rows: records of fewer scores are redone
+                    "scores": [*OOD_SCORES, "val"],
                     "keep": spec.keep,
                     "seed": seed,
                     "protocol": protocol.model_dump(mode="json"),
