@@ -4,7 +4,8 @@ A step's FLOPs (forward and backward of every network the method runs, counted o
 `torch.utils.flop_counter` on a copy, so the run itself is untouched) times the steps taken is the
 same on an idle CPU, a shared one and a GPU, so an equal-FLOPs comparison stays fair where equal
 minutes carry ~10 % noise on a shared 2-core machine. Matrix products and convolutions are counted
-(what FlopCounterMode counts); element-wise work is not, for every method alike.
+(what FlopCounterMode counts); element-wise work is not, for every method alike. Nor, on a CPU, is
+attention (`count_flops`' `cpu_attention`): 8.6 % of a DDPM `cpu`-preset step, 4.4 % of MAE's.
 """
 
 from __future__ import annotations
