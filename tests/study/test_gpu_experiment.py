@@ -54,7 +54,9 @@ def test_the_gpu_experiment_runs_on_the_cpu_to_its_report(shared_datasets: Path,
     config = load_experiment("gpu", overrides=overrides)
     assert config.diffusion.preset == "paper" and config.datasets["ndsb"].size == 64
 
-    report = Study(config, results_root=tmp_path / "results").run()
+    # The `paper` U-Net's run folder (weights, EMA, optimizer state) is ~0.7 GB: kept under tmp_path,
+    # which pytest deletes when the test passes, rather than in the session's cache until it ends.
+    report = Study(config, results_root=tmp_path / "results", work_root=tmp_path / "work").run()
 
     assert report is not None and report.exists()
     results = tmp_path / "results" / "gpu"
