@@ -130,7 +130,7 @@ class BaselineSpec(Budget):
     include_raw_pixels: bool = True
     # Every method's batch size; None: each method's own default (`BaselineConfig`).
     batch_size: int | None = Field(None, ge=2)  # contrastive losses need at least one other image
-    # Every method's network width (`plankdiff baselines train --width`: the ResNet-18's base width,
+    # Every method's network width (`plankdiff baseline train --width`: the ResNet-18's base width,
     # MAE's ViT width); None: each method's own (64; MAE 192). Narrower for pipeline checks and tests:
     # a full-width ResNet-18 run folder (weights and optimizer state) is ~130 MB, at width 8 ~2 MB.
     width: int | None = Field(None, ge=1)
