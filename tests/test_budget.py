@@ -18,6 +18,22 @@ def test_count_flops_counts_a_matrix_product_forward_and_backward():
     assert count_flops(lambda: (a @ b).sum().backward()) == 3 * 2 * 8 * 16 * 4
 
 
+def test_cpu_attention_counts_the_cpu_kernel_as_the_math_it_replaces():
+    """FlopCounterMode has no formula for PyTorch's CPU attention kernel: the default count (every
+    trainer's) misses it; `cpu_attention` counts it as its two matrix products, written out."""
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
+    products = 2 * (2 * 2 * 3 * 16 * 16 * 8)  # scores q·kᵀ and their product with v
+    fused = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+    written_out = lambda: torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v  # noqa: E731
+    assert count_flops(fused) == 0  # the CPU kernel: uncounted
+    assert count_flops(written_out) == products
+    assert count_flops(fused, cpu_attention=True) == products
+    # Backward: torch's flash formula, the scores recomputed and four products (five in all).
+    assert count_flops(lambda: fused().sum().backward(), cpu_attention=True) == products + 5 * products // 2
+
+
 @pytest.mark.parametrize(
     ("max_steps", "max_tflops", "per_step", "cap"),
     [

@@ -3,6 +3,7 @@ read by `prepare`; the table reports the selected probe per shift and the drop f
 
 from __future__ import annotations
 
+import time
 import zipfile
 
 import numpy as np
@@ -150,7 +151,9 @@ def clean_and_shifted(small_ndsb_zip, tmp_path_factory):
     return root, clean, split, zips
 
 
-def test_shift_zips_have_the_shared_layout_and_prepare_reads_them(clean_and_shifted, small_ndsb_zip):
+def test_shift_zips_have_the_shared_layout_and_prepare_reads_them(
+    clean_and_shifted, small_ndsb_zip, monkeypatch
+):
     root, clean, split, zips = clean_and_shifted
     assert set(zips) == {"inverted", "jpeg"}
     test_rows = split.indices("test")
@@ -167,7 +170,9 @@ def test_shift_zips_have_the_shared_layout_and_prepare_reads_them(clean_and_shif
         for item in collection.items:  # the original size travels with the shifted image
             original = originals[item.path[: -len(".png")] + ".jpg"]
             assert (item.orig_width, item.orig_height) == (original.orig_width, original.orig_height)
-    # Built again: the same bytes (seeded per image).
+    # Built again an hour later: the same bytes (seeded per image; no member carries the clock).
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
     again = build_shift_zips(
         small_ndsb_zip, out_dir=root / "again", paths=split_test_paths(clean, split), shifts=["jpeg"]
     )

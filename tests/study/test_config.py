@@ -205,6 +205,21 @@ REFUSED = [
         r"datasets\.ndsb\.size 34 does not fit baseline mae: 34 px images do not split into 4 px patches",
     ),
     (
+        "zero baseline width",
+        {"methods: [simclr]": "methods: [simclr], width: 0"},
+        r"baselines\.width: Input should be greater than or equal to 1",
+    ),
+    (
+        "width MAE's heads cannot split",
+        {"methods: [simclr]": "methods: [simclr, mae], width: 8"},
+        r"baselines: width 8 does not fit baseline mae: the ViT's width must be a multiple of its 3 heads",
+    ),
+    (
+        "width MAE's decoder heads cannot split",
+        {"methods: [simclr]": "methods: [mae], width: 9"},
+        r"baselines: width 9 does not fit baseline mae: its decoder width 6 \(2/3 of it\) must split into 4",
+    ),
+    (
         "label fraction 0",
         {"name: mini": "name: mini\nlabel_fractions: [0, 0.5]"},
         r"label_fractions: \[0\.0\] outside \(0, 1\]",

@@ -11,8 +11,10 @@ import pytest
 from rich.console import Console
 
 from plankdiff.baselines.supervised import Supervised
-from plankdiff.study.config import ExperimentConfig
+from plankdiff.provenance import read_json
+from plankdiff.study.config import ExperimentConfig, load_experiment
 from plankdiff.study.plan import plan_replicate
+from plankdiff.study.pretrain import baseline_inputs
 from plankdiff.study.runner import Study
 from plankdiff.study.stages import StaleStage
 
@@ -48,16 +50,13 @@ def trained(small_ndsb_zip: Path, tmp_path_factory: pytest.TempPathFactory):
             "datasets": {"mine": {"source": str(small_ndsb_zip), "size": 16}},
             "pretrain": {"mine": {"dataset": "mine", "split": "long-tailed"}},
             "diffusion": {"preset": str(preset), "max_tflops": 1, "samples": 0},  # its 6 steps
-            "baselines": {"methods": ["supervised"], "max_tflops": 0.001},  # one step
+            # One step; a ResNet-18 at its width of 64 leaves a 130 MB run folder, at 8 about 2 MB.
+            "baselines": {"methods": ["supervised"], "max_tflops": 0.001, "width": 8},
             "training_precision": "fp32",
         }
     )
-    # A ResNet-18 at its width of 64 leaves a 130 MB checkpoint; at 8 it leaves about 2 MB, and the
-    # stage check compares whatever width the recipe gives (kept at 8 for the whole module).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Supervised, "default_width", 8)
-        pretrain(config, folder / "work", dry_run=False)
-        yield config, folder / "work"
+    pretrain(config, folder / "work", dry_run=False)
+    return config, folder / "work"
 
 
 def test_a_dry_run_reuses_the_backbones_and_writes_no_split(trained):
@@ -109,3 +108,27 @@ def test_deleting_a_refused_backbone_trains_it_again(trained, tmp_path, monkeypa
     shutil.rmtree(run_folder(config, work, "supervised"))  # as the refusal says
     study = pretrain(config, work, dry_run=True)
     assert ("pretrain/seed0/mine/supervised", "run") in study.plan()
+
+
+def test_the_width_reaches_the_trained_backbone(trained):
+    config, work = trained
+    folder = run_folder(config, work, "supervised")
+    assert read_json(folder / "baseline.json")["config"]["width"] == 8
+    written = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert written < 10e6, f"{folder} holds {written / 1e6:.0f} MB"  # 130 MB at the recipe's width 64
+
+
+@pytest.mark.parametrize(("method", "own"), [("simclr", 64), ("mae", 192)])
+def test_a_baseline_key_holds_the_width_only_where_it_is_not_the_methods_own(method, own):
+    """Backbones cached before `baselines.width` existed keep their key (the 3-seed `cpu` study's):
+    the width joins it only where it changes the network, as `precision` does only when not fp32."""
+    pretraining = {"dataset": "ndsb-key", "rows": "rows-hash", "seed": 0}
+
+    def inputs(*overrides: str) -> dict:
+        config = load_experiment("cpu", overrides=[f"baselines.methods=[{method}]", *overrides])
+        return baseline_inputs(config, pretraining, method)
+
+    before = pretraining | {"method": method, "minutes": None, "tflops": 25.0}  # as keyed until now
+    assert inputs() == inputs(f"baselines.width={own}") == before
+    assert inputs("baselines.width=12") == before | {"width": 12}
+    assert inputs("baselines.batch_size=32") == before | {"batch_size": 32}

@@ -96,7 +96,7 @@ def test_an_init_experiment_file_takes_a_folder_of_ones_own_images_to_a_report(r
     # Tiny budgets: the file's structure (dataset, pre-training, experiments) is kept as written.
     config["datasets"]["my-images"]["size"] = 16
     config["diffusion"] = {"preset": "tiny", "max_tflops": 0.002}
-    config["baselines"] = {"methods": ["supervised"], "max_tflops": 0.002}
+    config["baselines"] = {"methods": ["supervised"], "max_tflops": 0.002, "width": 8}
     config["features"] = {"timesteps": [5, 50], "per_class_train": 4, "per_class_val": 2, "keep_timesteps": 1}
     config["protocol"] |= {"epochs": 2, "min_steps": 10, "bootstrap": 20}
     config["splits"] |= {"balanced_min_train": 15, "balanced_cap": 18}  # 21 training images per class

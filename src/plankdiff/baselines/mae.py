@@ -40,6 +40,11 @@ DECODER_HEADS = 4
 MASK_RATIO = 0.75
 
 
+def decoder_width(width: int) -> int:
+    """128 at width 192; a multiple of DECODER_HEADS for widths of 3·2^k (k >= 1)."""
+    return 2 * width // 3
+
+
 @register("mae")
 class MAE(Method):
     backbone_name = "ViT (patch 4, depth 6)"
@@ -53,24 +58,35 @@ class MAE(Method):
     def size_problem(cls, size: int) -> str | None:
         return f"{size} px images do not split into {PATCH} px patches" if size % PATCH else None
 
+    @classmethod
+    def width_problem(cls, width: int) -> str | None:
+        if width % HEADS:
+            return f"the ViT's width must be a multiple of its {HEADS} heads"
+        if decoder_width(width) % DECODER_HEADS:
+            return (
+                f"its decoder width {decoder_width(width)} (2/3 of it) must split into {DECODER_HEADS} heads"
+            )
+        return None
+
     def __init__(self, *, channels: int, size: int, width: int, n_classes: int | None = None):
         super().__init__(channels=channels, size=size, width=width, n_classes=n_classes)
+        problem = self.width_problem(width)
+        if problem:
+            raise ValueError(f"width {width}: {problem}")
         vit = build_vit(channels=channels, size=size, patch=PATCH, width=width, depth=DEPTH, heads=HEADS)
         self.backbone = MaskedVisionTransformerTorchvision(vit=vit)
         self.sequence_length = vit.seq_length
-        decoder_width = 2 * width // 3  # 128 at width 192; a multiple of DECODER_HEADS for widths of 3·2^k
-        if decoder_width % DECODER_HEADS != 0:
-            raise ValueError(f"width {width}: decoder width {decoder_width} must split into 4 heads")
+        decoder = decoder_width(width)
         self.decoder = MAEDecoder(
             seq_length=vit.seq_length,
             num_layers=DECODER_DEPTH,
             num_heads=DECODER_HEADS,
             embed_input_dim=width,
-            hidden_dim=decoder_width,
-            mlp_dim=4 * decoder_width,
+            hidden_dim=decoder,
+            mlp_dim=4 * decoder,
             out_dim=PATCH**2 * channels,
         )
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder))
         nn.init.normal_(self.mask_token, std=0.02)
         self.feature_layers = (DEPTH - 2, DEPTH)
 

@@ -85,6 +85,11 @@ class Method(nn.Module):
         return None
 
     @classmethod
+    def width_problem(cls, width: int) -> str | None:
+        """Why the method's network cannot be `width` wide, or None (checked when an experiment loads)."""
+        return None
+
+    @classmethod
     def build(
         cls, *, channels: int, size: int, n_classes: int | None = None, width: int | None = None
     ) -> Method:

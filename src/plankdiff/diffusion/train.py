@@ -66,13 +66,18 @@ def draw_timesteps(
     return (num_timesteps * u**sampling.power).floor().long().clamp_(max=num_timesteps - 1)
 
 
-def training_step_flops(network: torch.nn.Module, *, batch: int, channels: int, size: int, device) -> int:
+def training_step_flops(
+    network: torch.nn.Module, *, batch: int, channels: int, size: int, device, cpu_attention: bool = False
+) -> int:
     """Forward and backward FLOPs of one ε-prediction step of `network` on `batch` images (the
-    network's gradients are left set: pass a copy)."""
+    network's gradients are left set: pass a copy). `cpu_attention`: see `count_flops` (off in
+    training)."""
     x = torch.zeros(batch, channels, size, size, device=device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     with torch.random.fork_rng(devices=[]):  # dropout draws must not shift the run's random stream
-        return count_flops(lambda: (network(x, t).sample - x).square().mean().backward())
+        return count_flops(
+            lambda: (network(x, t).sample - x).square().mean().backward(), cpu_attention=cpu_attention
+        )
 
 
 def settings_changes(record: dict, config: DiffusionConfig, *, ignore: tuple[str, ...]) -> list[str]:

@@ -17,7 +17,9 @@ Each shift is a named, seeded, typed transform of one decoded PIL image:
 (`<name>-<shift>/<class>/<file>.png` and `manifest.csv` with the original sizes), so `prepare` reads
 it as it reads the clean one; images are stored as PNG, so a shift adds nothing of its own but the
 transform (the `jpeg` shift's loss is in the pixels it returns). Each image's random draws come from
-(seed, its path), so a shift is the same whatever order or subset it is built in.
+(seed, its path), so a shift is the same whatever order or subset it is built in; the zip itself is
+the same bytes for the same input (members in the order of `paths`, each dated `ZIP_DATE`, not the
+clock), so a rebuilt shift set is byte-identical and a cache of it can be checked by hash.
 
 Scoring: `shifted_sets` turns the feature stores of the prepared shift zips into `probe.run.Shifted`
 test sets labelled with the clean split's classes; `probe_features(clean_store, clean_split,
@@ -52,6 +54,9 @@ SHIFT_NAMES: tuple[str, ...] = get_args(ShiftName)
 SPLIT_NAME = "processing-shift"
 # The issue's goal: no single shift may cost more than this many points of accuracy.
 GOAL_MAX_DROP = 0.10
+# Every member of a shift zip is dated the zip format's earliest date rather than when it was written,
+# so two builds of the same input give the same bytes (the entry time is in every local header).
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 def _level(array: np.ndarray) -> float:
@@ -259,7 +264,7 @@ def build_shift_zips(
                 member = str(PurePosixPath(path).with_suffix(".png"))
                 buffer = io.BytesIO()
                 shifted.save(buffer, format="PNG")
-                archive.writestr(f"{top}/{member}", buffer.getvalue())
+                _write_member(archive, f"{top}/{member}", buffer.getvalue())
                 writer.writerow(
                     {
                         "path": member,
@@ -272,10 +277,18 @@ def build_shift_zips(
                         "source_path": path,
                     }
                 )
-            archive.writestr(f"{top}/{MANIFEST_NAME}", manifest.getvalue())
+            _write_member(archive, f"{top}/{MANIFEST_NAME}", manifest.getvalue().encode())
         target.with_suffix(".tmp").replace(target)
         written[shift] = target
     return written
+
+
+def _write_member(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """Store `data` uncompressed as `name`, dated `ZIP_DATE` (not the clock) and readable by all."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
 
 
 def split_test_paths(dataset: PreparedDataset, split: Split) -> list[str]:

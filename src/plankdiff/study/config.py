@@ -130,6 +130,10 @@ class BaselineSpec(Budget):
     include_raw_pixels: bool = True
     # Every method's batch size; None: each method's own default (`BaselineConfig`).
     batch_size: int | None = Field(None, ge=2)  # contrastive losses need at least one other image
+    # Every method's network width (`plankdiff baseline train --width`: the ResNet-18's base width,
+    # MAE's ViT width); None: each method's own (64; MAE 192). Narrower for pipeline checks and tests:
+    # a full-width ResNet-18 run folder (weights and optimizer state) is ~130 MB, at width 8 ~2 MB.
+    width: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _bounded(self):  # replaces Budget's: no budget to give when nothing trains
@@ -143,6 +147,18 @@ class BaselineSpec(Budget):
         for method in methods:
             get_method(method)  # a ValueError naming the known methods
         return methods
+
+    @model_validator(mode="after")
+    def _width_fits_every_method(self):
+        """A width a method's network cannot take (MAE's heads) is refused here, not after the data
+        is prepared and the other backbones have trained."""
+        from plankdiff.baselines.registry import get_method
+
+        for method in self.methods if self.width is not None else ():
+            problem = get_method(method).width_problem(self.width)
+            if problem:
+                raise ValueError(f"width {self.width} does not fit baseline {method}: {problem}")
+        return self
 
 
 class Caps(Strict):

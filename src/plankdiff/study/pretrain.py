@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from plankdiff.baselines.registry import get_method
 from plankdiff.baselines.train import BASELINE_FILE, BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.splits import Split
 from plankdiff.diffusion.config import DiffusionConfig, load_config
@@ -47,6 +48,20 @@ def pretrain_inputs(config: ExperimentConfig, dataset_key: str, rows, seed: int,
     }
 
 
+def baseline_inputs(config: ExperimentConfig, inputs: dict, method: str) -> dict:
+    """What a baseline's stage key hashes: its pre-training's `inputs`, the method and the budget.
+    The options added after backbones were cached join it only where they change what trains, so
+    those backbones keep their key: `batch_size` when set, `width` when not the method's own."""
+    spec = config.baselines
+    width = spec.width if spec.width != get_method(method).default_width else None
+    return (
+        inputs
+        | {"method": method, "minutes": spec.max_minutes, "tflops": spec.max_tflops}
+        | ({"batch_size": spec.batch_size} if spec.batch_size else {})
+        | ({"width": width} if width is not None else {})
+    )
+
+
 def training_precision(config: ExperimentConfig) -> str:
     """What the study's `training_precision` resolves to on the device the backbones train on."""
     import torch
@@ -71,6 +86,7 @@ def baseline_config(config: ExperimentConfig, method: str, seed: int) -> Baselin
         max_minutes=budget.max_minutes,
         max_tflops=budget.max_tflops,
         batch_size=budget.batch_size,
+        width=budget.width,
         seed=seed,
         precision=training_precision(config),
     )
@@ -162,6 +178,7 @@ def _trained_parameters(counts) -> int | None:
 __all__ = [
     "StudyInterrupted",
     "baseline_config",
+    "baseline_inputs",
     "diffusion_config",
     "pretrain_inputs",
     "stale_baseline",

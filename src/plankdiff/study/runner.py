@@ -50,6 +50,7 @@ from plankdiff.study.config import ExperimentConfig
 from plankdiff.study.plan import Experiment, Replicate, plan_replicate
 from plankdiff.study.pretrain import (
     StudyInterrupted,
+    baseline_inputs,
     pretrain_inputs,
     stale_baseline,
     stale_diffusion,
@@ -233,14 +234,7 @@ class Study:
                 runs[key][method] = folder / method
                 self.stage(
                     f"pretrain/seed{seed}/{key}/{method}",
-                    inputs
-                    | {
-                        "method": method,
-                        "minutes": self.config.baselines.max_minutes,
-                        "tflops": self.config.baselines.max_tflops,
-                    }
-                    # Only when set, so backbones trained before the option existed keep their key.
-                    | ({"batch_size": batch} if (batch := self.config.baselines.batch_size) else {}),
+                    baseline_inputs(self.config, inputs, method),
                     lambda d=dataset, s=split, f=folder / method, m=method: train_baseline(
                         self.config, d, s, f, m, seed
                     ),

@@ -107,6 +107,8 @@ baselines:
   max_tflops: 25
   # max_minutes: 10
   include_raw_pixels: true   # a linear probe on the pixels themselves, the floor to beat
+  # batch_size: 64       # default: each method's own
+  # width: 8             # network width (ResNet base, ViT); default: each method's own (64; MAE 192)
 
 # The DDPM's candidate features: every (block, timestep t) pair. A coarse pass over all timesteps on
 # a few images per class keeps the best keep_timesteps (and keep_blocks) for the full extraction.
