@@ -152,6 +152,11 @@ training_precision: auto
 #   open_set:              # classes held out of the probe; the share of their images rejected
 #     hold_out_every: 5    # every 5th class name (sorted): a fixed fifth, chosen before any result
 #     keep: 0.95           # the cut keeps this share of the known classes' validation images
+#   quantification:        # class counts under shift (CC, PCC, PACC, EMQ) on every image of a
+#                          # shifted target, per capture day and pooled; needs an experiment with
+#                          # a shifted target (ZooLake 2018+2019 -> 2020, NDSB -> PWSSC)
+#     experiments: [zoolake_2018+2019-to-2020]   # or the name, zoolake/2018+2019→2020
+#     min_images: 20       # days with fewer images of the probe's classes stay out of the median
 
 # Ablations (opt-in; they add experiments and change none): background: true repeats the ndsb-pwssc
 # and ZooLake 2018+2019 -> 2020 experiments without background normalisation, every backbone
