@@ -111,5 +111,6 @@ def test_the_cli_writes_a_results_folder_with_sha_and_config(store_and_split, tm
         (score, part) for score in OOD_SCORES for part in ("val", "test")
     ]
     assert (out / "open_set.csv").exists() and (out / "metrics.json").exists()
+    assert "energy (val): held-out rejected" in result.output and "energy (test)" in result.output
     bad = CliRunner().invoke(app, ["evaluate", "open-set", str(store.root), "--split", "nope"])
     assert bad.exit_code == 1 and "no such split" in bad.output

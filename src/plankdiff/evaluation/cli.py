@@ -221,8 +221,9 @@ def open_set_command(
         f"[bold]{result.probe.selected_pair}[/bold] on known-class validation → {out}"
     )
     for row in result.table.itertuples(index=False):
+        # val rows are the ones to choose a score on; test rows are the measurement
         console.print(
-            f"  {row.score}: held-out rejected {row.unknown_rejected:.3f}, known kept {row.known_kept:.3f}, "
-            f"AUROC {row.auroc:.3f}",
+            f"  {row.score} ({row.part}): held-out rejected {row.unknown_rejected:.3f}, "
+            f"known kept {row.known_kept:.3f}, AUROC {row.auroc:.3f}",
             highlight=False,
         )
