@@ -476,21 +476,9 @@ class Study:
                     f"processing-shift/seed{seed}/{experiment.slug}/{method}", inputs, score, outputs=kept
                 )
                 shutil.copytree(kept, out, dirs_exist_ok=True)
-                if record["pair"] != selected["pair"]:  # the same fit on the same rows: it should not happen
-                    self.console.print(
-                        f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the processing-shift "
-                        f"refit selected {record['pair']}, the probe stage {selected['pair']}"
-                    )
-                self.shift_rows += [
-                    {
-                        "experiment": experiment.name,
-                        "method": method,
-                        "seed": seed,
-                        "pair": record["pair"],
-                        **row,
-                    }
-                    for row in record["rows"]
-                ]
+                self.shift_rows += self._refit_rows(
+                    "processing-shift", record, selected, experiment=experiment, method=method, seed=seed
+                )
 
     def _open_set(self, replicate: Replicate, stores: Stores) -> None:
         """Each method's probe fitted and selected without the held-out classes; its unknown cut
@@ -611,25 +599,40 @@ class Study:
                     f"quantification/seed{seed}/{experiment.slug}/{method}", inputs, score, outputs=kept
                 )
                 shutil.copytree(kept, out, dirs_exist_ok=True)
-                if record["pair"] != selected["pair"]:  # the same fit on the same rows: it should not happen
-                    self.console.print(
-                        f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the quantification "
-                        f"refit selected {record['pair']}, the probe stage {selected['pair']}"
-                    )
                 calibration = {
                     k: v for k, v in record["calibration"].items() if k != "samples_of_other_classes_only"
                 }
-                self.quantification_rows += [
-                    {
-                        "experiment": experiment.name,
-                        "method": method,
-                        "seed": seed,
-                        "pair": record["pair"],
-                        **row,
-                        **calibration,
-                    }
-                    for row in record["rows"]
-                ]
+                self.quantification_rows += self._refit_rows(
+                    "quantification",
+                    record,
+                    selected,
+                    experiment=experiment,
+                    method=method,
+                    seed=seed,
+                    extra=calibration,
+                )
+
+    def _refit_rows(
+        self,
+        what: str,
+        record: dict,
+        selected: dict,
+        *,
+        experiment: Experiment,
+        method: str,
+        seed: int,
+        extra: dict | None = None,
+    ) -> list[dict]:
+        """A refitting evaluation's stage rows, each tagged with experiment, method, seed and pair (then
+        `extra`); warns when its refit selected another pair than the probe stage (the same fit on
+        the same rows: it should not happen)."""
+        if record["pair"] != selected["pair"]:
+            self.console.print(
+                f"[yellow]warning:[/yellow] {experiment.name}, {method}, seed {seed}: the {what} "
+                f"refit selected {record['pair']}, the probe stage {selected['pair']}"
+            )
+        tags = {"experiment": experiment.name, "method": method, "seed": seed, "pair": record["pair"]}
+        return [{**tags, **row, **(extra or {})} for row in record["rows"]]
 
     def _own_head(self, store: FeatureStore, experiment: Experiment, seed: int) -> None:
         """The supervised network's own classifier on the same test rows (its classes are the split's)."""
