@@ -41,10 +41,22 @@ def run_command(
         console.print(f"[yellow]interrupted:[/yellow] {error}")
         raise typer.Exit(130) from None
     if dry_run:
-        for name, status in study.plan():
-            console.print(f"  {status:>10}  {name}")
+        print_plan(console, study.plan())
         return
     console.print(f"[green]report[/green] → {report}")
+
+
+def print_plan(console: Console, plan: list[tuple[str, str]]) -> None:
+    """One line per stage, its status first; a split's summary on the line below its name, so a
+    long summary wraps under the stage it belongs to instead of running into the next one."""
+    for name, status in plan:
+        if status in {"run", "reuse"}:
+            console.print(f"  {status:>10}  {name}", soft_wrap=True)
+        elif name.startswith("split/"):
+            console.print(f"  {'split':>10}  {name}", soft_wrap=True)
+            console.print(f"  {'':>10}    {status}", soft_wrap=True)
+        else:
+            console.print(f"  {status:>10}  {name}", soft_wrap=True)
 
 
 def init_command(
