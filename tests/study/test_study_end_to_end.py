@@ -119,6 +119,10 @@ def test_a_tiny_study_runs_end_to_end_and_then_reuses_every_stage(tiny_experimen
     assert "ndsb/long-tailed" in html and "<table" in html
     assert (results / "figures" / "label_efficiency.png").exists()
     study = json.loads((results / "study.json").read_text())
+    # each experiment names the pre-training set of its backbones (a scaling curve joins on it)
+    assert study["pretrained_on"]["ndsb/long-tailed"] == "ndsb"
+    assert study["pretrained_on"]["zoolake/2018+2019→2020"] == "zoolake-2018+2019"
+    assert set(study["pretrained_on"]) == set(study["experiments"])
     assert study["budgets"] and {b["precision"] for b in study["budgets"]} <= {"fp32", "bf16"}
     notes = study["notes"]
     assert any("supervised backbone was pre-trained on every training label" in n for n in notes)

@@ -54,11 +54,11 @@ def scaling_table(results: Sequence[Path], *, setting: str = "in distribution") 
                 raise FileNotFoundError(f"{needed}: not found; is {folder} a study's results folder?")
         study = json.loads(study_file.read_text())
         headline = pd.read_csv(headline_file)
-        pretrain = _pretrain_key(study, folder)
         chosen = headline[
             (headline["setting"] == setting) & headline["metric"].isin(["accuracy", "macro_f1"])
         ]
         for row in chosen.itertuples(index=False):
+            pretrain = _pretrain_key(study, folder, row.experiment)
             tflops = 0.0 if row.method == RAW else _budget_tflops(study, row.method, pretrain)
             rows.append(
                 {
@@ -78,13 +78,19 @@ def scaling_table(results: Sequence[Path], *, setting: str = "in distribution") 
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["experiment", "method", "metric", "tflops"])
 
 
-def _pretrain_key(study: dict, folder: Path) -> str:
-    """The one pre-training set of the study's backbones: a curve joins budgets of one set only."""
+def _pretrain_key(study: dict, folder: Path, experiment: str) -> str:
+    """The pre-training set whose backbones `experiment` reads, so that its point sits at their
+    FLOPs: `pretrained_on` in study.json; a study written before that key existed is read only
+    when all its backbones share one set (there is then no other to pick)."""
+    recorded = study.get("pretrained_on") or {}
+    if experiment in recorded:
+        return recorded[experiment]
     keys = {str(e.get("method", "")).partition(" (")[2].rstrip(")") for e in study.get("budgets") or []}
     if len(keys) != 1:
         raise ValueError(
-            f"{folder}: its backbones were pre-trained on {len(keys)} sets ({', '.join(sorted(keys)) or 'none'}); "
-            "a scaling curve needs studies of one pre-training set (e.g. experiments: [ndsb])"
+            f"{folder}: its backbones were pre-trained on {len(keys)} sets ({', '.join(sorted(keys)) or 'none'}) "
+            f"and its study.json does not say which one {experiment!r} reads (no `pretrained_on`: "
+            "written before plankdiff recorded it; run the study again to rewrite its report)"
         )
     return keys.pop()
 

@@ -268,9 +268,11 @@ def write_study_report(
     scored: Iterable[tuple[str, str]],
     seeds_completed: list[int],
     ablations: Mapping[str, str] | None = None,
+    pretrained_on: Mapping[str, str] | None = None,
 ) -> Path:
     """`trained`: (seed, pretrain key, method) → the pre-training stage's record (minutes, steps,
-    ...); `experiments`: name → folder under metrics/; `scored`: the (dataset, split) pairs whose
+    ...); `experiments`: name → folder under metrics/; `pretrained_on`: name → the pre-training
+    set whose backbones it reads (a key of `budgets`' methods); `scored`: the (dataset, split) pairs whose
     test rows the study read. Returns the HTML report."""
     figures = results / "figures"
     tables = results / "tables"
@@ -372,6 +374,9 @@ def write_study_report(
             "seeds_completed": list(seeds_completed),
             # experiment → its folder under metrics/ (the report reads per-class files there)
             "experiments": dict(experiments),
+            # experiment → the pre-training set of its backbones, so that a reader can join an
+            # experiment's figures to the training FLOPs of its own backbones (`report.scaling`)
+            "pretrained_on": dict(pretrained_on or {}),
             # ablated experiment → the experiment it repeats (`report.evaluations.ablation_table`)
             "ablations": dict(ablations or {}),
             "varies": varies,

@@ -758,6 +758,7 @@ class Study:
             headline=self._headline(),
             rows=self._rows(),
             experiments={e.name: e.slug for r in replicates for e in r.experiments},
+            pretrained_on={e.name: e.pretrain for r in replicates for e in r.experiments},
             # Every scored split whose test rows the report counts the readouts of.
             scored=[
                 (dataset, split.name)
