@@ -72,6 +72,10 @@ def run_validation(script, store, split, out: Path, *extra: str) -> pd.DataFrame
     return pd.read_csv(out / "validation_scores.csv")
 
 
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
 def expected_rows() -> set[tuple[str, str]]:
     labels = ["mahalanobis", "relative-mahalanobis", *(f"knn k={k}" for k in (1, 5, 10, 20, 50))]
     return {(pair, label) for pair in (*PAIRS, "all fused") for label in labels}
@@ -79,7 +83,10 @@ def expected_rows() -> set[tuple[str, str]]:
 
 def test_validation_separates_held_out_classes_far_from_the_known_ones(script, tmp_path, capsys):
     store, split, held = crafted(tmp_path, unknown_apart=True)
+    before = files_under(tmp_path)
     table = run_validation(script, store, split, tmp_path / "out", "--per-class", PAIRS[0])
+    # Nothing written beside the store or the split (their dataset): only the two tables in --out.
+    assert files_under(tmp_path) == before | {"out/validation_scores.csv", "out/per_class.csv"}
     assert set(zip(table["pair"], table["score"], strict=True)) == expected_rows()
     assert len(table) == len(expected_rows())
     assert (table["auroc"] > 0.9).all(), table[["pair", "score", "auroc"]]
