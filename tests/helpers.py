@@ -1,5 +1,6 @@
-"""Helpers the tests import (`from helpers import …`): reading and subsetting the shared zips, and
-killing a child process at a random point. Kept out of conftest.py because tests/deploy has a
+"""Helpers the tests import (`from helpers import …`): reading and subsetting the shared zips, a
+prepared dataset of crafted labels and a feature store of crafted features, and killing a child
+process at a random point. Kept out of conftest.py because tests/deploy has a
 conftest.py of its own, and `from conftest import` would then reach whichever was loaded first."""
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
 
@@ -50,6 +54,59 @@ def write_subset_zip(archive: Path, name: str, rows: list[dict[str, str]], out: 
             target.writestr(f"{name}/{row['path']}", source.read(f"{name}/{row['path']}"))
         target.writestr(f"{name}/manifest.csv", manifest.getvalue())
     return out
+
+
+def fake_prepared(
+    root: Path,
+    labels: list[str],
+    capture_times: list[str] | None = None,
+    *,
+    paths: list[str] | None = None,
+    source_hash: str = "s",
+):
+    """A real prepared-dataset folder (prepare.json, images.npy, meta.csv) for crafted labels and
+    times; its images are blank, for code that reads only labels, rows and features."""
+    from plankdiff.data.prepare import PreparedDataset
+    from plankdiff.provenance import save_npy, write_json
+
+    classes = sorted(set(labels))
+    root.mkdir(parents=True)
+    save_npy(root / "images.npy", np.zeros((len(labels), 1, 8, 8), np.uint8))
+    pd.DataFrame(
+        {
+            "path": paths or [f"{label}/{i}.png" for i, label in enumerate(labels)],
+            "label": labels,
+            "class_index": [classes.index(label) for label in labels],
+            "capture_time": capture_times or [""] * len(labels),
+        }
+    ).to_csv(root / "meta.csv", index=False)
+    info = {"name": root.name, "key": root.name, "classes": classes, "n_skipped": 0}
+    write_json(root / "prepare.json", info | {"source_hash": source_hash})
+    return PreparedDataset(root)
+
+
+def write_store(dataset, root: Path, features: dict[str, np.ndarray]):
+    """A complete feature store of `dataset`'s every row whose pairs (names as `<block>` or
+    `<block>/t=<t>`) hold the given `[len(dataset), D]` features, stored as float16 like extraction's."""
+    from plankdiff.features.pairs import Pair
+    from plankdiff.features.store import FeatureStore
+
+    rows = np.arange(len(dataset))
+    pairs = [Pair.parse(name) for name in features]
+    info = {
+        "dataset": dataset.name,
+        "dataset_root": str(dataset.root),
+        "dataset_key": dataset.key,
+        "rows": rows.tolist(),
+        "pairs": [{"name": p.name, "block": p.block, "t": p.t} for p in pairs],
+    }
+    store = FeatureStore.create(root, info, {name: x.shape[1] for name, x in features.items()})
+    arrays = store.open_arrays()
+    for name, x in features.items():
+        arrays[name][:] = x.astype(np.float16)
+        arrays[name].flush()
+    store.mark_done(len(rows))
+    return store
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_store
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.preprocess import MAX_PIXELS, PreprocessParams
 from plankdiff.data.sources import MAX_FILE_BYTES, SourceError
@@ -74,20 +75,9 @@ def dataset(tmp_path) -> PreparedDataset:
 
 def store_for(dataset: PreparedDataset, root: Path, *, dim: int = 4) -> FeatureStore:
     """A store whose one pair is the class index plus noise: a probe reads it perfectly."""
-    rows = np.arange(len(dataset))
-    info = {
-        "dataset": dataset.name,
-        "dataset_root": str(dataset.root),
-        "dataset_key": dataset.key,
-        "rows": rows.tolist(),
-        "pairs": [{"name": "x", "block": "x"}],
-    }
-    store = FeatureStore.create(root, info, {"x": dim})
-    features = np.random.default_rng(0).normal(0, 0.05, (len(rows), dim))
+    features = np.random.default_rng(0).normal(0, 0.05, (len(dataset), dim))
     features[:, 0] += dataset.labels * 3
-    store.open_arrays()["x"][:] = features.astype(np.float16)
-    store.mark_done(len(rows))
-    return store
+    return write_store(dataset, root, {"x": features})
 
 
 # -- 1-3: never a number from the wrong data ---------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import fake_prepared
 from plankdiff.data.mapping import cross_domain_splits, load_mapping, unmapped_labels
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import (
@@ -24,32 +25,6 @@ from plankdiff.data.splits import (
     temporal_split,
     translate,
 )
-from plankdiff.provenance import save_npy, write_json
-
-
-def fake_prepared(
-    root: Path,
-    labels: list[str],
-    capture_times: list[str] | None = None,
-    *,
-    paths: list[str] | None = None,
-    source_hash: str = "s",
-) -> PreparedDataset:
-    """A real prepared-dataset folder (prepare.json, images.npy, meta.csv) for crafted labels and times."""
-    classes = sorted(set(labels))
-    root.mkdir(parents=True)
-    save_npy(root / "images.npy", np.zeros((len(labels), 1, 8, 8), np.uint8))
-    pd.DataFrame(
-        {
-            "path": paths or [f"{label}/{i}.png" for i, label in enumerate(labels)],
-            "label": labels,
-            "class_index": [classes.index(label) for label in labels],
-            "capture_time": capture_times or [""] * len(labels),
-        }
-    ).to_csv(root / "meta.csv", index=False)
-    info = {"name": root.name, "key": root.name, "classes": classes, "n_skipped": 0}
-    write_json(root / "prepare.json", info | {"source_hash": source_hash})
-    return PreparedDataset(root)
 
 
 def counts(split: Split, part: str) -> dict[str, int]:
