@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from plankdiff.cli import app
-from plankdiff.report.scaling import scaling_figure, scaling_table
+from plankdiff.report.scaling import curve_methods, scaling_figure, scaling_table
 
 EXPERIMENT = "ndsb long-tailed"
 VARIES = "backbone seed, probe seed"
@@ -49,7 +49,7 @@ def two_levels(tmp_path):
         tmp_path / "mid",
         name="cpu",
         tflops={"diffusion": 25, "supervised": 25},
-        accuracy={"diffusion": 0.45, "supervised": 0.55, "raw-pixels": 0.2},
+        accuracy={"diffusion": 0.45, "supervised": 0.55, "supervised (own head)": 0.5, "raw-pixels": 0.2},
     )
     return low, mid
 
@@ -63,12 +63,16 @@ def test_each_point_is_a_study_at_the_flops_its_backbones_used(two_levels):
     assert diffusion["n_seeds"].tolist() == [1, 3]
     assert set(table["metric"]) == {"accuracy", "macro_f1"}
     assert (table[table["method"] == "raw-pixels"]["tflops"] == 0).all()
+    own_head = table[table["method"] == "supervised (own head)"]
+    assert own_head["tflops"].tolist() == [26.0, 26.0]  # the supervised network's own FLOPs
     assert "under shift" not in set(table.get("setting", []))  # in-distribution rows only
-    assert len(table) == 2 * 3 * 2  # studies x methods x metrics
+    assert len(table) == 2 * 3 * 2 + 2  # studies x methods x metrics, and the own head at one level
 
 
 def test_the_figure_draws_every_experiment_and_refuses_an_unknown_one(two_levels):
     table = scaling_table(two_levels)
+    # the own head (one level, and no backbone of its own) and raw pixels (a floor) are no curves
+    assert curve_methods(table) == ["diffusion", "supervised"]
     assert scaling_figure(table, EXPERIMENT).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="no rows for experiment 'zoolake'"):
         scaling_figure(table, "zoolake")
@@ -93,7 +97,7 @@ def test_the_cli_writes_the_table_and_one_figure_per_experiment(two_levels, tmp_
     out = tmp_path / "scaling"
     result = CliRunner().invoke(app, ["report", "scaling", *map(str, two_levels), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert len(pd.read_csv(out / "scaling.csv")) == 12
+    assert len(pd.read_csv(out / "scaling.csv")) == 14
     assert (out / "scaling_ndsb_long-tailed.png").read_bytes().startswith(b"\x89PNG")
     missing = CliRunner().invoke(app, ["report", "scaling", str(tmp_path / "nothing"), "--out", str(out)])
     assert missing.exit_code == 1

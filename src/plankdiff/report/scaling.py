@@ -59,7 +59,9 @@ def scaling_table(results: Sequence[Path], *, setting: str = "in distribution") 
         ]
         for row in chosen.itertuples(index=False):
             pretrain = _pretrain_key(study, folder, row.experiment)
-            tflops = 0.0 if row.method == RAW else _budget_tflops(study, row.method, pretrain)
+            # "supervised (own head)" is the supervised network's own classifier: its FLOPs
+            trained_as = row.method.partition(" (")[0]
+            tflops = 0.0 if row.method == RAW else _budget_tflops(study, trained_as, pretrain)
             rows.append(
                 {
                     "study": study.get("name", folder.name),
@@ -95,26 +97,45 @@ def _pretrain_key(study: dict, folder: Path, experiment: str) -> str:
     return keys.pop()
 
 
+def curve_methods(part: pd.DataFrame) -> list[str]:
+    """The trained methods of `part` measured at two or more budgets, less the supervised
+    network's own head (a row of the table, not a backbone of its own)."""
+    levels = part[part["tflops"] > 0].groupby("method")["study"].nunique()
+    return sorted(m for m, n in levels.items() if n >= 2 and " (" not in m)
+
+
 def scaling_figure(table: pd.DataFrame, experiment: str) -> bytes:
-    """Accuracy and macro-F1 against training TFLOPs (log axis), one line per method, ±std bars."""
+    """Accuracy and macro-F1 against training TFLOPs (log axis), one line per method measured at
+    two or more budgets, ±std bars where a level has several seeds, raw pixels as a floor. A
+    method measured at one budget only (e.g. BYOL, which only the middle level trains) and the
+    supervised network's own head stay in the table, not on the curves: one point is no curve."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     part = table[table["experiment"] == experiment]
     if part.empty:
         raise ValueError(f"no rows for experiment {experiment!r}; have {sorted(set(table['experiment']))}")
-    fig = Figure(figsize=(9, 3.6))
-    trained = part[part["tflops"] > 0]
+    curves = curve_methods(part)
+    fig = Figure(figsize=(10, 3.8))
+    trained = part[part["method"].isin(curves)]
     # One colour per method in both panels.
-    colours = {m: COLOURS[i % len(COLOURS)] for i, m in enumerate(sorted(set(part["method"])))}
+    colours = {m: COLOURS[i % len(COLOURS)] for i, m in enumerate(curves)}
     for axis, metric in zip(fig.subplots(1, 2), ("accuracy", "macro_f1"), strict=True):
-        for method, group in part[part["metric"] == metric].groupby("method"):
+        rows = part[part["metric"] == metric]
+        floor = rows[rows["method"] == RAW]
+        if not floor.empty:  # no training: a floor across the budgets
+            axis.axhline(100 * floor["mean"].mean(), color="grey", linestyle=":", label="raw pixels")
+        for method in curves:
+            group = rows[rows["method"] == method].sort_values("tflops")
             colour = colours[method]
-            group = group.sort_values("tflops")
-            if method == RAW:  # no training: a floor across the budgets
-                axis.axhline(100 * group["mean"].mean(), color="grey", linestyle=":", label="raw pixels")
-                continue
-            label = f"{method} (1 seed)" if (group["n_seeds"] == 1).all() else method
-            axis.plot(group["tflops"], 100 * group["mean"], marker="o", color=colour, label=label)
+            seeds = "/".join(str(n) for n in group["n_seeds"])
+            axis.plot(
+                group["tflops"],
+                100 * group["mean"],
+                marker="o",
+                color=colour,
+                label=f"{method} (seeds {seeds})",
+            )
             seed_errorbars(
                 axis,
                 group["tflops"],
@@ -127,9 +148,16 @@ def scaling_figure(table: pd.DataFrame, experiment: str) -> bytes:
         axis.set_xscale("log")
         if not trained.empty:
             axis.set_xlim(trained["tflops"].min() / 1.5, trained["tflops"].max() * 1.5)
+            # one tick per study at its methods' median FLOPs (8, 25, 100), not at powers of ten:
+            # methods overshoot a budget by up to one training step, so their points sit near it
+            budgets = sorted({round(float(t)) for t in trained.groupby("study")["tflops"].median()})
+            axis.set_xticks(budgets, [str(b) for b in budgets])
+            axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xlabel("training TFLOPs per backbone (log scale)")
         axis.set_ylabel(f"test {metric.replace('_', '-')} (%)")
         axis.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.07, right=0.78, bottom=0.15, top=0.88, wspace=0.28)
     fig.suptitle(f"{experiment}: test figures against training compute (mean ± std over backbone seeds)")
     return _png(fig)
