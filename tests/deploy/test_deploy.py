@@ -673,3 +673,31 @@ def test_counts_are_refused_for_a_classifier_exported_without_validation_posteri
     with pytest.raises(ModelCardError, match="exported without validation posteriors"):
         predict(load_classifier(out), [image_folder], tmp_path / "run" / "predictions.csv", counts="emq")
     assert not (tmp_path / "run" / "predictions.csv").exists()
+
+
+def test_an_empty_folder_or_zip_named_as_input_is_a_sample_of_zero_images_and_is_said(
+    model, image_folder, tmp_path
+):
+    """Named on the command line, it is a sample (zero counts), not an input that vanishes; and as a
+    folder without one image is more often a wrong path or an unread format, a note says so."""
+    station = tmp_path / "station_7"
+    station.mkdir()
+    (station / "log.txt").write_text("no image here")  # not an image suffix: nothing to read
+    archive = tmp_path / "cast_3.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.md", "nothing")
+    run = predict(
+        load_classifier(model),
+        [image_folder, station, archive],
+        tmp_path / "out" / "predictions.csv",
+        show_progress=False,
+    )
+    counts = read_csv(run.counts)
+    for empty in ("station_7", "cast_3"):
+        rows = counts[counts["sample"] == empty]
+        assert len(rows) > 0 and (rows["count"] == 0).all(), empty
+        assert run.table.set_index("sample").loc[empty, "n_images"] == 0
+        assert sum(empty in note and "no image in it" in note for note in run.notes) == 1, run.notes
+    assert empty not in set(read_csv(run.predictions)["sample"])
+    skipped = set(read_csv(run.skipped)["sample"])  # the image folder's two broken files only
+    assert skipped == {image_folder.name}  # an empty input is not an unreadable image

@@ -282,6 +282,8 @@ def _tree_images(source: Path, readers: list, sample: str) -> list[InputImage]:
             images.append(InputImage(sample, shown, item.path, item.label, len(readers) - 1, item.path, size))
         return images
     readers.append(tree)
+    if not tree.names:  # named on the command line, so a sample: zero counts, not a vanished input
+        return [InputImage(sample, str(source), "", "", -1, "", placeholder=True)]
     return [
         InputImage(
             sample=sample,
@@ -311,6 +313,15 @@ def list_inputs(
     if sample_by not in SAMPLE_BY:
         raise ValueError(f"sample_by must be one of {', '.join(SAMPLE_BY)}, not {sample_by!r}")
     images, readers = _list_all(inputs)
+    if notes is not None:
+        # An IFCB bin without a target is an ordinary sample; a folder or zip without a single
+        # image is more often a wrong path or an unread format, so it is said, not only counted.
+        notes += [
+            f"{image.source}: no image in it (formats read: {', '.join(sorted(IMAGE_SUFFIXES))}); "
+            "counted as a sample of zero images"
+            for image in images
+            if image.placeholder and not is_ifcb_source(Path(image.source))
+        ]
     if notes is not None and sample_by == "input":
         notes += _pooled_subfolders(images)
     if sample_by == "input" and captured_from is None and captured_to is None:
