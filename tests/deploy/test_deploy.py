@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from deploy_common import IFCB, PAIRS
+from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from plankdiff.data.prepare import PreparedDataset
@@ -27,7 +28,7 @@ from plankdiff.deploy.export import (
     image_seed,
     load_classifier,
 )
-from plankdiff.deploy.predict import list_inputs, merge_parts, predict, predict_share
+from plankdiff.deploy.predict import BLANK_REASON, list_inputs, merge_parts, predict, predict_share
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.diffusion.train import to_model_range
 from plankdiff.features.extract import ExtractionRequest, Extractor
@@ -701,3 +702,23 @@ def test_an_empty_folder_or_zip_named_as_input_is_a_sample_of_zero_images_and_is
     assert empty not in set(read_csv(run.predictions)["sample"])
     skipped = set(read_csv(run.skipped)["sample"])  # the image folder's two broken files only
     assert skipped == {image_folder.name}  # an empty input is not an unreadable image
+
+
+def test_a_blank_frame_is_skipped_as_blank_not_counted_as_an_organism(model, image_folder, tmp_path):
+    """A uniform frame (white, grey or black) normalises to an empty canvas, which every probe maps
+    to some class with confidence; it is skipped with its reason instead."""
+    assert load_classifier(model).params.background == "normalise"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name, value in (("white", 255), ("grey", 128), ("black", 0)):
+        Image.fromarray(np.full((40, 60), value, dtype=np.uint8)).save(frames / f"{name}.png")
+    organism = next(p for p in sorted(image_folder.rglob("*.jpg")) if p.stat().st_size > 0)
+    shutil.copy(organism, frames / "organism.jpg")
+    run = predict(load_classifier(model), [frames], tmp_path / "out" / "predictions.csv", show_progress=False)
+    skipped = read_csv(run.skipped)
+    assert {Path(s).name: r for s, r in zip(skipped["source"], skipped["reason"], strict=True)} == {
+        f"{name}.png": BLANK_REASON for name in ("white", "grey", "black")
+    }
+    predicted = read_csv(run.predictions)
+    assert [Path(s).name for s in predicted["source"]] == ["organism.jpg"]
+    assert read_csv(run.counts)["count"].sum() == 1

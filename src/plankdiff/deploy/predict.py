@@ -375,6 +375,9 @@ def _list_all(inputs: Sequence[Path]) -> tuple[list[InputImage], list]:
     return images, readers
 
 
+BLANK_REASON = "blank: no pixel departs from the background (an empty frame)"
+
+
 @dataclass
 class PredictionRun:
     predictions: Path
@@ -467,6 +470,10 @@ def predict_share(
                     # The original size as `data prepare` takes it: the manifest's, else the file's own.
                     orig = image.orig_size or decoded.size
                     prepared = preprocess(decoded, params, orig_size=orig)
+                    if params.background == "normalise" and not prepared.pixels.any():
+                        # Every probe maps an empty canvas to some class with confidence: a blank
+                        # frame (a trigger on nothing) must not be counted as an organism.
+                        raise ImageRejected(BLANK_REASON)
                     pixels.append(prepared.pixels)
                     # Rounded as the prepared metadata table stores the area the probe was trained on.
                     sizes.append((*orig, round(prepared.object_area, 1)))
