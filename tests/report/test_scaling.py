@@ -98,6 +98,11 @@ def test_the_cli_writes_the_table_and_one_figure_per_experiment(two_levels, tmp_
     result = CliRunner().invoke(app, ["report", "scaling", *map(str, two_levels), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(out / "scaling.csv")) == 14
+    markdown = (out / "scaling.md").read_text()
+    # low: diffusion 30 %, supervised 50 % (1 seed); mid: 45 / 55 % ± 2 (3 seeds), at 26 TFLOP
+    assert "| method | scaling-low (8 TFLOP) | cpu (26 TFLOP) |" in markdown
+    assert "| supervised | 50.0 (1, +20.0) | 55.0 ± 2.0 (3, +10.0) |" in markdown
+    assert "| diffusion | 30.0 (1) | 45.0 ± 2.0 (3) |" in markdown
     assert (out / "scaling_ndsb_long-tailed.png").read_bytes().startswith(b"\x89PNG")
     missing = CliRunner().invoke(app, ["report", "scaling", str(tmp_path / "nothing"), "--out", str(out)])
     assert missing.exit_code == 1

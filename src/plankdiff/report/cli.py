@@ -43,14 +43,16 @@ def scaling_command(
         ..., help="results folders of the same study at different FLOP budgets"
     ),
     out: Path = typer.Option(
-        ..., "--out", help="folder for scaling.csv and one scaling_<experiment>.png per experiment"
+        ...,
+        "--out",
+        help="folder for scaling.csv, scaling.md (the table) and one scaling_<experiment>.png per experiment",
     ),
 ) -> None:
     """Compute-scaling curves: test accuracy and macro-F1 against training TFLOPs, one line per method.
 
     Example: plankdiff report scaling results/scaling-low results/cpu results/scaling-high --out results/scaling
     """
-    from plankdiff.report.scaling import scaling_figure, scaling_table
+    from plankdiff.report.scaling import scaling_figure, scaling_markdown, scaling_table
 
     try:
         table = scaling_table(results)
@@ -59,6 +61,7 @@ def scaling_command(
         raise typer.Exit(1) from None
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "scaling.csv", index=False)
+    (out / "scaling.md").write_text(scaling_markdown(table))
     for experiment in sorted(set(table["experiment"])):
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in experiment)
         (out / f"scaling_{name}.png").write_bytes(scaling_figure(table, experiment))

@@ -97,6 +97,47 @@ def _pretrain_key(study: dict, folder: Path, experiment: str) -> str:
     return keys.pop()
 
 
+def scaling_markdown(table: pd.DataFrame) -> str:
+    """Per experiment and metric, one row per method and one column per study (its median
+    training TFLOPs in the header): "mean ± std (n)" in %, "mean (1)" for a single seed, then
+    the method's gap to the DDPM at that level in points (positive: ahead of the DDPM)."""
+    lines = [
+        "Cells: test figure in %, mean ± std over backbone seeds (number of seeds, then points "
+        "ahead of the DDPM at the same level; negative: behind it).",
+        "",
+    ]
+    for experiment in sorted(set(table["experiment"])):
+        part = table[table["experiment"] == experiment]
+        trained = part[part["tflops"] > 0]
+        levels = trained.groupby("study")["tflops"].median().sort_values()
+        header = [f"{study} ({tflops:.0f} TFLOP)" for study, tflops in levels.items()]
+        for metric in ("accuracy", "macro_f1"):
+            rows = part[part["metric"] == metric]
+            ddpm = rows[rows["method"] == "diffusion"].set_index("study")["mean"]
+            lines += [
+                f"### {experiment}, test {metric.replace('_', '-')} (%)",
+                "",
+                "| method | " + " | ".join(header) + " |",
+                "|---|" + "---|" * len(header),
+            ]
+            for method, group in rows.groupby("method", sort=True):
+                by_study = group.set_index("study")
+                cells = []
+                for study in levels.index:
+                    if study not in by_study.index:
+                        cells.append("")
+                        continue
+                    row = by_study.loc[study]
+                    spread = "" if row["n_seeds"] < 2 else f" ± {100 * row['std']:.1f}"
+                    gap = ""
+                    if method != "diffusion" and study in ddpm.index:
+                        gap = f", {100 * (row['mean'] - ddpm[study]):+.1f}"
+                    cells.append(f"{100 * row['mean']:.1f}{spread} ({row['n_seeds']}{gap})")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def curve_methods(part: pd.DataFrame) -> list[str]:
     """The trained methods of `part` measured at two or more budgets, less the supervised
     network's own head (a row of the table, not a backbone of its own)."""
