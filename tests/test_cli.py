@@ -20,6 +20,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from plankdiff import __version__
+from plankdiff.choices import NOISE_CEILING
 from plankdiff.cli import app
 from plankdiff.data.prepare import PreparedDataset
 
@@ -118,6 +119,23 @@ def test_data_prepare_background_option(run_cli, small_ndsb_zip, tmp_path):
     assert plain.exit_code == 0, plain.output
     record = PreparedDataset(tmp_path / "cache" / "prepared" / "plain").info["preprocess"]
     assert "background" not in record  # the record an older preparation would have written
+
+
+def test_data_prepare_noise_ceiling_option(run_cli, small_ndsb_zip, tmp_path):
+    zero = run_cli("data", "prepare", tmp_path, "--name", "x", "--noise-ceiling", "0")
+    assert zero.exit_code == 1
+    assert zero.output.strip() == "error: --noise-ceiling 0: must be above 0 grey levels (none: no ceiling)"
+    word = run_cli("data", "prepare", tmp_path, "--name", "x", "--noise-ceiling", "high")
+    assert word.exit_code == 2 and "neither a number of grey levels nor 'none'" in word.text
+    for value, name in (("none", "uncapped"), (None, "default")):
+        option = ("--noise-ceiling", value) if value else ()
+        result = run_cli(
+            "data", "prepare", small_ndsb_zip, "--name", name, "--size", "16", "--workers", "1", *option
+        )
+        assert result.exit_code == 0, result.output
+    record = PreparedDataset(tmp_path / "cache" / "prepared" / "uncapped").info["preprocess"]
+    assert "noise_ceiling" not in record  # the record an older preparation would have written
+    assert PreparedDataset(tmp_path / "cache" / "prepared" / "default").params.noise_ceiling == NOISE_CEILING
 
 
 def test_data_info_json_and_contact_sheet(run_cli, ndsb_copy, tmp_path):

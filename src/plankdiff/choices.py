@@ -3,7 +3,8 @@
 The library annotates its parameters with these Literals and the CLI uses the same Literals as
 option types, so a typo is refused by the command line before anything runs, with the list of
 valid values, and the two can never disagree. They live here, not next to the code that uses them,
-because this module imports nothing heavy: the CLI reads it to build `--help` without torch.
+because this module imports nothing heavy: the CLI reads it to build `--help` without torch
+(likewise the one numeric default `--help` shows, NOISE_CEILING).
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ SizeMode = Literal["fit", "keep-scale"]
 Background = Literal["none", "normalise"]
 # small separate parts in a corner of the frame (scale markers, labels): kept, or removed as background
 Markers = Literal["keep", "remove"]
+# The most background noise the image border may claim in background normalisation (the spread
+# of `plankdiff.data.preprocess.border_level`, a robust σ in grey levels) in new preparations
+# (`prepare`, `data prepare --noise-ceiling`, a study's `datasets.<name>.noise_ceiling`); here, not
+# in preprocess, because `data prepare --help` shows it. A spread above it is an object covering
+# much of the border, not noise: uncapped, an NDSB tunicate_partial crop filling its frame reads
+# spread 88, an object step of 265 that no pixel can pass, and the image became all zeros (390 of
+# NDSB's 30,336 images, 273 of them tunicate_partial: docs/results/data.md). On 1,500 images per
+# dataset the spread is 0 at the median and 90th percentile and above 20 for 1.5 % of NDSB, 0.07 %
+# of ZooLake, none of PWSSC; the processing-shift benchmark's grey background carries Gaussian
+# noise of σ 12. So 20 leaves real noise alone, and caps the object step at 3 × 20 = 60 levels.
+NOISE_CEILING = 20.0
 SplitKind = Literal["long-tailed", "balanced", "temporal", "cross-domain"]
 
 # diffusion

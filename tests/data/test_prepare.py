@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from helpers import kill_9_at_a_random_point
+from plankdiff.choices import NOISE_CEILING
 from plankdiff.data.prepare import PreparedDataset, prepare
 from plankdiff.data.preprocess import PreprocessParams, decode, preprocess
 from plankdiff.data.sources import Collection, SourceError
@@ -65,7 +66,10 @@ def test_array_dtype_and_shape(prepared_small_ndsb):
     assert images.dtype == np.uint8
     assert images.shape == (48, 1, 16, 16)
     assert isinstance(images, np.memmap)
-    assert prepared_small_ndsb.params == PreprocessParams(size=16, background="normalise")  # the default
+    # the defaults of a new preparation
+    assert prepared_small_ndsb.params == PreprocessParams(
+        size=16, background="normalise", noise_ceiling=NOISE_CEILING
+    )
 
 
 def test_meta_columns(prepared_small_ndsb, small_ndsb_zip):

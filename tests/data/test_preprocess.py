@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from plankdiff.data.preprocess import (
+    NOISE_CEILING,
     ImageRejected,
     PreprocessParams,
+    border_level,
     corner_markers,
     decode,
     default_background,
@@ -396,6 +398,7 @@ def test_polarity_falls_back_to_the_level_where_the_object_fills_the_border(shar
         image = decode(archive.read("ndsb/tunicate_partial/160426.jpg"))
     assert preprocess(image, NORMALISE).inverted
     assert preprocess(image, PreprocessParams(size=32)).inverted
+    assert preprocess(image, CEILING).inverted
 
 
 @pytest.mark.parametrize("level", [0, 128, 255])
@@ -504,3 +507,77 @@ def test_the_markers_option_is_validated_and_recorded():
     record = params_record(MARKERS_REMOVED)
     assert record["markers"] == "remove" and PreprocessParams(**record) == MARKERS_REMOVED
     assert describe(MARKERS_REMOVED).endswith("background and contrast normalised, corner markers removed")
+
+
+# -- the ceiling on the border's noise spread --------------------------------------------------------
+
+CEILING = PreprocessParams(size=32, background="normalise", noise_ceiling=NOISE_CEILING)
+
+
+def frame_filling() -> Image.Image:
+    """A dark textured object across the whole width of a white frame (background clipped at 255):
+    it covers 80 of the 236 border pixels (34 %), enough to move the border's 25th percentile onto
+    the object and so the spread read from the clipped side far beyond any real noise."""
+    array = np.full((60, 60), 255, np.uint8)
+    rows = np.arange(40)[:, None]
+    array[10:50] = (40 + rows + np.arange(60)[None] // 2).astype(np.uint8)  # 40..109
+    return Image.fromarray(array, "L")
+
+
+def test_a_frame_filling_object_is_blanked_without_the_ceiling_and_kept_with_it():
+    image = frame_filling()
+    gray = np.asarray(image, dtype=np.float64)
+    assert border_level(gray)[1] > 100  # the object read as noise
+    assert border_level(gray, noise_ceiling=NOISE_CEILING)[1] == NOISE_CEILING
+    # The bug, as every preparation before the ceiling made it: nothing is object, all zeros.
+    old = preprocess(image, NORMALISE)
+    assert old.inverted and old.pixels.max() == 0 and old.object_area == 0
+    fixed = preprocess(image, CEILING)
+    pixels = fixed.pixels[0].astype(int)
+    assert fixed.inverted
+    # Rows 10-49 of 60 are object: rows 6-25 of 32 after the fit (edges blended by the resize).
+    assert (pixels[7:25] > 0).all() and pixels[7:25].max() == 255
+    assert pixels[:4].max() == 0 and pixels[-4:].max() == 0  # the white background is dark
+    assert fixed.object_area == pytest.approx(40 * 60, rel=0.02)
+    # The object keeps its brightness order: darkest ink (left, top) brightest after inversion.
+    assert pixels[8, 1] > pixels[23, 30]
+
+
+def test_the_ceiling_does_not_bind_on_the_shift_benchmarks_grey_noisy_background():
+    """The processing-shift benchmark's grey background carries Gaussian noise of σ 12 (below the
+    ceiling of 20): a small object on it is prepared exactly as without the ceiling."""
+    from plankdiff.evaluation.processing_shift import GreyBackground
+
+    assert GreyBackground().noise_std == 12
+    small = blob(60, 60, background=250, value=30, box=(25, 22, 37, 38))
+    grey = GreyBackground()(small, np.random.default_rng(3))
+    spread = border_level(np.asarray(grey, dtype=np.float64))[1]
+    assert 9 < spread < NOISE_CEILING  # the noise is read (about 12) and the ceiling above it
+    with_ceiling, without = preprocess(grey, CEILING), preprocess(grey, NORMALISE)
+    assert np.array_equal(with_ceiling.pixels, without.pixels)
+    assert with_ceiling.inverted == without.inverted and with_ceiling.object_area == without.object_area
+    assert with_ceiling.pixels[0, 15, 15] > 200  # the object is there, bright
+
+
+def test_a_frame_filling_ndsb_crop_is_blank_without_the_ceiling_only(shared_datasets):
+    # One of the 273 NDSB tunicate_partial crops the uncapped estimate made all zero (level 252,
+    # spread 88 from the clipped-at-255 side: docs/results/data.md).
+    with zipfile.ZipFile(shared_datasets / "ndsb.zip") as archive:
+        image = decode(archive.read("ndsb/tunicate_partial/100703.jpg"))
+    assert preprocess(image, NORMALISE).pixels.max() == 0
+    fixed = preprocess(image, CEILING).pixels
+    assert fixed.max() > 200 and 0.3 < (fixed > 0).mean() < 0.9
+
+
+def test_the_noise_ceiling_is_validated_and_recorded():
+    for bad in (0, -5.0):
+        with pytest.raises(ValueError, match=r"--noise-ceiling .*: must be above 0"):
+            PreprocessParams(background="normalise", noise_ceiling=bad)
+    # Records made before the option existed lack it and read back as no ceiling.
+    assert "noise_ceiling" not in params_record(NORMALISE)
+    assert PreprocessParams(**params_record(NORMALISE)).noise_ceiling is None
+    record = params_record(CEILING)
+    assert record["noise_ceiling"] == NOISE_CEILING and PreprocessParams(**record) == CEILING
+    assert describe(CEILING).endswith(
+        "background and contrast normalised, border noise at most 20 grey levels"
+    )

@@ -18,6 +18,7 @@ from deploy_common import IFCB, PAIRS
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
+from plankdiff.choices import NOISE_CEILING
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.deploy.calibrate import ALWAYS_ABSTAIN, MIN_PREDICTIONS, calibrate_thresholds, decide
 from plankdiff.deploy.export import (
@@ -59,6 +60,9 @@ def test_card_describes_the_classifier(model, dataset, tiny_run):
         assert entry["alpha_bar"] == pytest.approx(float(alphas[entry["t"]]))
     assert [p["dim"] for p in card["pairs"]] == [16, 32]  # tiny: dec2@16 is 16 wide, enc2@8 is 32
     assert card["preprocess"] == dataset.info["preprocess"]
+    # The preparation's ceiling on the border noise travels to predict (which applies `params`).
+    assert card["preprocess"]["noise_ceiling"] == NOISE_CEILING
+    assert load_classifier(model).params == dataset.params
     assert card["classes"] == dataset.classes
     assert card["training_data"]["key"] == dataset.key
     assert set(card["abstention"]["thresholds"]) == set(dataset.classes)

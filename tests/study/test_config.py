@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from plankdiff.choices import NOISE_CEILING
 from plankdiff.data.splits import Split
 from plankdiff.evaluation.label_efficiency import nested_fraction
 from plankdiff.study.config import SHIPPED, load_experiment
@@ -624,3 +625,47 @@ def test_a_dataset_nothing_reads_is_refused(tmp_path, datasets: str, refusal: st
     )
     with pytest.raises(ValueError, match=f"^{path}: {refusal}"):
         load_experiment(path)
+
+
+# -- the ceiling on the border's noise spread (docs/results/data.md) -------------------------------
+
+# A prepare stage's identity as every study's stage recorded it before `noise_ceiling` existed.
+BEFORE_THE_CEILING = {
+    "source": "a.zip",
+    "size": 32,
+    "mode": "fit",
+    "channels": 1,
+    "polarity": True,
+    "background": "normalise",
+}
+
+
+def test_the_noise_ceiling_joins_the_prepare_key_only_when_set(tmp_path):
+    text = MINIMAL.replace("{source: b.zip}", "{source: a.zip, noise_ceiling: null}").replace(
+        "{source: c.zip}", "{source: a.zip, polarity: false}"
+    )
+    config = load_experiment(write(tmp_path, text))
+    new, pinned, plain = (config.datasets[k] for k in ("ndsb", "zoolake", "pwssc"))
+    assert new.noise_ceiling == NOISE_CEILING  # new preparations get the ceiling
+    assert new.identity() == BEFORE_THE_CEILING | {"noise_ceiling": NOISE_CEILING}
+    assert pinned.identity() == BEFORE_THE_CEILING  # `null`: the cached stages keep their key
+    # Without background normalisation the ceiling does nothing, and the key stays as it was.
+    assert plain.resolved_noise_ceiling is None
+    assert plain.identity() == BEFORE_THE_CEILING | {"polarity": False, "background": "none"}
+    bad = MINIMAL.replace("{source: a.zip}", "{source: a.zip, noise_ceiling: 0}")
+    with pytest.raises(ValueError, match=r"datasets\.ndsb\.noise_ceiling"):
+        load_experiment(write(tmp_path, bad))
+
+
+PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation") + tuple(
+    s for s in SHIPPED if s.startswith("ddpm-")
+)
+
+
+def test_studies_under_way_keep_the_preparation_they_cached():
+    """Their results are compared with each other on one preparation: every dataset stays uncapped
+    (and its prepare key as it was); the others get the ceiling."""
+    for name in SHIPPED:
+        specs = load_experiment(name).dataset_specs.values()
+        expected = None if name in PINNED else NOISE_CEILING
+        assert {spec.noise_ceiling for spec in specs} == {expected}, name

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from plankdiff.choices import Background, Markers, SizeMode, SplitKind
+from plankdiff.choices import NOISE_CEILING, Background, Markers, SizeMode, SplitKind
 from plankdiff.cli_support import fail, int_list, open_dataset, switch
 from plankdiff.data.shares import SplitOptions
 
@@ -17,6 +17,19 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
 # `data split`'s share options default to the experiment files' `splits:` defaults.
 SHARES = {name: field.default for name, field in SplitOptions.model_fields.items()}
+
+
+def parse_noise_ceiling(text: str | float) -> float | None:
+    """`--noise-ceiling`: grey levels, or `none` for no ceiling; whether it is above 0 is checked
+    where the preprocessing is built (`PreprocessParams`), in one line."""
+    if isinstance(text, float):  # the default, passed through the parser by click
+        return text
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a number of grey levels nor 'none'") from None
 
 
 @app.command("prepare")
@@ -43,6 +56,15 @@ def prepare_command(
         help="remove: small separate parts in a corner of the frame (scale markers, labels) become "
         "background (needs background normalisation); keep: as recorded",
     ),
+    noise_ceiling: float | None = typer.Option(
+        NOISE_CEILING,
+        "--noise-ceiling",
+        parser=parse_noise_ceiling,
+        metavar="<FLOAT|none>",
+        help="background normalisation: the most noise (robust σ, grey levels) the image border may "
+        "claim; a larger spread is an object touching the border, not noise. none: no ceiling, as "
+        "preparations made before this option (they blank some frame-filling objects)",
+    ),
     workers: int = typer.Option(0, "--workers", min=0, help="decoding processes (0: one per core)"),
     labels: Path = typer.Option(
         None, "--labels", help="IFCB bins: CSV of manual classes (file_name, class_name); default: none"
@@ -65,6 +87,7 @@ def prepare_command(
             normalise_polarity=polarity,
             background=background,
             markers=markers,
+            noise_ceiling=noise_ceiling,
             workers=workers or None,
             labels_csv=labels,
         )

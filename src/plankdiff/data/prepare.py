@@ -32,10 +32,12 @@ from plankdiff import __version__
 from plankdiff.data.ifcb import open_collection
 from plankdiff.data.preprocess import (
     MAX_PIXELS,
+    NOISE_CEILING,
     Background,
     ImageRejected,
     Markers,
     PreprocessParams,
+    check_noise_ceiling,
     default_background,
     keep_scale_factor,
     params_record,
@@ -173,6 +175,7 @@ def prepare_like(
         normalise_polarity=params.normalise_polarity,
         background=params.background,
         markers=params.markers,
+        noise_ceiling=params.noise_ceiling,
         scale_factor=params.scale_factor,
         show_progress=show_progress,
     )
@@ -193,26 +196,33 @@ def prepare(
     labels_csv: Path | str | None = None,
     background: Background | None = None,
     markers: Markers = "keep",
+    noise_ceiling: float | None = NOISE_CEILING,
     scale_factor: float | None = None,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed.
 
     `background` None: normalised where polarity is normalised (`default_background`).
     `markers`: "remove" turns corner markers into background (`preprocess.corner_markers`).
+    `noise_ceiling`: the most noise the border may claim (`preprocess.NOISE_CEILING`); None: no
+    ceiling, as preparations made before it existed. Dropped where the background is not normalised
+    (it has no effect there, and the record and key stay as they were).
     `scale_factor`: keep-scale's factor given, not read from this collection's sizes (see
     `prepare_like`)."""
+    check_noise_ceiling(noise_ceiling)  # before anything is read, and before it may be dropped below
     collection = open_collection(source, labels_csv)
     factor = 1.0
     if mode == "keep-scale":
         factor = scale_factor or keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
+    background = background or default_background(normalise_polarity)
     params = PreprocessParams(
         size=size,
         mode=mode,
         channels=channels,
         normalise_polarity=normalise_polarity,
         scale_factor=factor,
-        background=background or default_background(normalise_polarity),
+        background=background,
         markers=markers,
+        noise_ceiling=noise_ceiling if background == "normalise" else None,
     )
     config = {
         "format_version": FORMAT_VERSION,

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from plankdiff.choices import Background, Markers, SizeMode
+from plankdiff.choices import NOISE_CEILING, Background, Markers, SizeMode
 
 MIN_SIDE = 2
 MAX_SIDE = 10_000
@@ -80,6 +80,9 @@ class PreprocessParams:
     # "remove" needs background normalisation (it works on its object mask); "keep" is what every
     # record written before the field existed means.
     markers: Markers = "keep"
+    # The ceiling on the border's noise spread (`NOISE_CEILING`); None, no ceiling, is what every
+    # record written before the field existed means.
+    noise_ceiling: float | None = None
 
     def __post_init__(self) -> None:
         if not MIN_SIZE <= self.size <= MAX_SIZE:
@@ -94,6 +97,7 @@ class PreprocessParams:
             raise ValueError(f"background must be 'none' or 'normalise', got {self.background!r}")
         if self.markers not in ("keep", "remove"):
             raise ValueError(f"markers must be 'keep' or 'remove', got {self.markers!r}")
+        check_noise_ceiling(self.noise_ceiling)
         if self.markers == "remove" and self.background != "normalise":
             raise ValueError(
                 "removing corner markers needs background normalisation (--background normalise)"
@@ -101,6 +105,13 @@ class PreprocessParams:
         if self.background == "normalise" and not self.normalise_polarity:
             # The normalisation keeps what is brighter than the background: it needs a dark background.
             raise ValueError("background normalisation needs polarity normalisation (drop --no-polarity)")
+
+
+def check_noise_ceiling(noise_ceiling: float | None) -> None:
+    """A ceiling on the border's noise spread must be above 0: at 0 every grey background's noise
+    would count as object (None is no ceiling)."""
+    if noise_ceiling is not None and not noise_ceiling > 0:
+        raise ValueError(f"--noise-ceiling {noise_ceiling:g}: must be above 0 grey levels (none: no ceiling)")
 
 
 def default_background(normalise_polarity: bool) -> Background:
@@ -120,6 +131,8 @@ def params_record(params: PreprocessParams) -> dict:
         del record["background"]
     if params.markers == "keep":  # likewise: records made before the field existed lack it
         del record["markers"]
+    if params.noise_ceiling is None:  # likewise
+        del record["noise_ceiling"]
     return record
 
 
@@ -188,13 +201,16 @@ def border_values(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
 
 
-def border_level(gray: np.ndarray) -> tuple[float, float]:
+def border_level(gray: np.ndarray, *, noise_ceiling: float | None = None) -> tuple[float, float]:
     """The background read from the image border: median and robust spread (a Gaussian σ), both
     unmoved by an object touching up to half of the border (median, 1.4826 × MAD).
 
     Where the background sits on 0 or 255 its noise is clipped on one side, and the MAD (then mostly
     zeros) misses it: where a quarter of the border is at the clip value, the spread is read from the
-    other side (the 75th percentile's distance from the median, / 0.6745)."""
+    other side (the 75th percentile's distance from the median, / 0.6745).
+
+    `noise_ceiling`: the spread is at most this (`NOISE_CEILING`): an object covering much of the
+    border makes the spread huge, and the object step would then exceed every pixel."""
     border = border_values(gray).astype(np.float64)
     level = float(np.median(border))
     spread = 1.4826 * float(np.median(np.abs(border - level)))
@@ -202,6 +218,8 @@ def border_level(gray: np.ndarray) -> tuple[float, float]:
         spread = max(spread, float(np.percentile(border, 75) - level) / 0.6745)
     elif np.mean(border >= 255) >= 0.25:
         spread = max(spread, float(level - np.percentile(border, 25)) / 0.6745)
+    if noise_ceiling is not None:
+        spread = min(spread, noise_ceiling)
     return level, spread
 
 
@@ -246,14 +264,17 @@ def corner_markers(is_object: np.ndarray) -> np.ndarray:
     return markers
 
 
-def normalise_background(array: np.ndarray, *, markers: Markers = "keep") -> np.ndarray:
+def normalise_background(
+    array: np.ndarray, *, markers: Markers = "keep", noise_ceiling: float | None = None
+) -> np.ndarray:
     """uint8 [H, W, C] with a dark background (after polarity) -> the same with background 0 and a
     high object percentile at 255: subtract each channel's border median, set what lies within the
     noise band of the background to 0, scale by 255 / the object's `OBJECT_PERCENTILE` percentile
     (gain at most `MAX_GAIN`). A blank image (no pixel beyond the noise band) becomes all zeros.
-    `markers="remove"`: corner markers (`corner_markers`) become background first."""
+    `markers="remove"`: corner markers (`corner_markers`) become background first.
+    `noise_ceiling`: the most noise the border may claim (`border_level`)."""
     gray = array.mean(axis=2)
-    level, spread = border_level(gray)
+    level, spread = border_level(gray, noise_ceiling=noise_ceiling)
     above = gray - level
     is_object = above > object_step(spread)
     if markers == "remove":
@@ -288,7 +309,8 @@ def preprocess(
     gray = array.mean(axis=2)
     background = float(np.median(border_values(gray)))
     if params.background == "normalise":
-        inverted = params.normalise_polarity and object_is_darker(gray, *border_level(gray))
+        level, spread = border_level(gray, noise_ceiling=params.noise_ceiling)
+        inverted = params.normalise_polarity and object_is_darker(gray, level, spread)
     else:
         inverted = params.normalise_polarity and background > 127.5
     if inverted:
@@ -297,7 +319,7 @@ def preprocess(
         background = 255.0 - background
     if params.background == "normalise":
         # Before the object area is measured, so that noise on a grey background is not counted.
-        array = normalise_background(array, markers=params.markers)
+        array = normalise_background(array, markers=params.markers, noise_ceiling=params.noise_ceiling)
         gray, background = array.mean(axis=2), 0.0
     foreground = np.abs(gray - background) > 24
     object_area = float(foreground.sum()) * (orig_w * orig_h) / (width * height)
@@ -351,16 +373,20 @@ def describe(params: PreprocessParams) -> str:
         polarity += ", background and contrast normalised"
     if params.markers == "remove":
         polarity += ", corner markers removed"
+    if params.background == "normalise" and params.noise_ceiling is not None:
+        polarity += f", border noise at most {params.noise_ceiling:g} grey levels"
     return f"{params.size}×{params.size} {params.mode}, {params.channels} channel(s), {polarity}{extra}"
 
 
 __all__ = [
     "DEFAULT_BACKGROUND",
+    "NOISE_CEILING",
     "Background",
     "ImageRejected",
     "PreprocessParams",
     "Prepared",
     "border_level",
+    "check_noise_ceiling",
     "corner_markers",
     "decode",
     "default_background",

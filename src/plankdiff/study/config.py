@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from plankdiff.choices import Markers, Precision, ShiftName
+from plankdiff.choices import NOISE_CEILING, Markers, Precision, ShiftName
 from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE, default_background
 from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, EMAWarmup, TimestepSampling, load_config
@@ -44,11 +44,30 @@ class DatasetSpec(Strict):
     background: Literal["none", "normalise"] | None = None
     # remove: small separate parts in a corner of the frame (scale markers) become background.
     markers: Markers = "keep"
+    # The most noise (robust σ, grey levels) the border may claim in background normalisation
+    # (`NOISE_CEILING`); null: no ceiling, as preparations made before it existed.
+    noise_ceiling: float | None = Field(NOISE_CEILING, gt=0)
 
     @property
     def resolved_background(self) -> Literal["none", "normalise"]:
         """What the preparation applies (`default_background` where the file does not say)."""
         return self.background or default_background(self.polarity)
+
+    @property
+    def resolved_noise_ceiling(self) -> float | None:
+        """What the preparation applies: none without background normalisation (`prepare`)."""
+        return self.noise_ceiling if self.resolved_background == "normalise" else None
+
+    def identity(self) -> dict:
+        """What decides whether a preparation is reused (with the source's name and content), as
+        applied: the resolved background and noise ceiling. The options added after preparations
+        were cached join it only when set, so those keep their key: `markers` when not "keep",
+        `noise_ceiling` when not None (and background normalisation is on)."""
+        unset = {"markers"} if self.markers == "keep" else set()
+        fields = self.model_dump(exclude=unset | {"noise_ceiling"}) | {"background": self.resolved_background}
+        if self.resolved_noise_ceiling is not None:
+            fields["noise_ceiling"] = self.resolved_noise_ceiling
+        return fields
 
 
 class PretrainSpec(Strict):

@@ -150,12 +150,7 @@ class Study:
             if not source.exists():
                 raise ValueError(f"datasets.{name}.source: {source} does not exist")
             # The source's content is part of the key: a changed zip or folder is prepared again.
-            # `markers` joins the key only when set: preparations made before it existed keep theirs.
-            inputs = spec.model_dump(exclude={"markers"} if spec.markers == "keep" else set()) | {
-                "name": name,
-                "source_hash": source_fingerprint(source),
-                "background": spec.resolved_background,
-            }
+            inputs = spec.identity() | {"name": name, "source_hash": source_fingerprint(source)}
             done = self.stage(
                 f"prepare/{name}", inputs, lambda s=spec, src=source, n=name: self._prepare_one(n, s, src)
             )
@@ -176,6 +171,7 @@ class Study:
             normalise_polarity=spec.polarity,
             background=spec.background,
             markers=spec.markers,
+            noise_ceiling=spec.noise_ceiling,
         )
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from plankdiff import __version__
+from plankdiff.choices import NOISE_CEILING
 
 # Shown where no source was given: `plankdiff run` then names this path as missing.
 PLACEHOLDER = "path/to/your/images"
@@ -61,6 +62,8 @@ datasets:
     polarity: true     # invert images so every one has a dark background and a bright object
     # background: normalise   # none | normalise (default: normalise where polarity is on)
     # markers: remove        # keep | remove: small separate parts in a corner (scale markers) become background
+    # noise_ceiling: {NOISE_CEILING:g}      # the most noise (grey levels) the border may claim when normalising; a larger
+    #                        # spread is an object touching the border. null: no ceiling (blanks frame-filling objects)
 
 # What each backbone learns from: the train rows of a split of a dataset (never its validation or
 # test rows). split: long-tailed (stratified, the natural class distribution) or
