@@ -349,7 +349,12 @@ def test_the_background_ablation_pretrains_every_method_again_on_the_unnormalise
     assert report is not None
     ndsb, nobg = (PreparedDataset.open(study._dataset_name(k)) for k in ("ndsb", "ndsb-nobg"))
     assert (ndsb.params.background, nobg.params.background) == ("normalise", "none")
-    assert ndsb.params == replace(nobg.params, background="normalise")  # nothing else differs
+    # nothing else differs (the noise ceiling is part of the normalisation: a preparation without
+    # it records none)
+    assert nobg.params.noise_ceiling is None and ndsb.params.noise_ceiling is not None
+    assert ndsb.params == replace(
+        nobg.params, background="normalise", noise_ceiling=ndsb.params.noise_ceiling
+    )
     assert ndsb.key != nobg.key and nobg.info["source_hash"] == ndsb.info["source_hash"]
     stages = study.work / "stages"
     for key, ablated, dataset in (
