@@ -50,9 +50,7 @@ def print_plan(console: Console, plan: list[tuple[str, str]]) -> None:
     """One line per stage, its status first; a split's summary on the line below its name, so a
     long summary wraps under the stage it belongs to instead of running into the next one."""
     for name, status in plan:
-        if status in {"run", "reuse"}:
-            console.print(f"  {status:>10}  {name}", soft_wrap=True)
-        elif name.startswith("split/"):
+        if name.startswith("split/"):
             console.print(f"  {'split':>10}  {name}", soft_wrap=True)
             console.print(f"  {'':>10}    {status}", soft_wrap=True)
         else:
