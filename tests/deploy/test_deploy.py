@@ -424,7 +424,9 @@ def test_predict_counts_per_capture_day_within_a_date_range_and_scores(
     # Every counting method scored against the same labels: cc's pooled composition is the
     # argmax count of the labelled images of the classifier's classes, whatever the abstention.
     quantification = read_csv(out / "quantification.csv")
-    assert set(quantification["method"]) == {"cc", "pcc", "pacc", "emq"}
+    assert set(quantification["method"]) == {"cc", "pcc", "pacc", "emq", "validation mix"}
+    by_method = quantification.set_index(["sample", "method"])["n"].unstack()
+    assert (by_method["validation mix"] == by_method["cc"]).all()  # the same images, another estimate
     assert set(quantification["sample"]) == {
         "spc/2020-03-01",
         "spc/2020-03-02",

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plankdiff.deploy.quantify import bootstrap_prevalence, fit_quantifier, quantification_table
+from plankdiff.deploy.quantify import (
+    MIX_REFERENCE,
+    bootstrap_prevalence,
+    fit_quantifier,
+    mix_reference,
+    quantification_table,
+)
 
 MEANS = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5], [1.5, 1.5]])  # overlapping classes: CC errs
 
@@ -65,3 +71,24 @@ def test_bootstrap_interval_covers_the_true_prevalence(shifted):
 def test_unknown_counting_method_is_refused():
     with pytest.raises(ValueError, match="counting method must be one of cc, pcc, pacc, emq"):
         fit_quantifier("acc", np.full((4, 2), 0.5), np.array([0, 1, 0, 1]))
+
+
+def test_the_mix_reference_gives_every_sample_the_validation_mix(shifted):
+    (val_proba, val_labels), proba, labels, samples = shifted
+    reference = mix_reference(val_labels, labels, samples, n_classes=4).set_index("sample")
+    assert set(reference["method"]) == {MIX_REFERENCE}
+    mix = np.bincount(val_labels, minlength=4) / len(val_labels)
+    for sample in ("day1", "day2"):
+        truth = np.bincount(labels[samples == sample], minlength=4) / (samples == sample).sum()
+        # Bray–Curtis of two compositions of one total: half the L1 distance of the prevalences.
+        assert reference.loc[sample, "bray_curtis"] == pytest.approx(np.abs(truth - mix).sum() / 2)
+        assert reference.loc[sample, "mae"] == pytest.approx(np.abs(truth - mix).mean())
+        assert reference.loc[sample, "n"] == 2000
+    pooled = np.bincount(labels, minlength=4) / len(labels)
+    assert reference.loc["(pooled)", "bray_curtis"] == pytest.approx(np.abs(pooled - mix).sum() / 2)
+    # The days' mixes are far from the uniform validation mix, and the corrected methods see it.
+    table = quantification_table(val_proba, val_labels, proba, labels, samples).set_index(
+        ["method", "sample"]
+    )
+    for method in ("pacc", "emq"):
+        assert table.loc[(method, "day1"), "bray_curtis"] < reference.loc["day1", "bray_curtis"] / 3

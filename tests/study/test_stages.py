@@ -45,3 +45,80 @@ def test_a_recorded_stage_its_check_finds_stale_is_refused_in_a_dry_run_too(tmp_
             cache("train/x", {"a": 1}, run, outputs=out, verify=lambda: "lr differs")
         assert [status for _, status in cache.planned] == (["reuse"] if dry_run else ["run"])
     assert calls == [1]  # neither reused nor run again: the caller decides what to delete
+
+
+def _trained(work: Path, *, dry_run: bool = False, donors=()) -> tuple[StageCache, Path, list]:
+    """A study's cache under `work` and a backbone stage that writes `runs/x/weights.txt`."""
+    cache = StageCache(work / "stages", dry_run=dry_run, console=Console(quiet=True), donors=donors)
+    return cache, work / "runs" / "x", []
+
+
+def _train(out: Path, calls: list, text: str):
+    def run():
+        calls.append(text)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "weights.txt").write_text(text)
+        return {"steps": len(calls)}
+
+    return run
+
+
+def test_a_shareable_stage_another_study_finished_with_the_same_key_is_copied_not_run(tmp_path: Path):
+    donor, donor_out, donor_calls = _trained(tmp_path / "cpu")
+    donor("pretrain/seed0/ndsb/simclr", {"a": 1}, _train(donor_out, donor_calls, "cpu"), outputs=donor_out)
+
+    cache, out, calls = _trained(tmp_path / "ablation", donors=[tmp_path / "cpu" / "stages"])
+    result = cache(
+        "pretrain/seed0/ndsb/simclr", {"a": 1}, _train(out, calls, "ablation"), outputs=out, shareable=True
+    )
+    assert calls == [] and result == {"steps": 1}
+    assert (out / "weights.txt").read_text() == "cpu"
+    assert not (out / "weights.txt").samefile(donor_out / "weights.txt")  # a copy, not a link
+    record = cache.record("pretrain/seed0/ndsb/simclr")
+    assert record.exists() and "copied_from" in record.read_text()
+    # From now on the copy is this study's own: reused, even once the donor's folder is gone.
+    (donor_out / "weights.txt").unlink()
+    donor_out.rmdir()
+    cache("pretrain/seed0/ndsb/simclr", {"a": 1}, _train(out, calls, "ablation"), outputs=out, shareable=True)
+    assert calls == [] and [s for _, s in cache.planned] == ["copy", "reuse"]
+
+
+def test_a_donor_is_ignored_when_its_key_differs_or_the_stage_is_not_shareable(tmp_path: Path):
+    donor, donor_out, donor_calls = _trained(tmp_path / "cpu")
+    donor("pretrain/seed0/ndsb/simclr", {"a": 1}, _train(donor_out, donor_calls, "cpu"), outputs=donor_out)
+    donors = [tmp_path / "cpu" / "stages"]
+
+    cache, out, calls = _trained(tmp_path / "other", donors=donors)
+    cache("pretrain/seed0/ndsb/simclr", {"a": 2}, _train(out, calls, "other"), outputs=out, shareable=True)
+    assert calls == ["other"] and (out / "weights.txt").read_text() == "other"
+
+    cache, out, calls = _trained(tmp_path / "third", donors=donors)
+    cache("pretrain/seed0/ndsb/simclr", {"a": 1}, _train(out, calls, "third"), outputs=out)
+    assert calls == ["third"]
+
+
+def test_a_dry_run_plans_the_copy_and_copies_nothing(tmp_path: Path):
+    donor, donor_out, donor_calls = _trained(tmp_path / "cpu")
+    donor("pretrain/seed0/ndsb/dino", {"a": 1}, _train(donor_out, donor_calls, "cpu"), outputs=donor_out)
+    cache, out, calls = _trained(tmp_path / "ablation", dry_run=True, donors=[tmp_path / "cpu" / "stages"])
+    cache("pretrain/seed0/ndsb/dino", {"a": 1}, _train(out, calls, "x"), outputs=out, shareable=True)
+    assert cache.planned == [("pretrain/seed0/ndsb/dino", "copy")]
+    assert not out.exists() and not (tmp_path / "ablation" / "stages").exists()
+
+
+def test_a_copy_its_check_finds_stale_is_refused_and_removed(tmp_path: Path):
+    donor, donor_out, donor_calls = _trained(tmp_path / "cpu")
+    donor("pretrain/seed0/ndsb/mae", {"a": 1}, _train(donor_out, donor_calls, "cpu"), outputs=donor_out)
+    cache, out, calls = _trained(tmp_path / "ablation", donors=[tmp_path / "cpu" / "stages"])
+    with pytest.raises(
+        StaleStage, match=r"^stage pretrain/seed0/ndsb/mae: the copy from study cpu is stale: lr$"
+    ):
+        cache(
+            "pretrain/seed0/ndsb/mae",
+            {"a": 1},
+            _train(out, calls, "x"),
+            outputs=out,
+            shareable=True,
+            verify=lambda: "lr",
+        )
+    assert not out.exists() and not cache.record("pretrain/seed0/ndsb/mae").exists() and calls == []

@@ -439,8 +439,20 @@ def test_the_quantification_stage_counts_every_image_of_the_shifted_targets_per_
     results = tmp_path / "results" / "tiny-quantification"
     table = pd.read_csv(results / "tables" / "quantification.csv")
     assert set(table["experiment"]) == {"zoolake/2018+2019→2020", "ndsb→pwssc/with polarity normalisation"}
-    assert set(table["method"]) == {"diffusion", "supervised", "simclr", "raw-pixels"}
-    assert set(table["counting"]) == {"cc", "pcc", "pacc", "emq"}
+    assert set(table["method"]) == {"diffusion", "supervised", "simclr", "raw-pixels", "(no classifier)"}
+    assert set(table["counting"]) == {"cc", "pcc", "pacc", "emq", "validation mix"}
+    # The reference (the validation mix for every day) is one set of rows per experiment and seed,
+    # on the same days and images as the counting methods, and needs no calibration.
+    reference = table[table["method"] == "(no classifier)"]
+    assert set(reference["counting"]) == {"validation mix"} and reference["temperature"].isna().all()
+    counted = table[(table["method"] == "diffusion") & (table["counting"] == "cc")]
+    key = ["experiment", "sample"]
+    assert (
+        reference.set_index(key)[["n", "n_other"]]
+        .sort_index()
+        .equals(counted.set_index(key)[["n", "n_other"]].sort_index())
+    )
+    table = table[table["method"] != "(no classifier)"]
     assert table[["bray_curtis", "mae"]].stack().between(0, 1).all()
     # Temperature scaling minimises the validation NLL, not the ECE: on 10 images per class the ECE
     # may rise; only its range is a property.

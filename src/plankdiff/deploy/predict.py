@@ -83,7 +83,7 @@ from plankdiff.data.sources import (
 from plankdiff.data.timestamps import UNKNOWN_TIME, capture_time
 from plankdiff.deploy import ecotaxa
 from plankdiff.deploy.export import NO_OOD_SCORE, UNCLASSIFIED, UNKNOWN, DeployedClassifier, image_seed
-from plankdiff.deploy.quantify import COUNTINGS, Counting, quantification_table, sample_counts
+from plankdiff.deploy.quantify import COUNTINGS, Counting, mix_reference, quantification_table, sample_counts
 from plankdiff.progress import progress_bar
 
 TOP_K = ecotaxa.TOP_K_COLUMNS
@@ -766,7 +766,9 @@ def _score_counting(
     samples = np.array([images[p].sample for p in positions])[known]
     val_proba, val_labels = classifier.validation_posteriors(needed_for="the counting scores")
     table = quantification_table(val_proba, val_labels, proba[known], truth[known], samples)
-    table.to_csv(path, index=False)
+    # The reference a counting method has to beat: the validation mix, whatever the images.
+    reference = mix_reference(val_labels, truth[known], samples, n_classes=len(classifier.classes))
+    pd.concat([table, reference], ignore_index=True).to_csv(path, index=False)
 
 
 def predict(
@@ -796,7 +798,8 @@ def predict(
 
     score_counting: where the inputs carry true labels, also score every counting method against them
     (`quantification.csv`: Bray–Curtis and mean absolute prevalence error per sample, pooled, and the
-    median over samples; `plankdiff.deploy.quantify.quantification_table`), on the images of the
+    median over samples; `plankdiff.deploy.quantify.quantification_table`; and the `validation mix`
+    reference rows, which ignore the images), on the images of the
     classifier's classes that were not decided `unknown` (what the counting methods count).
 
     device: None takes this process's device from accelerate (its GPU under `accelerate launch`,

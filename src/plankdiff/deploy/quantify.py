@@ -13,12 +13,14 @@ already computes; they are fitted on validation posteriors and labels (nothing i
 
 `bootstrap_prevalence` gives percentile intervals by resampling a sample's images;
 `quantification_table` scores every method against true labels (Bray-Curtis and mean absolute
-prevalence error per sample and pooled), the table issue #16 asks for on the two shifts.
+prevalence error per sample and pooled), the table issue #16 asks for on the two shifts;
+`mix_reference` scores the estimate that ignores the images (the validation mix for every sample),
+the floor a counting method has to beat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import get_args
 
 import numpy as np
@@ -32,6 +34,8 @@ from plankdiff.deploy.score import bray_curtis
 COUNTINGS: tuple[str, ...] = get_args(Counting)
 # The `sample` of `quantification_table`'s summary rows.
 POOLED, MEDIAN = "(pooled)", "(median over samples)"
+# The `method` of `mix_reference`'s rows: no counting method, the validation rows' class mix.
+MIX_REFERENCE = "validation mix"
 _METHODS = {"cc": CC, "pcc": PCC, "pacc": PACC, "emq": EMQ}
 
 
@@ -110,43 +114,89 @@ def quantification_table(
     the samples of at least `min_images` images (its `n`: their images; NaN when there is none):
     a day of three images has a composition no counting method can be judged on.
     """
-    if min_images < 1:
-        raise ValueError(f"min_images must be at least 1, not {min_images}")
     test_proba, test_labels = np.asarray(test_proba), np.asarray(test_labels)
-    n_classes = test_proba.shape[1]
-    samples = np.asarray(samples if samples is not None else ["(all)"] * len(test_labels))
-    if not (len(samples) == len(test_labels) == len(test_proba)):
-        raise ValueError(
-            f"{len(test_proba)} posteriors, {len(test_labels)} labels, {len(samples)} sample ids"
-        )
-    rows = []
+    if len(test_proba) != len(test_labels):
+        raise ValueError(f"{len(test_proba)} posteriors, {len(test_labels)} labels")
+    frames = []
     for method in methods:
         quantifier = fit_quantifier(method, val_proba, val_labels)
-        groups = [(s, samples == s) for s in sorted(set(samples))]
-        per_sample = []
-        for sample, mask in [*groups, (POOLED, np.ones(len(samples), bool))]:
-            truth = np.bincount(test_labels[mask], minlength=n_classes) / mask.sum()
-            estimate = estimate_prevalence(quantifier, method, test_proba[mask])
-            row = {
-                "method": method,
-                "sample": sample,
-                "n": int(mask.sum()),
-                "bray_curtis": bray_curtis(truth * mask.sum(), estimate * mask.sum()),
-                "mae": float(np.abs(truth - estimate).mean()),
-            }
-            rows.append(row)
-            if sample != POOLED and row["n"] >= min_images:
-                per_sample.append(row)
-
-        rows.append(
-            {
-                "method": method,
-                "sample": MEDIAN,
-                "n": int(sum(r["n"] for r in per_sample)),
-                "bray_curtis": _median(per_sample, "bray_curtis"),
-                "mae": _median(per_sample, "mae"),
-            }
+        frames.append(
+            _scored(
+                method,
+                lambda mask, q=quantifier, m=method: estimate_prevalence(q, m, test_proba[mask]),
+                test_labels,
+                samples,
+                n_classes=test_proba.shape[1],
+                min_images=min_images,
+            )
         )
+    return pd.concat(frames, ignore_index=True)
+
+
+def mix_reference(
+    val_labels: np.ndarray,
+    test_labels: np.ndarray,
+    samples: Sequence[str] | None = None,
+    *,
+    n_classes: int,
+    min_images: int = 1,
+) -> pd.DataFrame:
+    """`quantification_table`'s rows (method `MIX_REFERENCE`) for the estimate that does not look at
+    the images: every sample is given the validation rows' class mix, which is the training mix for
+    the stratified splits this package makes. A counting method that does not beat it tells the
+    user nothing about the sample that the training set did not."""
+    val_labels = np.asarray(val_labels, dtype=np.int64)
+    mix = np.bincount(val_labels, minlength=n_classes) / len(val_labels)
+    return _scored(
+        MIX_REFERENCE,
+        lambda mask: mix,
+        np.asarray(test_labels, dtype=np.int64),
+        samples,
+        n_classes=n_classes,
+        min_images=min_images,
+    )
+
+
+def _scored(
+    method: str,
+    estimate: Callable[[np.ndarray], np.ndarray],
+    test_labels: np.ndarray,
+    samples: Sequence[str] | None,
+    *,
+    n_classes: int,
+    min_images: int,
+) -> pd.DataFrame:
+    """One method's rows: per sample, pooled and the median over samples of `min_images`+ images;
+    `estimate(mask)` is the prevalence vector it gives the images `mask` selects."""
+    if min_images < 1:
+        raise ValueError(f"min_images must be at least 1, not {min_images}")
+    samples = np.asarray(samples if samples is not None else ["(all)"] * len(test_labels))
+    if len(samples) != len(test_labels):
+        raise ValueError(f"{len(test_labels)} labels, {len(samples)} sample ids")
+    rows, per_sample = [], []
+    groups = [(s, samples == s) for s in sorted(set(samples))]
+    for sample, mask in [*groups, (POOLED, np.ones(len(samples), bool))]:
+        truth = np.bincount(test_labels[mask], minlength=n_classes) / mask.sum()
+        prevalence = estimate(mask)
+        row = {
+            "method": method,
+            "sample": sample,
+            "n": int(mask.sum()),
+            "bray_curtis": bray_curtis(truth * mask.sum(), prevalence * mask.sum()),
+            "mae": float(np.abs(truth - prevalence).mean()),
+        }
+        rows.append(row)
+        if sample != POOLED and row["n"] >= min_images:
+            per_sample.append(row)
+    rows.append(
+        {
+            "method": method,
+            "sample": MEDIAN,
+            "n": int(sum(r["n"] for r in per_sample)),
+            "bray_curtis": _median(per_sample, "bray_curtis"),
+            "mae": _median(per_sample, "mae"),
+        }
+    )
     return pd.DataFrame(rows, columns=["method", "sample", "n", "bray_curtis", "mae"])
 
 

@@ -34,10 +34,11 @@ import pandas as pd
 
 from plankdiff.choices import Loss
 from plankdiff.data.lineage import log_readout
+from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
 from plankdiff.data.timestamps import capture_days
 from plankdiff.deploy.calibrate import apply_temperature, expected_calibration_error, fit_temperature
-from plankdiff.deploy.quantify import MEDIAN, POOLED, quantification_table
+from plankdiff.deploy.quantify import MEDIAN, POOLED, mix_reference, quantification_table
 from plankdiff.features.pairs import Selection
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.run import check_lineage, probe_features, selected_features
@@ -84,6 +85,17 @@ def count_scores(
     table = quantification_table(
         val_scaled, val_labels, target_scaled, target_labels, samples, min_images=min_images
     ).rename(columns={"method": "counting"})
+    table = _with_other(table, other_samples, min_images)
+    # A day whose images are all of other classes has no composition to score; it is still counted.
+    other = set(other_samples)
+    calibration["samples_of_other_classes_only"] = sorted(other - set(table["sample"]))
+    return calibration, table
+
+
+def _with_other(table: pd.DataFrame, other_samples: Sequence[str], min_images: int) -> pd.DataFrame:
+    """`table` with `n_other` (images of classes the probe does not know, per sample, pooled and
+    over the median's samples) and `in_median` (a sample of `min_images`+ images)."""
+    table = table.copy()
     other = pd.Series(list(other_samples), dtype=object).value_counts()
     days = table[~table["sample"].isin([POOLED, MEDIAN])].drop_duplicates("sample")
     n_other = {s: int(other.get(s, 0)) for s in days["sample"]}
@@ -91,9 +103,7 @@ def count_scores(
     n_other[MEDIAN] = int(sum(n_other[s] for s in days.loc[days["n"] >= min_images, "sample"]))
     table.insert(3, "n_other", table["sample"].map(n_other).astype(int))
     table["in_median"] = table["sample"].isin(days.loc[days["n"] >= min_images, "sample"])
-    # A day whose images are all of other classes has no composition to score; it is still counted.
-    calibration["samples_of_other_classes_only"] = sorted(set(other.index) - set(days["sample"]))
-    return calibration, table
+    return table
 
 
 def quantification_scores(
@@ -147,11 +157,8 @@ def quantification_scores(
     target_proba = probe.classifier.predict_proba(
         selected_features(target_store, probe.selected, rows, with_size=with_size)
     )
-    # Labels by class name: the target's class list is the probe's, but never trusted by position.
-    to_probe = np.array([split.classes.index(c) for c in target.classes], dtype=np.int64)
-    target_labels = to_probe[target.targets[rows]]
     dataset = target_store.dataset()
-    days = np.array(capture_days(dataset.meta["capture_time"]), dtype=object)
+    target_labels, days = _target_labels(split, target, dataset)
     log_readout(
         dataset,
         target.name,
@@ -163,7 +170,7 @@ def quantification_scores(
         target_proba,
         target_labels,
         days[rows].tolist(),
-        other_samples=days[np.asarray(other_rows, dtype=np.int64)].tolist(),
+        other_samples=_days_of(dataset, other_rows),
         min_images=min_images,
     )
     if out is not None:
@@ -186,10 +193,47 @@ def quantification_scores(
     return QuantificationResult(pair=probe.selected_pair, calibration=calibration, table=table)
 
 
+def mix_reference_scores(
+    split: Split,
+    target: Split,
+    dataset: PreparedDataset,
+    *,
+    other_rows: np.ndarray = np.array([], dtype=np.int64),
+    min_images: int = DEFAULT_MIN_IMAGES,
+) -> pd.DataFrame:
+    """`count_scores`' table for the estimate that ignores the images (`deploy.quantify.
+    mix_reference`: `split`'s validation mix for every capture day of `target`'s test rows, images
+    of `dataset`): the floor every counting method is read against. No probe, no features."""
+    target_labels, days = _target_labels(split, target, dataset)
+    table = mix_reference(
+        split.labels("val"),
+        target_labels,
+        days[target.indices("test")].tolist(),
+        n_classes=len(split.classes),
+        min_images=min_images,
+    ).rename(columns={"method": "counting"})
+    return _with_other(table, _days_of(dataset, other_rows), min_images)
+
+
+def _target_labels(split: Split, target: Split, dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(the probe's class index of each test row of `target`, the capture day of every row of
+    `dataset`). Labels by class name: the target's class list is the probe's, but never trusted by
+    position."""
+    to_probe = np.array([split.classes.index(c) for c in target.classes], dtype=np.int64)
+    labels = to_probe[target.targets[target.indices("test")]]
+    return labels, np.array(capture_days(dataset.meta["capture_time"]), dtype=object)
+
+
+def _days_of(dataset: PreparedDataset, rows: np.ndarray) -> list[str]:
+    days = np.array(capture_days(dataset.meta["capture_time"]), dtype=object)
+    return days[np.asarray(rows, dtype=np.int64)].tolist()
+
+
 __all__ = [
     "DEFAULT_MIN_IMAGES",
     "QUANTIFICATION_FILE",
     "QuantificationResult",
     "count_scores",
+    "mix_reference_scores",
     "quantification_scores",
 ]

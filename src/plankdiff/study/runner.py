@@ -31,7 +31,7 @@ from plankdiff.evaluation.clustering import pair_kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve
 from plankdiff.evaluation.open_set import OOD_SCORES, open_set_scores
 from plankdiff.evaluation.processing_shift import extract_like, prepare_shifts, shifted_dataset_scores
-from plankdiff.evaluation.quantification import quantification_scores
+from plankdiff.evaluation.quantification import mix_reference_scores, quantification_scores
 from plankdiff.features.extract import ExtractionRequest, extract_features, model_hash
 from plankdiff.features.pairs import Selection
 from plankdiff.features.raw import RAW_METHOD, raw_pixel_store
@@ -63,6 +63,7 @@ from plankdiff.study.stages import StageCache
 DIFFUSION = "diffusion"
 RAW = RAW_METHOD
 OWN_HEAD = "supervised (own head)"
+NO_CLASSIFIER = "(no classifier)"  # the quantification table's reference rows
 
 Stores = dict[tuple[str, str, str], FeatureStore]  # (experiment, method, dataset key) → store
 
@@ -84,7 +85,10 @@ class Study:
         self.project_root = project_root
         self.dry_run = dry_run
         self.console = console or Console()
-        self.stage = StageCache(self.work / "stages", dry_run=dry_run, console=self.console)
+        # Backbones another study under the same work root trained with the same inputs are copied
+        # from it rather than trained again (`StageCache`, `shareable`).
+        others = sorted(self.work.parent.glob("*/stages")) if self.work.parent.is_dir() else []
+        self.stage = StageCache(self.work / "stages", dry_run=dry_run, console=self.console, donors=others)
         self.per_seed: list[dict] = []  # one summary per (seed, experiment, method)
         self.kmeans_rows: list[dict] = []
         self.efficiency_rows: list[dict] = []
@@ -225,6 +229,7 @@ class Study:
                 lambda d=dataset, s=split, f=folder / DIFFUSION: train_diffusion(self.config, d, s, f, seed),
                 outputs=folder / DIFFUSION,
                 verify=lambda f=folder / DIFFUSION: stale_diffusion(self.config, f, seed),
+                shareable=True,
             )
             for method in self.config.baselines.methods:
                 runs[key][method] = folder / method
@@ -236,6 +241,7 @@ class Study:
                     ),
                     outputs=folder / method,
                     verify=lambda f=folder / method, m=method: stale_baseline(self.config, f, m, seed),
+                    shareable=True,
                 )
         return runs
 
@@ -607,6 +613,13 @@ class Study:
                     seed=seed,
                     extra=calibration,
                 )
+            # The floor every counting method is read against: the validation mix for every day
+            # (no probe, no features; computed here rather than in a stage, it costs nothing).
+            reference = mix_reference_scores(
+                experiment.split, target, dataset, other_rows=target.other, min_images=spec.min_images
+            )
+            tags = {"experiment": experiment.name, "method": NO_CLASSIFIER, "seed": seed, "pair": ""}
+            self.quantification_rows += [{**tags, **row} for row in _records(reference)]
 
     def _refit_rows(
         self,

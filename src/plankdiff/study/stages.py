@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,19 @@ class StaleStage(ValueError):
 
 class StageCache:
     """Records `<root>/<name>.json` = {key, inputs, result, seconds}; `planned` lists every stage
-    asked for with "run" or "reuse", which is what `--dry-run` prints."""
+    asked for with "run", "reuse" or "copy", which is what `--dry-run` prints.
 
-    def __init__(self, root: Path, *, dry_run: bool, console: Console):
+    `donors`: the stage folders of other studies. A `shareable` stage this cache has not recorded is
+    copied from a donor that recorded the same name with the same key (the same inputs hash: for a
+    backbone, the same prepared data, rows, method, budget, seed and precision), together with its
+    output folder, instead of being run again: one backbone trained once serves every study that
+    asks for it (the background ablation's normalised arm is the `cpu` study's seed 0). The output
+    folder is laid out alike under both studies' work folders (`root.parent`). Files are copied,
+    not linked: a donor that retrains writes its checkpoint in place."""
+
+    def __init__(self, root: Path, *, dry_run: bool, console: Console, donors: Sequence[Path] = ()):
         self.root, self.dry_run, self.console = Path(root), dry_run, console
+        self.donors = [Path(d) for d in donors if Path(d).resolve() != self.root.resolve()]
         self.planned: list[tuple[str, str]] = []
 
     def record(self, name: str) -> Path:
@@ -40,12 +50,15 @@ class StageCache:
         *,
         outputs: Path | None = None,
         verify: Callable[[], str | None] | None = None,
+        shareable: bool = False,
     ) -> Any:
         """`outputs`: a folder the stage writes beside its result; a record whose folder is gone is
         run again, since its result alone would leave the files the report reads missing.
         `verify`: for a stage about to be reused, why its outputs are not what it would make now
         (what its key cannot tell, e.g. the contents of a file it names), or None; a reason refuses
-        the study with `StaleStage` (in a dry run too) rather than reusing or overwriting them."""
+        the study with `StaleStage` (in a dry run too) rather than reusing or overwriting them.
+        `shareable`: a stage with `outputs` that another study's identical stage may supply (see the
+        class); its copy is checked with `verify` like a reused stage."""
         record = self.record(name)
         key = sha256_json(inputs)
         present = outputs is None or Path(outputs).exists()
@@ -56,6 +69,9 @@ class StageCache:
                 raise StaleStage(f"stage {name}: {problem}; not reused: {where} to run it again")
             self.planned.append((name, "reuse"))
             return read_json(record).get("result")
+        donor = self._donor(name, key, outputs) if shareable and outputs is not None else None
+        if donor is not None:
+            return self._copy(name, donor, Path(outputs), verify)
         self.planned.append((name, "run"))
         if self.dry_run:
             return None
@@ -72,6 +88,38 @@ class StageCache:
             },
         )
         return result
+
+    def _donor(self, name: str, key: str, outputs: Path) -> tuple[Path, Path] | None:
+        """(record, output folder) of the first donor that finished this stage with this key."""
+        where = Path(outputs).resolve().relative_to(self.root.parent.resolve())
+        for donor in self.donors:
+            record = donor / self.record(name).name
+            folder = donor.parent / where
+            if record.exists() and folder.is_dir() and read_json(record).get("key") == key:
+                return record, folder
+        return None
+
+    def _copy(
+        self, name: str, donor: tuple[Path, Path], outputs: Path, verify: Callable[[], str | None] | None
+    ) -> Any:
+        record, folder = donor
+        study = record.parent.parent.name
+        self.planned.append((name, "copy"))
+        if self.dry_run:
+            return read_json(record).get("result")
+        self.console.print(f"[bold cyan]stage[/bold cyan] {name}: copied from study {study}")
+        shutil.rmtree(outputs, ignore_errors=True)  # a run cut short leaves a partial folder
+        partial = outputs.with_name(outputs.name + ".copying")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder, partial)
+        partial.rename(outputs)
+        problem = verify() if verify is not None else None
+        if problem:
+            shutil.rmtree(outputs)
+            raise StaleStage(f"stage {name}: the copy from study {study} is stale: {problem}")
+        donated = read_json(record)
+        write_json(self.record(name), {**donated, "copied_from": str(record)})
+        return donated.get("result")
 
 
 __all__ = ["StageCache", "StaleStage"]
