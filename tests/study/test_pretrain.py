@@ -11,10 +11,10 @@ import pytest
 from rich.console import Console
 
 from plankdiff.baselines.supervised import Supervised
-from plankdiff.provenance import read_json
+from plankdiff.provenance import read_json, write_json
 from plankdiff.study.config import ExperimentConfig, load_experiment
 from plankdiff.study.plan import plan_replicate
-from plankdiff.study.pretrain import baseline_inputs
+from plankdiff.study.pretrain import baseline_inputs, stale_baseline
 from plankdiff.study.runner import Study
 from plankdiff.study.stages import StaleStage
 
@@ -132,3 +132,42 @@ def test_a_baseline_key_holds_the_width_only_where_it_is_not_the_methods_own(met
     assert inputs() == inputs(f"baselines.width={own}") == before
     assert inputs("baselines.width=12") == before | {"width": 12}
     assert inputs("baselines.batch_size=32") == before | {"batch_size": 32}
+
+
+def test_another_study_with_the_same_backbones_copies_them_instead_of_training(trained, tmp_path):
+    config, work = trained
+    work = shutil.copytree(work, tmp_path / "work")
+    twin = config.model_copy(update={"name": "twin"})
+    # Its own preparation of the same images (a dry run stops before pre-training without one).
+    Study(twin, results_root=work / "results", work_root=work, console=Console(quiet=True))._prepare()
+    planned = pretrain(twin, work, dry_run=True).plan()
+    assert [(n, s) for n, s in planned if n.startswith("pretrain/")] == [
+        ("pretrain/seed0/mine/diffusion", "copy"),
+        ("pretrain/seed0/mine/supervised", "copy"),
+    ]
+    study = pretrain(twin, work, dry_run=False)
+    assert [s for n, s in study.plan() if n.startswith("pretrain/")] == ["copy", "copy"]
+    for method in ("diffusion", "supervised"):
+        copied, original = run_folder(twin, work, method), run_folder(config, work, method)
+        assert sorted(p.relative_to(copied) for p in copied.rglob("*")) == sorted(
+            p.relative_to(original) for p in original.rglob("*")
+        )
+        record = read_json(work / "twin" / "stages" / f"pretrain_seed0_mine_{method}.json")
+        assert record["copied_from"].endswith(f"stale/stages/pretrain_seed0_mine_{method}.json")
+    assert [s for n, s in pretrain(twin, work, dry_run=True).plan() if n.startswith("pretrain/")] == [
+        "reuse",
+        "reuse",
+    ]
+
+
+def test_a_baseline_trained_under_another_split_name_is_stale_for_this_study(trained, tmp_path):
+    config, work = trained
+    folder = shutil.copytree(run_folder(config, work, "supervised"), tmp_path / "supervised")
+    study = pretrain(config, work, dry_run=True)
+    split = plan_replicate(config, study.datasets, 0).pretrain["mine"][1]
+    assert stale_baseline(config, folder, "supervised", 0, split=split) is None
+    record = read_json(folder / "baseline.json")
+    write_json(folder / "baseline.json", {**record, "split": "long-tailed-s0-other"})
+    assert stale_baseline(config, folder, "supervised", 0, split=split) == (
+        f"{folder} was trained on split long-tailed-s0-other, this study's is {split.name}"
+    )

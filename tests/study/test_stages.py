@@ -38,11 +38,11 @@ def test_a_recorded_stage_its_check_finds_stale_is_refused_in_a_dry_run_too(tmp_
 
     for dry_run in (False, True):
         cache = StageCache(tmp_path / "stages", dry_run=dry_run, console=Console(quiet=True))
-        assert cache("train/x", {"a": 1}, run, outputs=out, verify=lambda: None) == 1
+        assert cache("train/x", {"a": 1}, run, outputs=out, verify=lambda folder: None) == 1
         with pytest.raises(
             StaleStage, match=rf"^stage train/x: lr differs; not reused: delete {out} to run it again$"
         ):
-            cache("train/x", {"a": 1}, run, outputs=out, verify=lambda: "lr differs")
+            cache("train/x", {"a": 1}, run, outputs=out, verify=lambda folder: "lr differs")
         assert [status for _, status in cache.planned] == (["reuse"] if dry_run else ["run"])
     assert calls == [1]  # neither reused nor run again: the caller decides what to delete
 
@@ -106,19 +106,23 @@ def test_a_dry_run_plans_the_copy_and_copies_nothing(tmp_path: Path):
     assert not out.exists() and not (tmp_path / "ablation" / "stages").exists()
 
 
-def test_a_copy_its_check_finds_stale_is_refused_and_removed(tmp_path: Path):
+def test_a_donor_its_check_rejects_is_passed_over_and_the_stage_runs(tmp_path: Path):
     donor, donor_out, donor_calls = _trained(tmp_path / "cpu")
     donor("pretrain/seed0/ndsb/mae", {"a": 1}, _train(donor_out, donor_calls, "cpu"), outputs=donor_out)
     cache, out, calls = _trained(tmp_path / "ablation", donors=[tmp_path / "cpu" / "stages"])
-    with pytest.raises(
-        StaleStage, match=r"^stage pretrain/seed0/ndsb/mae: the copy from study cpu is stale: lr$"
-    ):
-        cache(
-            "pretrain/seed0/ndsb/mae",
-            {"a": 1},
-            _train(out, calls, "x"),
-            outputs=out,
-            shareable=True,
-            verify=lambda: "lr",
-        )
-    assert not out.exists() and not cache.record("pretrain/seed0/ndsb/mae").exists() and calls == []
+    checked = []
+
+    def verify(folder: Path) -> str | None:
+        checked.append(folder)
+        return "trained on split a, this study's is b" if folder == donor_out else None
+
+    result = cache(
+        "pretrain/seed0/ndsb/mae",
+        {"a": 1},
+        _train(out, calls, "x"),
+        outputs=out,
+        shareable=True,
+        verify=verify,
+    )
+    assert calls == ["x"] and result == {"steps": 1} and (out / "weights.txt").read_text() == "x"
+    assert checked == [donor_out] and "copied_from" not in cache.record("pretrain/seed0/ndsb/mae").read_text()

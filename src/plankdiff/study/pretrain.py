@@ -101,13 +101,21 @@ def stale_diffusion(config: ExperimentConfig, folder: Path, seed: int) -> str | 
     return _stale(folder, f"preset {config.diffusion.preset}", changed)
 
 
-def stale_baseline(config: ExperimentConfig, folder: Path, method: str, seed: int) -> str | None:
-    """Why the `method` backbone in `folder` is not what its stage trains now, or None."""
+def stale_baseline(
+    config: ExperimentConfig, folder: Path, method: str, seed: int, *, split: Split | None = None
+) -> str | None:
+    """Why the `method` backbone in `folder` is not what its stage trains now, or None. `split`: the
+    pre-training split the stage trains on; a backbone that records another split name is refused
+    too (its feature extraction reads that split back by name: a backbone copied from another
+    study trained on the same rows under another split name would not find it here)."""
     record = folder / BASELINE_FILE
     if not record.is_file():
         return f"{record} is missing, so its settings cannot be checked"
+    recorded = read_json(record)
+    if split is not None and recorded.get("split") not in (None, split.name):
+        return f"{folder} was trained on split {recorded.get('split')}, this study's is {split.name}"
     now = baseline_config(config, method, seed).model_dump(mode="json")
-    changed = changed_fields(read_json(record).get("config"), now, ignore=NOT_COMPARED)
+    changed = changed_fields(recorded.get("config"), now, ignore=NOT_COMPARED)
     return _stale(folder, f"the {method} recipe", changed)
 
 

@@ -228,7 +228,7 @@ class Study:
                 inputs,
                 lambda d=dataset, s=split, f=folder / DIFFUSION: train_diffusion(self.config, d, s, f, seed),
                 outputs=folder / DIFFUSION,
-                verify=lambda f=folder / DIFFUSION: stale_diffusion(self.config, f, seed),
+                verify=lambda f: stale_diffusion(self.config, f, seed),
                 shareable=True,
             )
             for method in self.config.baselines.methods:
@@ -240,7 +240,7 @@ class Study:
                         self.config, d, s, f, m, seed
                     ),
                     outputs=folder / method,
-                    verify=lambda f=folder / method, m=method: stale_baseline(self.config, f, m, seed),
+                    verify=lambda f, m=method, s=split: stale_baseline(self.config, f, m, seed, split=s),
                     shareable=True,
                 )
         return runs
@@ -616,7 +616,7 @@ class Study:
             # The floor every counting method is read against: the validation mix for every day
             # (no probe, no features; computed here rather than in a stage, it costs nothing).
             reference = mix_reference_scores(
-                experiment.split, target, dataset, other_rows=target.other, min_images=spec.min_images
+                experiment.split, target.split, dataset, other_rows=target.other, min_images=spec.min_images
             )
             tags = {"experiment": experiment.name, "method": NO_CLASSIFIER, "seed": seed, "pair": ""}
             self.quantification_rows += [{**tags, **row} for row in _records(reference)]

@@ -49,29 +49,30 @@ class StageCache:
         run: Callable[[], Any],
         *,
         outputs: Path | None = None,
-        verify: Callable[[], str | None] | None = None,
+        verify: Callable[[Path], str | None] | None = None,
         shareable: bool = False,
     ) -> Any:
         """`outputs`: a folder the stage writes beside its result; a record whose folder is gone is
         run again, since its result alone would leave the files the report reads missing.
-        `verify`: for a stage about to be reused, why its outputs are not what it would make now
-        (what its key cannot tell, e.g. the contents of a file it names), or None; a reason refuses
-        the study with `StaleStage` (in a dry run too) rather than reusing or overwriting them.
+        `verify(folder)`: for a stage with `outputs` about to be reused, why the outputs in `folder`
+        are not what it would make now (what its key cannot tell, e.g. the contents of a file it
+        names, or a split name this study does not have), or None; a reason refuses the study with
+        `StaleStage` (in a dry run too) rather than reusing or overwriting them.
         `shareable`: a stage with `outputs` that another study's identical stage may supply (see the
-        class); its copy is checked with `verify` like a reused stage."""
+        class); a donor's folder `verify` finds a reason against is passed over, not copied."""
         record = self.record(name)
         key = sha256_json(inputs)
         present = outputs is None or Path(outputs).exists()
         if present and record.exists() and read_json(record).get("key") == key:
-            problem = verify() if verify is not None else None
+            problem = verify(Path(outputs)) if verify is not None and outputs is not None else None
             if problem:
                 where = f"delete {outputs}" if outputs is not None else f"delete {record}"
                 raise StaleStage(f"stage {name}: {problem}; not reused: {where} to run it again")
             self.planned.append((name, "reuse"))
             return read_json(record).get("result")
-        donor = self._donor(name, key, outputs) if shareable and outputs is not None else None
+        donor = self._donor(name, key, outputs, verify) if shareable and outputs is not None else None
         if donor is not None:
-            return self._copy(name, donor, Path(outputs), verify)
+            return self._copy(name, donor, Path(outputs))
         self.planned.append((name, "run"))
         if self.dry_run:
             return None
@@ -89,19 +90,27 @@ class StageCache:
         )
         return result
 
-    def _donor(self, name: str, key: str, outputs: Path) -> tuple[Path, Path] | None:
-        """(record, output folder) of the first donor that finished this stage with this key."""
+    def _donor(
+        self, name: str, key: str, outputs: Path, verify: Callable[[Path], str | None] | None
+    ) -> tuple[Path, Path] | None:
+        """(record, output folder) of the first donor that finished this stage with this key and
+        whose folder `verify` accepts for this study."""
         where = Path(outputs).resolve().relative_to(self.root.parent.resolve())
         for donor in self.donors:
             record = donor / self.record(name).name
             folder = donor.parent / where
-            if record.exists() and folder.is_dir() and read_json(record).get("key") == key:
-                return record, folder
+            if not (record.exists() and folder.is_dir() and read_json(record).get("key") == key):
+                continue
+            problem = verify(folder) if verify is not None else None
+            if problem:
+                self.console.print(
+                    f"[yellow]note:[/yellow] stage {name}: not copied from {folder}: {problem}"
+                )
+                continue
+            return record, folder
         return None
 
-    def _copy(
-        self, name: str, donor: tuple[Path, Path], outputs: Path, verify: Callable[[], str | None] | None
-    ) -> Any:
+    def _copy(self, name: str, donor: tuple[Path, Path], outputs: Path) -> Any:
         record, folder = donor
         study = record.parent.parent.name
         self.planned.append((name, "copy"))
@@ -113,10 +122,6 @@ class StageCache:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(folder, partial)
         partial.rename(outputs)
-        problem = verify() if verify is not None else None
-        if problem:
-            shutil.rmtree(outputs)
-            raise StaleStage(f"stage {name}: the copy from study {study} is stale: {problem}")
         donated = read_json(record)
         write_json(self.record(name), {**donated, "copied_from": str(record)})
         return donated.get("result")
