@@ -45,6 +45,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
         "ddpm-warmup10",
         "ddpm-wide8",
         "gpu",
+        "markers",
         "normalisation",
         "quick",
         "scaling-high",
@@ -432,6 +433,20 @@ def test_each_ddpm_option_study_differs_from_the_cpu_study_only_in_its_option(na
     assert study.baselines.methods == () and study.baselines.include_raw_pixels
     size = 64 if name == "ddpm-64px" else 32
     assert study.datasets["ndsb"] == cpu.datasets["ndsb"].model_copy(update={"size": size})
+
+
+def test_the_marker_study_differs_from_the_cpu_study_only_in_its_ndsb_preparation():
+    """Issue #19: its seed-0 NDSB rows are compared with the cpu study's, so everything but the
+    marker removal (and what it leaves out: ZooLake, PWSSC, label efficiency, k-means) is the same."""
+    cpu, study = load_experiment("cpu"), load_experiment("markers")
+    assert study.datasets == {"ndsb": cpu.datasets["ndsb"].model_copy(update={"markers": "remove"})}
+    same = ("diffusion", "baselines", "features", "protocol", "caps", "splits", "training_precision")
+    assert {k: getattr(study, k) for k in same} == {k: getattr(cpu, k) for k in same}
+    assert study.pretrain == {"ndsb": cpu.pretrain["ndsb"]}
+    assert (study.experiments, study.seeds) == (("ndsb",), (0,))
+    assert study.evaluations.processing_shift is not None and study.evaluations.experiments == (
+        "ndsb/long-tailed",
+    )
 
 
 def test_new_diffusion_options_enter_the_backbone_key_only_when_set():

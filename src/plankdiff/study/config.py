@@ -549,6 +549,7 @@ SHIPPED = (
     "ddpm-warmup10",
     "ddpm-bf16",
     "normalisation",  # issue #19: with and without background normalisation
+    "markers",  # issue #19: scale-marker removal, with the processing-shift benchmark
 )
 
 
