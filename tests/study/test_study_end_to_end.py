@@ -161,7 +161,9 @@ def test_an_interrupted_training_stops_the_study_unrecorded(
         return TrainResult(trainer.out, 3, 0.01, 96, 1.0, "interrupt")
 
     monkeypatch.setattr(DiffusionTrainer, "train", interrupted)
-    study = Study(config, results_root=tmp_path / "results")
+    # A work folder of its own: in the session's shared cache, the tiny study's identical DDPM would
+    # be copied instead of trained (`StageCache` donors), and nothing would be interrupted.
+    study = Study(config, results_root=tmp_path / "results", work_root=tmp_path / "studies")
     with pytest.raises(StudyInterrupted, match="rerun the same command to resume"):
         study.run()
     assert list((study.work / "stages").glob("prepare_*")) and not list(
