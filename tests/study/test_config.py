@@ -672,7 +672,7 @@ def test_the_noise_ceiling_joins_the_prepare_key_only_when_set(tmp_path):
         load_experiment(write(tmp_path, bad))
 
 
-PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation") + tuple(
+PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation", "markers") + tuple(
     s for s in SHIPPED if s.startswith("ddpm-")
 )
 
