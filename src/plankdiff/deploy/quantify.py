@@ -36,6 +36,7 @@ COUNTINGS: tuple[str, ...] = get_args(Counting)
 POOLED, MEDIAN = "(pooled)", "(median over samples)"
 # The `method` of `mix_reference`'s rows: no counting method, the validation rows' class mix.
 MIX_REFERENCE = "validation mix"
+TABLE_COLUMNS = ["method", "sample", "n", "bray_curtis", "mae"]
 _METHODS = {"cc": CC, "pcc": PCC, "pacc": PACC, "emq": EMQ}
 
 
@@ -130,7 +131,7 @@ def quantification_table(
                 min_images=min_images,
             )
         )
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TABLE_COLUMNS)
 
 
 def mix_reference(
@@ -197,7 +198,7 @@ def _scored(
             "mae": _median(per_sample, "mae"),
         }
     )
-    return pd.DataFrame(rows, columns=["method", "sample", "n", "bray_curtis", "mae"])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
 def _median(rows: list[dict], key: str) -> float:

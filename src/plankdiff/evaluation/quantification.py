@@ -170,7 +170,7 @@ def quantification_scores(
         target_proba,
         target_labels,
         days[rows].tolist(),
-        other_samples=_days_of(dataset, other_rows),
+        other_samples=days[np.asarray(other_rows, dtype=np.int64)].tolist(),
         min_images=min_images,
     )
     if out is not None:
@@ -212,7 +212,7 @@ def mix_reference_scores(
         n_classes=len(split.classes),
         min_images=min_images,
     ).rename(columns={"method": "counting"})
-    return _with_other(table, _days_of(dataset, other_rows), min_images)
+    return _with_other(table, days[np.asarray(other_rows, dtype=np.int64)].tolist(), min_images)
 
 
 def _target_labels(split: Split, target: Split, dataset: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -222,11 +222,6 @@ def _target_labels(split: Split, target: Split, dataset: PreparedDataset) -> tup
     to_probe = np.array([split.classes.index(c) for c in target.classes], dtype=np.int64)
     labels = to_probe[target.targets[target.indices("test")]]
     return labels, np.array(capture_days(dataset.meta["capture_time"]), dtype=object)
-
-
-def _days_of(dataset: PreparedDataset, rows: np.ndarray) -> list[str]:
-    days = np.array(capture_days(dataset.meta["capture_time"]), dtype=object)
-    return days[np.asarray(rows, dtype=np.int64)].tolist()
 
 
 __all__ = [
