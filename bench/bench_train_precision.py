@@ -1,10 +1,13 @@
 """Benchmark: training images/s in bf16 autocast against fp32, per method, in one run: the DDPM
-(`cpu` preset), the ResNet-18 methods (supervised, SimCLR, BYOL, DINO) and MAE.
+(`cpu` preset, or `--preset`), the ResNet-18 methods (supervised, SimCLR, BYOL, DINO) and MAE.
 
 Run by hand on IDLE cores (not collected by pytest; other jobs on the cores skew both columns and
 the ratio), e.g.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_train_precision.py --data ndsb-32 --split long-tailed-s0
+
+On a machine with CUDA every trainer runs on the GPU (as in training); `scripts/gpu_check.sh` runs
+it there with `--preset paper` on 64 px NDSB.
 
 Each method runs the real trainer's step (`plankdiff.training.Trainer.train_step`: views or noise,
 forward and loss under autocast, backward, gradient clipping, AdamW, and for the DDPM the LR schedule
@@ -35,7 +38,7 @@ from plankdiff.data.lineage import pretraining_rows
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.train import DiffusionTrainer
-from plankdiff.precision import cpu_has_bf16_units
+from plankdiff.precision import device_has_bf16_units
 from plankdiff.provenance import git_sha
 from plankdiff.training import Trainer
 
@@ -45,10 +48,17 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def build(
-    dataset: PreparedDataset, method: str, *, split: str, precision: str, out: Path, batch_size: int | None
+    dataset: PreparedDataset,
+    method: str,
+    *,
+    split: str,
+    precision: str,
+    out: Path,
+    batch_size: int | None,
+    preset: str,
 ) -> Trainer:
     if method == "ddpm":
-        config = load_config("cpu", precision=precision, sample_every=0, batch_size=batch_size)
+        config = load_config(preset, precision=precision, sample_every=0, batch_size=batch_size)
         rows = pretraining_rows(dataset, split, all_rows=False)
         return DiffusionTrainer(config=config, dataset=dataset, out=out, rows=rows, show_progress=False)
     config = BaselineConfig.for_method(method, max_steps=10**9, precision=precision, batch_size=batch_size)
@@ -77,6 +87,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fp32/bf16 alternations per method")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--batch-size", type=int, default=None, help="default: each method's own")
+    parser.add_argument("--preset", default="cpu", help="the DDPM's preset (configs/diffusion)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_precision.md")
     args = parser.parse_args()
 
@@ -93,6 +104,7 @@ def main() -> None:
                     precision=p,
                     out=Path(scratch) / method / p,
                     batch_size=args.batch_size,
+                    preset=args.preset,
                 )
                 for p in PRECISIONS
             }
@@ -120,7 +132,8 @@ def main() -> None:
         ),
         platform.processor(),
     )
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else model
+    device = f"{torch.cuda.get_device_name()} (CPU {model})" if torch.cuda.is_available() else model
+    bf16_units = device_has_bf16_units(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     command = "OMP_NUM_THREADS={} {} {}".format(
         os.environ.get("OMP_NUM_THREADS", "(unset)"), Path(sys.executable).name, " ".join(sys.argv)
     )
@@ -128,7 +141,7 @@ def main() -> None:
         "# Training throughput: bf16 autocast against fp32",
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, git {git_sha()}, torch {torch.__version__}, "
-        f"{device} (bf16 units: {'yes' if cpu_has_bf16_units() else 'no'}), "
+        f"{device} (bf16 units: {'yes' if bf16_units else 'no'}), "
         f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores visible.",
         f"Data: {dataset.name} {list(dataset.images.shape[1:])}, split {args.split} train rows; "
         f"{f'batch {args.batch_size}' if args.batch_size else 'each method its own batch size'}; {args.steps} timed steps after {args.warmup} warm-up steps, fp32 and bf16 "
@@ -141,7 +154,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        name = "DDPM (`cpu` preset)" if row["method"] == "ddpm" else row["method"]
+        name = f"DDPM (`{args.preset}` preset)" if row["method"] == "ddpm" else row["method"]
         lines.append(
             f"| {name} | {row['batch']} | {row['fp32_images_per_s']:.1f} | {row['bf16_images_per_s']:.1f} "
             f"| {row['ratio']:.2f}× | {row['fp32_loss']:.4f} | {row['bf16_loss']:.4f} |"
@@ -150,7 +163,7 @@ def main() -> None:
         "",
         "images/s: source images per second of one trainer step (SimCLR, BYOL and DINO run two views of",
         "each). bf16: autocast around the forward pass and the loss, float32 weights and optimiser state",
-        "(`plankdiff.training`); `precision: auto` picks it only where the CPU has bf16 units.",
+        "(`plankdiff.training`); `precision: auto` picks it only where the CPU or GPU has bf16 units.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -121,8 +121,10 @@ def resolve_device(console: Console, choice: str) -> str:
     N not a GPU torch sees, is refused in one line."""
     import torch
 
+    from plankdiff.devices import default_device
+
     if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device().type
     if choice.startswith("cuda") and not torch.cuda.is_available():
         fail(console, f"--device {choice}: no CUDA device is visible to torch")
     index = CUDA_INDEX.fullmatch(choice)

@@ -309,3 +309,19 @@ def test_leaky_or_malformed_inputs_are_refused(data):
         fit_single(x, y, train=splits["train"], val=splits["val"], n_classes=N_CLASSES - 1)
     with pytest.raises(ValueError, match="do not align"):
         fit_single(x[:-1], y, train=splits["train"], val=splits["val"], n_classes=N_CLASSES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probes_fitted_on_cuda_agree_with_the_cpu(data):
+    """`device="auto"` fits on the GPU where there is one (a GPU study's probes); the selection and
+    the scores must be the CPU's up to float rounding, and the classifiers come back as arrays."""
+    features, y, splits = data
+    kwargs = {"train": splits["train"], "val": splits["val"], "n_classes": N_CLASSES, **FAST}
+    on_cpu = fit_probe_grid(features, y, device="cpu", **kwargs)
+    on_gpu = fit_probe_grid(features, y, **kwargs)
+    assert on_gpu.best_pair == on_cpu.best_pair == "informative"
+    np.testing.assert_allclose(on_gpu.table["val_accuracy"], on_cpu.table["val_accuracy"], atol=0.02)
+    classifier = on_gpu.classifier()
+    assert isinstance(classifier.weight, np.ndarray)
+    test_accuracy = (classifier.predict(features["informative"][splits["test"]]) == y[splits["test"]]).mean()
+    assert test_accuracy > 0.5

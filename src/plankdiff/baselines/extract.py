@@ -24,6 +24,7 @@ from plankdiff.baselines.registry import Method, get_method
 from plankdiff.baselines.train import BASELINE_FILE, BaselineConfig
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import SPLITS, Split
+from plankdiff.devices import torch_device
 from plankdiff.diffusion.checkpoint import latest_checkpoint
 from plankdiff.diffusion.train import dihedral_augment_all, to_model_range
 from plankdiff.features.pairs import Pair
@@ -68,12 +69,6 @@ def build_baseline(info: dict, weights: Path) -> Method:
     return method.eval().requires_grad_(False)
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def extract_baseline_features(
     run: Path | str,
     dataset: PreparedDataset,
@@ -91,7 +86,7 @@ def extract_baseline_features(
     block's features over the flips and 90° rotations, as the DDPM's extraction does."""
     out = Path(out)
     method, info, checkpoint = load_baseline(run)
-    target = _device(device)
+    target = torch_device(device)
     method = method.to(target)
     shape = list(dataset.images.shape[1:])
     if shape != info["image_shape"]:

@@ -32,6 +32,7 @@ from plankdiff.choices import Precision
 from plankdiff.data.lineage import pretraining_rows
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split
+from plankdiff.devices import default_device
 from plankdiff.provenance import changed_fields, git_sha, sha256_json
 from plankdiff.training import RUN_LENGTH_FIELDS, LoopSettings, Trainer
 from plankdiff.validation import problems
@@ -156,7 +157,7 @@ class BaselineTrainer(Trainer):
                 raise ValueError(f"{config.method} is self-supervised: it must not be given labels")
             self.labels = None
         self.data = data
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = default_device()
         channels, size = dataset.images.shape[1], dataset.images.shape[2]
         torch.manual_seed(config.seed)  # the initial weights and MAE's masks come from the global RNG
         self.method: Method = recipe.build(

@@ -25,6 +25,7 @@ from PIL import Image
 
 from plankdiff.budget import count_flops
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.devices import default_device
 from plankdiff.diffusion.config import DiffusionConfig, TimestepSampling, UniformTimesteps
 from plankdiff.diffusion.model import build_scheduler, build_unet, count_parameters
 from plankdiff.provenance import changed_fields, git_sha
@@ -118,9 +119,8 @@ class DiffusionTrainer(Trainer):
         if not len(rows):
             raise ValueError(f"{dataset.root}: no images selected for training")
         train = config.train
-        use_gpu = torch.cuda.is_available()
         # The loop applies autocast itself (`plankdiff.precision`), the same way for every method.
-        self.accelerator = Accelerator(mixed_precision="no", cpu=not use_gpu)
+        self.accelerator = Accelerator(mixed_precision="no", cpu=default_device().type == "cpu")
         channels, size = dataset.images.shape[1], dataset.images.shape[2]
         torch.manual_seed(train.seed)  # the initial weights are part of what the seed fixes
         self.model = build_unet(config, image_size=size, channels=channels)

@@ -402,6 +402,7 @@ def extract_like(
         )
     if not info.get("backbone"):
         raise ValueError(f"{store.root}: the store records no backbone run to extract new images with")
+    from plankdiff.devices import default_device
     from plankdiff.diffusion.model import load_backbone
     from plankdiff.features.extract import ExtractionRequest, extract_features
 
@@ -410,6 +411,7 @@ def extract_like(
     request["blocks"] = tuple(dict.fromkeys(axes[p][0] for p in wanted))
     request["timesteps"] = tuple(sorted({axes[p][1] for p in wanted}))
     unet, scheduler = load_backbone(info["backbone"])
+    unet = unet.to(default_device())
     return extract_features(
         unet,
         scheduler,

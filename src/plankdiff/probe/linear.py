@@ -36,7 +36,8 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from plankdiff.choices import Loss
+from plankdiff.choices import Device, Loss
+from plankdiff.devices import torch_device
 from plankdiff.probe.metrics import macro_f1_rows
 from plankdiff.probe.protocol import LOSSES
 from plankdiff.probe.selection import rank
@@ -370,7 +371,7 @@ def fit_probe_grid(
     batch_size: int = DEFAULT_BATCH_SIZE,
     min_steps: int = DEFAULT_MIN_STEPS,
     seed: int = 0,
-    device: str = "cpu",
+    device: Device | torch.device = "auto",
     matmul_dtype: Literal["bfloat16", "float32"] = "bfloat16",
     num_threads: int | None = DEFAULT_THREADS,
     progress: bool = False,
@@ -386,6 +387,8 @@ def fit_probe_grid(
     converge too. All probes share one seeded shuffle, so a seed fixes every result bit for bit on a
     given machine. num_threads: torch intra-op threads for this call only (default 1, see
     DEFAULT_THREADS); None keeps torch's setting, the right choice on an idle many-core machine.
+    device: where the probes train and are scored (auto: CUDA when there is one: on a GPU machine
+    the CPU would otherwise probe single-threaded while the GPU waits).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
@@ -416,6 +419,7 @@ def fit_probe_grid(
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
     epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[matmul_dtype]
+    device = torch_device(device)
     with _torch_threads(num_threads):
         bias_init = torch.tensor(initial_bias(counts, loss), dtype=torch.float32).repeat(len(hps))
         by_width: dict[int, list[str]] = {}

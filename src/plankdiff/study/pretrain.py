@@ -64,12 +64,10 @@ def baseline_inputs(config: ExperimentConfig, inputs: dict, method: str) -> dict
 
 def training_precision(config: ExperimentConfig) -> str:
     """What the study's `training_precision` resolves to on the device the backbones train on."""
-    import torch
-
+    from plankdiff.devices import default_device
     from plankdiff.precision import resolve_precision
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return resolve_precision(config.training_precision, device)
+    return resolve_precision(config.training_precision, default_device())
 
 
 def diffusion_config(config: ExperimentConfig, seed: int) -> DiffusionConfig:
@@ -138,6 +136,9 @@ def train_diffusion(config: ExperimentConfig, dataset, split: Split, folder: Pat
     _refuse_interrupted(result, folder)
     unet, scheduler = load_backbone(folder)
     if spec.samples:
+        from plankdiff.devices import default_device
+
+        unet = unet.to(default_device())
         save_grid(sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png")
     return _run_record(result, parameters=sum(p.numel() for p in unet.parameters())) | {
         "last_loss": result.last_loss
