@@ -420,3 +420,18 @@ def test_extract_timesteps_outside_the_schedule_are_refused(run_cli, tmp_path):
     result = run_cli("features", "extract", tmp_path, "ds", "--out", tmp_path / "o", "--timesteps", "5,1000")
     assert result.exit_code == 2
     assert "give timesteps in 0–999" in result.text
+
+
+def test_run_help_names_every_shipped_experiment():
+    """The `run` argument's help lists the shipped experiments (the ddpm-* family as a pattern): a new
+    experiment file that the help does not name is caught here."""
+    import fnmatch
+    import inspect
+
+    from plankdiff.study.cli import run_command
+    from plankdiff.study.config import SHIPPED
+
+    help_text = inspect.signature(run_command).parameters["experiment"].default.help
+    listed = re.findall(r"[\w*-]+", help_text.split("(", 1)[1].split(":", 1)[0])
+    unnamed = [name for name in SHIPPED if not any(fnmatch.fnmatch(name, pattern) for pattern in listed)]
+    assert not unnamed, f"plankdiff run --help does not name {unnamed}"

@@ -13,7 +13,11 @@ console = Console()
 
 
 def run_command(
-    experiment: str = typer.Argument(..., help="quick | cpu | gpu | compare, or an experiment YAML file"),
+    experiment: str = typer.Argument(
+        ...,
+        help="a shipped experiment (quick, cpu, gpu, compare, best, scaling-low, scaling-high, "
+        "normalisation, markers, ddpm-*: README, Shipped studies) or an experiment YAML file",
+    ),
     dry_run: bool = switch(False, "--dry-run", help="list the stages that would run, run nothing"),
     results: Path = typer.Option(Path("results"), "--results", help="where results/<name>/ is written"),
     overrides: list[str] = typer.Option(
