@@ -331,3 +331,28 @@ def test_report_in_headless_chromium(results_dir: Path, tmp_path: Path) -> None:
         # A missing file does not log ERR_FILE_NOT_FOUND in headless mode, so check what was opened.
         opened = {unquote(url) for url in re.findall(r"FileURLLoader::Start: (\S+)", run.stderr)}
         assert opened == {unquote(report.as_uri())}, opened
+
+
+def test_report_says_which_backbones_fell_short_of_a_flop_budget(results_dir: Path) -> None:
+    """A FLOP-budget study whose backbone stopped on a minutes cap compared unequal training: the
+    report's first lines name it, and the budget table shows why each run stopped."""
+    path = results_dir / "study.json"
+    study = json.loads(path.read_text())
+    study["config"] |= {"diffusion": {"max_tflops": 25}, "baselines": {"max_tflops": 25.0}}
+    study["budgets"] = [
+        {"method": "diffusion (ndsb)", "seed": 0, "tflops": 25.17, "stopped_by": "flops"},
+        {"method": "supervised (ndsb)", "seed": 1, "tflops": 12.04, "stopped_by": "time"},
+        {"method": "simclr (ndsb)", "seed": 1, "tflops": 25.1, "stopped_by": "flops"},
+    ]
+    path.write_text(json.dumps(study))
+    page = render_report(results_dir).read_text(encoding="utf-8")
+    assert "Unequal budgets" in page
+    assert "supervised (ndsb), seed 1: 12 of 25 TFLOP" in page
+    unequal = page[page.index("Unequal budgets") :].split(".", 1)[0]
+    assert "diffusion" not in unequal and "simclr" not in unequal
+    assert "<th>stopped by</th>" in page.replace(' class="num"', "")
+
+    for budget in study["budgets"]:
+        budget["stopped_by"] = "flops"
+    path.write_text(json.dumps(study))
+    assert "Unequal budgets" not in render_report(results_dir).read_text(encoding="utf-8")

@@ -128,6 +128,7 @@ def _meaning(study: dict[str, Any], headline: pd.DataFrame) -> list[str]:
         lines.append(
             "Training budget spent per backbone (largest over replicates): " + "; ".join(parts) + "."
         )
+    lines += _short_of_flops(config, budgets)
     caps = config.get("caps")
     if isinstance(caps, dict) and caps:
         lines.append(
@@ -435,6 +436,28 @@ def _predictions(results_dir: Path, slug: str, rows: pd.DataFrame) -> Prediction
     return PredictionsView(methods=views, figure=_uri(figure))
 
 
+def _short_of_flops(config: dict[str, Any], budgets: list[dict[str, Any]]) -> list[str]:
+    """Backbones of a FLOP-budget study that stopped for another reason (a preset's minutes cap on a
+    slow or busy machine, a step cap) trained less than the budget the comparison is built on; the
+    report says so instead of letting an unequal comparison pass as an equal one."""
+    short = []
+    for budget in budgets:
+        method = str(budget.get("method", "–"))
+        family = "diffusion" if method.split(" (")[0] == "diffusion" else "baselines"
+        limit = (config.get(family) or {}).get("max_tflops")
+        stopped = budget.get("stopped_by")
+        if limit and stopped in ("time", "steps"):
+            spent = budget.get("tflops")
+            spent_text = f"{spent:.3g}" if isinstance(spent, int | float) else "?"
+            short.append(f"{method}, seed {budget.get('seed', '–')}: {spent_text} of {limit:g} TFLOP")
+    if not short:
+        return []
+    return [
+        "Unequal budgets: these backbones stopped (minutes or step cap) before the study's FLOP "
+        "budget, so they trained less than the others: " + "; ".join(short) + "."
+    ]
+
+
 # -- 5: provenance ----------------------------------------------------------------------------------
 def _budgets(study: dict[str, Any]) -> list[list[str]]:
     rows = []
@@ -449,6 +472,7 @@ def _budgets(study: dict[str, Any]) -> list[list[str]]:
                 _number(budget.get("tflops"), 2),
                 _count(budget.get("parameters")),
                 str(budget.get("precision") or "–"),  # absent from studies run before it was recorded
+                str(budget.get("stopped_by") or "–"),
             ]
         )
     return rows

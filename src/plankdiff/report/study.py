@@ -301,6 +301,7 @@ def write_study_report(
                         "images_seen": result.get("images_seen"),
                         "parameters": result.get("parameters"),
                         "precision": result.get("precision"),
+                        "stopped_by": result.get("stopped_by"),
                     }
                 )
             sample = by_method[DIFFUSION] / "samples" / "final.png"
