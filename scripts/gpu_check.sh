@@ -9,7 +9,10 @@
 # Usage: scripts/gpu_check.sh OUT NDSB_ZIP [--set KEY=VALUE ...]
 #   OUT       folder for the log, the benchmark table and results.tgz (created)
 #   NDSB_ZIP  ../shared/datasets/ndsb.zip, or a copy of it (the only dataset read)
-#   --set     more overrides, after this script's own (a rehearsal on the CPU cuts further)
+#   --set     more overrides, after this script's own (a rehearsal on the CPU cuts further). For
+#             a FLOP budget set the minutes caps high too (--set diffusion.max_tflops=1400
+#             --set baselines.max_tflops=1400 --set baselines.max_minutes=60): a run stops at
+#             whichever budget it reaches first, and this script's own caps are minutes.
 # Environment: PYTHON (default python3), PLANKDIFF_CACHE (default OUT/cache), RESULTS (the study's
 # results folder, default OUT/results), STUDY_SECONDS (330),
 # BENCH_SECONDS (150): each part is stopped at its limit and the next one still runs; BENCH_ARGS:
