@@ -37,6 +37,7 @@ def test_every_shipped_experiment_file_is_listed_and_loads():
     assert sorted(SHIPPED) == [
         "best",
         "compare",
+        "compare-64px",
         "cpu",
         "ddpm-64px",
         "ddpm-bf16",
@@ -435,6 +436,19 @@ def test_each_ddpm_option_study_differs_from_the_cpu_study_only_in_its_option(na
     assert study.datasets["ndsb"] == cpu.datasets["ndsb"].model_copy(update={"size": size})
 
 
+def test_the_64px_comparison_is_the_cpu_studys_ndsb_family_at_64px_with_ddpm_64pxs_ddpm():
+    """Issue #15 follow-up: every method at 64 px under the cpu study's budget and protocol; its
+    DDPM and NDSB preparation are ddpm-64px's, so that study's seed-0 DDPM is copied, not retrained."""
+    cpu, study, option = (load_experiment(n) for n in ("cpu", "compare-64px", "ddpm-64px"))
+    assert study.datasets == {"ndsb": cpu.datasets["ndsb"].model_copy(update={"size": 64})}
+    assert study.datasets["ndsb"].identity() == option.datasets["ndsb"].identity()
+    assert study.diffusion.identity() == option.diffusion.identity()
+    same = ("baselines", "features", "protocol", "caps", "splits", "training_precision", "label_fractions")
+    assert {k: getattr(study, k) for k in same} == {k: getattr(cpu, k) for k in same}
+    assert study.pretrain == {"ndsb": cpu.pretrain["ndsb"]}
+    assert (study.experiments, study.seeds) == (("ndsb",), cpu.seeds)
+
+
 def test_the_marker_study_differs_from_the_cpu_study_only_in_its_ndsb_preparation():
     """Issue #19: its seed-0 NDSB rows are compared with the cpu study's, so everything but the
     marker removal (and what it leaves out: ZooLake, PWSSC, label efficiency, k-means) is the same."""
@@ -672,7 +686,7 @@ def test_the_noise_ceiling_joins_the_prepare_key_only_when_set(tmp_path):
         load_experiment(write(tmp_path, bad))
 
 
-PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation", "markers") + tuple(
+PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation", "markers", "compare-64px") + tuple(
     s for s in SHIPPED if s.startswith("ddpm-")
 )
 

@@ -15,7 +15,7 @@ console = Console()
 def run_command(
     experiment: str = typer.Argument(
         ...,
-        help="a shipped experiment (quick, cpu, gpu, compare, best, scaling-low, scaling-high, "
+        help="a shipped experiment (quick, cpu, gpu, compare, compare-64px, best, scaling-low, scaling-high, "
         "normalisation, markers, ddpm-*: README, Shipped studies) or an experiment YAML file",
     ),
     dry_run: bool = switch(False, "--dry-run", help="list the stages that would run, run nothing"),

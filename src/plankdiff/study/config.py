@@ -550,6 +550,7 @@ SHIPPED = (
     "ddpm-bf16",
     "normalisation",  # issue #19: with and without background normalisation
     "markers",  # issue #19: scale-marker removal, with the processing-shift benchmark
+    "compare-64px",  # issue #15: every method at 64 px, after the ddpm-64px option
 )
 
 
