@@ -36,6 +36,7 @@ import torch
 from plankdiff.baselines.train import BaselineConfig, BaselineTrainer, training_rows
 from plankdiff.data.lineage import pretraining_rows
 from plankdiff.data.prepare import PreparedDataset
+from plankdiff.devices import default_device
 from plankdiff.diffusion.config import load_config
 from plankdiff.diffusion.train import DiffusionTrainer
 from plankdiff.precision import device_has_bf16_units
@@ -133,7 +134,7 @@ def main() -> None:
         platform.processor(),
     )
     device = f"{torch.cuda.get_device_name()} (CPU {model})" if torch.cuda.is_available() else model
-    bf16_units = device_has_bf16_units(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    bf16_units = device_has_bf16_units(default_device())
     command = "OMP_NUM_THREADS={} {} {}".format(
         os.environ.get("OMP_NUM_THREADS", "(unset)"), Path(sys.executable).name, " ".join(sys.argv)
     )

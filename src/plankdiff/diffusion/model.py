@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from plankdiff.devices import torch_device
 from plankdiff.diffusion.config import DiffusionConfig
 
 
@@ -47,8 +48,11 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_backbone(path: Path | str) -> tuple[UNet2DModel, DDPMScheduler]:
-    """The frozen EMA denoiser of a plankdiff run, or any diffusers `save_pretrained` folder."""
+def load_backbone(
+    path: Path | str, *, device: str | torch.device = "cpu"
+) -> tuple[UNet2DModel, DDPMScheduler]:
+    """The frozen EMA denoiser of a plankdiff run, or any diffusers `save_pretrained` folder, on
+    `device` (`plankdiff.devices.torch_device`: "auto" is the GPU where there is one)."""
     path = Path(path)
     weights = "diffusion_pytorch_model.safetensors"
     folder = path / "ema" if (path / "ema" / weights).exists() else path
@@ -63,4 +67,4 @@ def load_backbone(path: Path | str) -> tuple[UNet2DModel, DDPMScheduler]:
         scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
     else:  # a bare UNet folder: assume the standard DDPM process
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    return unet.eval().requires_grad_(False), scheduler
+    return unet.to(torch_device(device)).eval().requires_grad_(False), scheduler

@@ -402,7 +402,6 @@ def extract_like(
         )
     if not info.get("backbone"):
         raise ValueError(f"{store.root}: the store records no backbone run to extract new images with")
-    from plankdiff.devices import default_device
     from plankdiff.diffusion.model import load_backbone
     from plankdiff.features.extract import ExtractionRequest, extract_features
 
@@ -410,8 +409,7 @@ def extract_like(
     request = dict(info["request"])
     request["blocks"] = tuple(dict.fromkeys(axes[p][0] for p in wanted))
     request["timesteps"] = tuple(sorted({axes[p][1] for p in wanted}))
-    unet, scheduler = load_backbone(info["backbone"])
-    unet = unet.to(default_device())
+    unet, scheduler = load_backbone(info["backbone"], device="auto")
     return extract_features(
         unet,
         scheduler,

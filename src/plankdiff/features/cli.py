@@ -106,8 +106,7 @@ def extract_command(
     if split:
         chosen = load_split(console, dataset, split)
         rows = sorted(set().union(*(set(chosen.indices(s).tolist()) for s in ("train", "val", "test"))))
-    unet, scheduler = load_backbone(run)
-    unet = unet.to(target)
+    unet, scheduler = load_backbone(run, device=target)
     say_device(console, target)
     request = ExtractionRequest(
         timesteps=request_timesteps,

@@ -134,11 +134,8 @@ def train_diffusion(config: ExperimentConfig, dataset, split: Split, folder: Pat
     )
     result = trainer.train()
     _refuse_interrupted(result, folder)
-    unet, scheduler = load_backbone(folder)
+    unet, scheduler = load_backbone(folder, device="auto")
     if spec.samples:
-        from plankdiff.devices import default_device
-
-        unet = unet.to(default_device())
         save_grid(sample_images(unet, scheduler, n=spec.samples, steps=25), folder / "samples" / "final.png")
     return _run_record(result, parameters=sum(p.numel() for p in unet.parameters())) | {
         "last_loss": result.last_loss

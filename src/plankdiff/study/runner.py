@@ -26,7 +26,6 @@ from rich.console import Console
 from plankdiff.baselines.extract import LOGITS_FILE, extract_baseline_features, own_head_scores
 from plankdiff.data.prepare import PreparedDataset, prepare, source_fingerprint
 from plankdiff.data.splits import Split
-from plankdiff.devices import default_device
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.evaluation.clustering import pair_kmeans_scores
 from plankdiff.evaluation.label_efficiency import label_curve
@@ -266,8 +265,7 @@ class Study:
         for pretrain in runs:
             home, search_split = replicate.pretrain[pretrain]
             backbone = runs[pretrain][DIFFUSION]
-            unet, scheduler = load_backbone(backbone)
-            unet = unet.to(default_device())  # extraction runs where the backbone trained
+            unet, scheduler = load_backbone(backbone, device="auto")  # where the backbone trained
             model_id = model_hash(backbone)
             work = self.work / f"seed{seed}"
             # The fine pass covers every row the experiments need from the pre-training dataset,
