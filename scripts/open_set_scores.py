@@ -18,6 +18,13 @@ open-set probe, on validation and on test. This script adds, built on the packag
   maps), the files' bytes as in the zip, for `plankdiff predict DIR/unmatched DIR/matched`.
 - `shares PREDICTIONS...`: per sample of `plankdiff predict` result folders, and over all of a
   folder's samples, the share of images called `unknown`, `unclassified` and given a class.
+- `denoising BACKBONE --dataset PREPARED --split SPLIT --other PREPARED --out DIR`: the DDPM's own
+  denoising error as a score, validation only. Known: the split's validation images of the known
+  classes; unknown: its held-out classes' validation images, and a fixed random sample
+  (`--other-n`, `numpy.random.default_rng(--seed)`) of another prepared dataset (another
+  instrument; whole dataset, it was never in BACKBONE's training). Per t of `--timesteps`, the error
+  ||ε̂(x_t, t) − ε||² averaged over `--draws` seeded noise draws, and the sum over t of its
+  standardised log: AUROC and the share rejected at the cut keeping `--keep` of the known ones.
 
 Examples (the cpu study's seed-0 stores in $PLANKDIFF_CACHE):
 
@@ -36,11 +43,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from plankdiff.data.mapping import load_mapping, unmapped_labels
+from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.sources import Collection
 from plankdiff.data.splits import Split
 from plankdiff.deploy.export import UNCLASSIFIED, UNKNOWN
+from plankdiff.diffusion.model import load_backbone
+from plankdiff.diffusion.train import to_model_range
+from plankdiff.features.extract import seeded_noise
 from plankdiff.features.store import FeatureStore
 from plankdiff.probe.linear import LinearClassifier, train_statistics
 from plankdiff.probe.ood import (
@@ -177,6 +189,93 @@ def shares(args: argparse.Namespace) -> None:
             print(f"{folder} {sample}: n = {len(decisions)}, unknown / unclassified / a class {line} %")
 
 
+# Noise draws of the denoising score use draw indices from here on, apart from the feature
+# extraction's (0, 1, ...), so the score does not reuse the noise the probe's features saw.
+DENOISING_DRAW_OFFSET = 100
+
+
+@torch.inference_mode()
+def denoising_errors(
+    unet, scheduler, images: np.ndarray, rows: np.ndarray, timesteps: list[int], draws: int, batch: int = 256
+) -> np.ndarray:
+    """[len(rows), len(timesteps)]: per image and t, the mean squared error of the predicted noise,
+    averaged over `draws` noise draws seeded by (row, t, draw) as the feature extraction seeds them."""
+    out = np.zeros((len(rows), len(timesteps)))
+    device = next(unet.parameters()).device
+    for start in range(0, len(rows), batch):
+        chunk = np.asarray(rows[start : start + batch])
+        x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(images[chunk]))).to(device)
+        for j, t in enumerate(timesteps):
+            alpha_bar = float(scheduler.alphas_cumprod[t])
+            for draw in range(draws):
+                noise = seeded_noise(chunk, t, DENOISING_DRAW_OFFSET + draw, tuple(x0.shape[1:])).to(device)
+                noisy = alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
+                predicted = unet(noisy, torch.full((len(chunk),), t, device=device)).sample
+                out[start : start + len(chunk), j] += (
+                    ((predicted - noise) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
+                )
+    return out / draws
+
+
+def denoising(args: argparse.Namespace) -> None:
+    timesteps = sorted(set(args.timesteps))
+    unet, scheduler = load_backbone(args.backbone)
+    if not all(0 <= t < len(scheduler.alphas_cumprod) for t in timesteps):
+        sys.exit(f"--timesteps: each t must be in 0..{len(scheduler.alphas_cumprod) - 1}")
+    dataset, other = PreparedDataset.open(args.dataset), PreparedDataset.open(args.other)
+    split = Split.load(dataset, args.split)
+    held = held_out_classes(split.classes, every=args.hold_out_every)
+    held_val = held_out_rows(split, held, "val")
+    known_val = np.setdiff1d(split.rows["val"], held_val)
+    if args.other_n > len(other):
+        sys.exit(f"--other-n {args.other_n}: {args.other} has only {len(other)} images")
+    other_rows = np.sort(np.random.default_rng(args.seed).choice(len(other), args.other_n, replace=False))
+    print(
+        f"{args.backbone}: {len(known_val)} known and {len(held_val)} held-out validation images of "
+        f"{dataset.name}, {len(other_rows)} of {other.name}; t = {timesteps}, {args.draws} draws",
+        flush=True,
+    )
+    known = denoising_errors(unet, scheduler, dataset.images, known_val, timesteps, args.draws)
+    unknowns = {
+        f"held-out {dataset.name} classes": denoising_errors(
+            unet, scheduler, dataset.images, held_val, timesteps, args.draws
+        ),
+        other.name: denoising_errors(unet, scheduler, other.images, other_rows, timesteps, args.draws),
+    }
+    # Errors shrink by orders of magnitude with t: the summed score standardises each t's log error
+    # on the known images, so every t weighs alike.
+    log_known = np.log(known)
+    centre, spread = log_known.mean(axis=0), log_known.std(axis=0) + 1e-12
+    table = []
+    for name, errors in unknowns.items():
+        columns = [(f"t={t}", known[:, j], errors[:, j]) for j, t in enumerate(timesteps)]
+        columns.append(
+            (
+                "sum over t",
+                ((log_known - centre) / spread).sum(1),
+                ((np.log(errors) - centre) / spread).sum(1),
+            )
+        )
+        for label, known_scores, unknown_scores in columns:
+            threshold = calibrate_threshold(known_scores, keep=args.keep)
+            metrics = rejection_metrics(known_scores, unknown_scores, threshold)
+            table.append(
+                {"unknown": name, "score": label}
+                | metrics
+                | {
+                    "median_known": float(np.median(known_scores)),
+                    "median_unknown": float(np.median(unknown_scores)),
+                }
+            )
+            print(
+                f"  {name}, {label}: AUROC {metrics['auroc']:.3f}, rejected {metrics['unknown_rejected']:.1%}"
+            )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_csv(out / "denoising_scores.csv", index=False)
+    print(f"→ {out / 'denoising_scores.csv'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +303,23 @@ def main(argv: list[str] | None = None) -> None:
     s = commands.add_parser("shares", help="unknown / unclassified / a class per sample of predict outputs")
     s.add_argument("predictions", nargs="+", help="folders written by plankdiff predict --out")
     s.set_defaults(run=shares)
+    d = commands.add_parser("denoising", help="the DDPM's denoising error as a score, validation only")
+    d.add_argument("backbone", help="the diffusion run (or diffusers UNet folder)")
+    d.add_argument("--dataset", required=True, help="prepared dataset the run was trained on")
+    d.add_argument("--split", required=True, help="split name on --dataset")
+    d.add_argument("--other", required=True, help="prepared dataset of another instrument")
+    d.add_argument("--other-n", type=int, default=1000, help="images sampled from --other")
+    d.add_argument("--seed", type=int, default=0, help="seed of the --other sample")
+    d.add_argument(
+        "--timesteps", type=int, nargs="+", default=[1, 5, 20, 50, 100, 200, 400], help="noise levels t"
+    )
+    d.add_argument("--draws", type=int, default=2, help="noise draws per image and t")
+    d.add_argument(
+        "--hold-out-every", type=int, default=HOLD_OUT_EVERY, help="as plankdiff evaluate open-set"
+    )
+    d.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="share of known validation images kept")
+    d.add_argument("--out", required=True, help="folder for denoising_scores.csv")
+    d.set_defaults(run=denoising)
     args = parser.parse_args(argv)
     args.run(args)
 

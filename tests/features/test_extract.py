@@ -373,8 +373,8 @@ def test_a_tie_in_macro_f1_between_timesteps_is_broken_by_the_selection_rule(
 
 
 def test_noise_seeding_helper_is_deterministic():
-    a = extract_module._seeded_noise(np.array([3, 4]), 10, 0, (1, 4, 4))
-    b = extract_module._seeded_noise(np.array([3]), 10, 0, (1, 4, 4))
+    a = extract_module.seeded_noise(np.array([3, 4]), 10, 0, (1, 4, 4))
+    b = extract_module.seeded_noise(np.array([3]), 10, 0, (1, 4, 4))
     assert (a[0] == b[0]).all() and not (a[0] == a[1]).all()
 
 

@@ -8,16 +8,20 @@ import importlib.util
 import io
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from diffusers import DDPMScheduler
 
 from helpers import fake_prepared, write_store
+from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import long_tailed_split
 from plankdiff.deploy.export import UNCLASSIFIED, UNKNOWN
 from plankdiff.deploy.predict import PREDICTION_COLUMNS
-from plankdiff.probe.ood import held_out_classes
+from plankdiff.probe.ood import held_out_classes, held_out_rows
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "open_set_scores.py"
 PAIRS = ("mid@8/t=5", "dec@16/t=10")
@@ -244,3 +248,71 @@ def test_shares_refuses_a_folder_without_predictions(script, tmp_path):
         script.main(["shares", str(tmp_path)])
     message = str(exit_.value.code)
     assert message.startswith(f"{tmp_path / 'predictions.csv'}: no such file") and "\n" not in message
+
+
+# -- denoising ----------------------------------------------------------------------------------------
+
+
+class _OracleForBlack(torch.nn.Module):
+    """A stand-in denoiser that recovers the noise exactly for an all-black image (x_0 = −1
+    everywhere) and is wrong by 2·√ᾱ/√(1−ᾱ) per pixel for an all-white one (x_0 = +1)."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        super().__init__()
+        self.alphas_cumprod = alphas_cumprod
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the script a device to read
+
+    def forward(self, noisy, timesteps):
+        alpha_bar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(noisy + alpha_bar.sqrt()) / (1 - alpha_bar).sqrt())
+
+
+def _prepared_with(root: Path, labels: list[str], value: int):
+    fake_prepared(root, labels)
+    np.save(root / "images.npy", np.full((len(labels), 1, 8, 8), value, np.uint8))
+    return PreparedDataset(root)
+
+
+def test_denoising_rejects_images_the_denoiser_gets_wrong_and_only_those(script, tmp_path, monkeypatch):
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    monkeypatch.setattr(
+        script, "load_backbone", lambda path: (_OracleForBlack(scheduler.alphas_cumprod), scheduler)
+    )
+    dataset = _prepared_with(tmp_path / "ndsb", [c for c in CLASSES for _ in range(30)], 0)
+    split = long_tailed_split(dataset, seed=0, fractions=(0.4, 0.4, 0.2))
+    split.save(dataset)
+    _prepared_with(tmp_path / "other", ["x"] * 50, 255)
+    out = tmp_path / "out"
+    script.main(
+        ["denoising", "unet", "--dataset", str(dataset.root), "--split", split.name,
+         "--other", str(tmp_path / "other"), "--other-n", "20", "--timesteps", "5", "50",
+         "--out", str(out)]
+    )  # fmt: skip
+    table = pd.read_csv(out / "denoising_scores.csv").set_index(["unknown", "score"])
+    other, held = table.loc["other"], table.loc["held-out ndsb classes"]
+    assert list(other.index) == ["t=5", "t=50", "sum over t"]
+    n_held = len(held_out_rows(split, held_out_classes(split.classes), "val"))
+    assert (other["n_unknown"] == 20).all() and (held["n_unknown"] == n_held).all()
+    assert (other["n_known"] == len(split.rows["val"]) - n_held).all()
+    # White images: wrong at every t, so all rejected; the held-out classes' black images are
+    # denoised as exactly as the known ones (their errors are float rounding only).
+    assert (other["auroc"] == 1.0).all() and (other["unknown_rejected"] == 1.0).all()
+    for t in ("t=5", "t=50"):
+        assert max(held.loc[t, "median_unknown"], other.loc[t, "median_known"]) < 1e-6
+        assert other.loc[t, "median_unknown"] > 1.0
+
+
+def test_denoising_refuses_a_larger_sample_than_the_other_dataset(script, tmp_path, monkeypatch):
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    monkeypatch.setattr(
+        script, "load_backbone", lambda path: (_OracleForBlack(scheduler.alphas_cumprod), scheduler)
+    )
+    dataset = _prepared_with(tmp_path / "ndsb", [c for c in CLASSES for _ in range(30)], 0)
+    split = long_tailed_split(dataset, seed=0, fractions=(0.4, 0.4, 0.2))
+    split.save(dataset)
+    _prepared_with(tmp_path / "other", ["x"] * 5, 255)
+    with pytest.raises(SystemExit, match="--other-n 20: .* has only 5 images"):
+        script.main(
+            ["denoising", "unet", "--dataset", str(dataset.root), "--split", split.name,
+             "--other", str(tmp_path / "other"), "--other-n", "20", "--out", str(tmp_path / "out")]
+        )  # fmt: skip

@@ -94,7 +94,9 @@ def _pool(x: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x.float(), 2).flatten(1)
 
 
-def _seeded_noise(rows: np.ndarray, t: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
+def seeded_noise(rows: np.ndarray, t: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Gaussian noise per image seeded by (row, t, draw): the same image gets the same noise in any
+    batch, order or run, so features (and anything else scored on noised images) are reproducible."""
     noise = np.empty((len(rows), *shape), dtype=np.float32)
     for i, row in enumerate(rows):
         noise[i] = np.random.default_rng([int(row), t, draw]).standard_normal(shape, dtype=np.float32)
@@ -144,7 +146,7 @@ class Extractor:
         total: dict[str, torch.Tensor] = {}
         views = dihedral_augment_all(x0) if self.request.orientations == 8 else [x0]
         for draw in range(self.request.noise_draws):
-            noise = _seeded_noise(rows, t, draw, tuple(x0.shape[1:]))
+            noise = seeded_noise(rows, t, draw, tuple(x0.shape[1:]))
             for view in views:
                 noisy = math.sqrt(alpha_bar) * view + math.sqrt(1 - alpha_bar) * noise
                 timesteps = torch.full((len(rows),), t, device=self.device)
