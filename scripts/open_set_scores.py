@@ -16,6 +16,9 @@ open-set probe, on validation and on test. This script adds, built on the packag
   one generator, the unmatched sample drawn first) written as DIR/unmatched/<label>/<file> (labels
   the NDSB-PWSSC mapping leaves out: no NDSB counterpart) and DIR/matched/<label>/<file> (labels it
   maps), the files' bytes as in the zip, for `plankdiff predict DIR/unmatched DIR/matched`.
+- `sample --zip ARCHIVE --n N --out DIR`: a fixed random sample (`random.Random(--seed)`) of any
+  dataset archive, written as DIR/<label>/<file> with the zip's bytes: images of another instrument
+  for `plankdiff predict` (issue #19's validation set of instrument unknowns is ZooLake's).
 - `shares PREDICTIONS...`: per sample of `plankdiff predict` result folders, and over all of a
   folder's samples, the share of images called `unknown`, `unclassified` and given a class.
 - `denoising BACKBONE --dataset PREPARED --split SPLIT --other PREPARED --out DIR`: the DDPM's own
@@ -175,6 +178,21 @@ def pwssc_sample(args: argparse.Namespace) -> None:
         print(f"{part}: {len(chosen)} of {len(items)} images ({len(labels)} labels) → {out / part}")
 
 
+def sample(args: argparse.Namespace) -> None:
+    items = Collection(args.zip).items
+    out = Path(args.out)
+    if out.exists():  # predict reads every image below: no leftovers of another draw
+        sys.exit(f"--out {out}: exists already; give a new folder")
+    if args.n > len(items):
+        sys.exit(f"--n {args.n}: {args.zip} has only {len(items)} images")
+    collection = Collection(args.zip)
+    for item in random.Random(args.seed).sample(items, args.n):
+        path = out / item.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(collection.read_bytes(item.path))
+    print(f"{args.n} of {len(items)} images → {out}")
+
+
 def shares(args: argparse.Namespace) -> None:
     for folder in args.predictions:
         path = Path(folder) / "predictions.csv"
@@ -300,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random.Random")
     p.add_argument("--out", required=True, help="folder to write unmatched/ and matched/ into")
     p.set_defaults(run=pwssc_sample)
+    r = commands.add_parser("sample", help="a fixed random sample of a dataset archive, as files")
+    r.add_argument("--zip", required=True, help="the dataset archive")
+    r.add_argument("--n", type=int, default=1000, help="images to draw")
+    r.add_argument("--seed", type=int, default=0, help="seed of random.Random")
+    r.add_argument("--out", required=True, help="new folder to write <label>/<file> into")
+    r.set_defaults(run=sample)
     s = commands.add_parser("shares", help="unknown / unclassified / a class per sample of predict outputs")
     s.add_argument("predictions", nargs="+", help="folders written by plankdiff predict --out")
     s.set_defaults(run=shares)

@@ -250,6 +250,23 @@ def test_shares_refuses_a_folder_without_predictions(script, tmp_path):
     assert message.startswith(f"{tmp_path / 'predictions.csv'}: no such file") and "\n" not in message
 
 
+def test_sample_draws_a_fixed_share_of_any_archive_with_its_bytes(script, small_pwssc, tmp_path):
+    archive, files = small_pwssc
+
+    def draw(out: Path, *extra: str) -> dict[str, bytes]:
+        script.main(["sample", "--zip", str(archive), "--out", str(out), *extra])
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    written = draw(tmp_path / "a", "--n", "6")
+    assert len(written) == 6 and all(files[path] == data for path, data in written.items())
+    assert draw(tmp_path / "b", "--n", "6") == written
+    assert draw(tmp_path / "c", "--n", "6", "--seed", "1").keys() != written.keys()
+    with pytest.raises(SystemExit, match="exists already"):
+        draw(tmp_path / "a", "--n", "6")
+    with pytest.raises(SystemExit, match=f"--n {len(files) + 1}: .* has only {len(files)} images"):
+        draw(tmp_path / "d", "--n", str(len(files) + 1))
+
+
 # -- denoising ----------------------------------------------------------------------------------------
 
 
