@@ -68,7 +68,7 @@ def test_array_dtype_and_shape(prepared_small_ndsb):
     assert isinstance(images, np.memmap)
     # the defaults of a new preparation
     assert prepared_small_ndsb.params == PreprocessParams(
-        size=16, background="normalise", noise_ceiling=NOISE_CEILING
+        size=16, background="normalise", markers="remove", noise_ceiling=NOISE_CEILING
     )
 
 
@@ -94,7 +94,7 @@ def test_rows_hold_the_right_images(prepared_small_ndsb, small_ndsb_zip):
         item = collection.items[row]
         expected = preprocess(
             decode(collection.read_bytes(item.path)),
-            PreprocessParams(size=16, background="normalise"),
+            PreprocessParams(size=16, background="normalise", markers="remove", noise_ceiling=NOISE_CEILING),
             orig_size=(item.orig_width, item.orig_height),
         )
         np.testing.assert_array_equal(prepared_small_ndsb.images[row], expected.pixels)

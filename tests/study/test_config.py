@@ -527,7 +527,9 @@ def test_the_background_ablation_adds_unnormalised_preparations_of_the_same_sour
     for name, spec in config.background_datasets.items():
         original = config.datasets[name.removesuffix("-nobg")]
         assert original.resolved_background == "normalise" and spec.resolved_background == "none"
-        assert spec == original.model_copy(update={"background": "none"})  # nothing else differs
+        # Nothing else differs but the markers, whose removal needs the normalised background.
+        assert original.resolved_markers == "remove" and spec.resolved_markers == "keep"
+        assert spec == original.model_copy(update={"background": "none", "markers": "keep"})
     assert config.dataset_specs == config.datasets | config.background_datasets
 
 
@@ -670,13 +672,13 @@ BEFORE_THE_CEILING = {
 
 
 def test_the_noise_ceiling_joins_the_prepare_key_only_when_set(tmp_path):
-    text = MINIMAL.replace("{source: b.zip}", "{source: a.zip, noise_ceiling: null}").replace(
+    text = MINIMAL.replace("{source: b.zip}", "{source: a.zip, noise_ceiling: null, markers: keep}").replace(
         "{source: c.zip}", "{source: a.zip, polarity: false}"
     )
     config = load_experiment(write(tmp_path, text))
     new, pinned, plain = (config.datasets[k] for k in ("ndsb", "zoolake", "pwssc"))
     assert new.noise_ceiling == NOISE_CEILING  # new preparations get the ceiling
-    assert new.identity() == BEFORE_THE_CEILING | {"noise_ceiling": NOISE_CEILING}
+    assert new.identity() == BEFORE_THE_CEILING | {"noise_ceiling": NOISE_CEILING, "markers": "remove"}
     assert pinned.identity() == BEFORE_THE_CEILING  # `null`: the cached stages keep their key
     # Without background normalisation the ceiling does nothing, and the key stays as it was.
     assert plain.resolved_noise_ceiling is None
@@ -691,6 +693,22 @@ PINNED = ("cpu", "scaling-low", "scaling-high", "normalisation", "markers", "com
 )
 
 
+def test_corner_markers_are_removed_by_default_where_the_background_is_normalised(tmp_path):
+    text = MINIMAL.replace("{source: b.zip}", "{source: a.zip, markers: keep}").replace(
+        "{source: c.zip}", "{source: a.zip, polarity: false}"
+    )
+    config = load_experiment(write(tmp_path, text))
+    new, pinned, plain = (config.datasets[k] for k in ("ndsb", "zoolake", "pwssc"))
+    assert new.markers is None and new.resolved_markers == "remove"
+    assert new.identity()["markers"] == "remove"  # a new preparation: a new key
+    # `keep`, and no background normalisation (removal needs its object mask): keys as before.
+    assert pinned.resolved_markers == "keep" and "markers" not in pinned.identity()
+    assert plain.resolved_markers == "keep" and "markers" not in plain.identity()
+    assert new.identity() | {"markers": "keep"} == pinned.identity() | {"markers": "keep"}
+    explicit = MINIMAL.replace("{source: a.zip}", "{source: a.zip, markers: remove}")
+    assert load_experiment(write(tmp_path, explicit)).datasets["ndsb"].identity() == new.identity()
+
+
 def test_studies_under_way_keep_the_preparation_they_cached():
     """Their results are compared with each other on one preparation: every dataset stays uncapped
     (and its prepare key as it was); the others get the ceiling."""
@@ -698,3 +716,12 @@ def test_studies_under_way_keep_the_preparation_they_cached():
         specs = load_experiment(name).dataset_specs.values()
         expected = None if name in PINNED else NOISE_CEILING
         assert {spec.noise_ceiling for spec in specs} == {expected}, name
+        # Markers: kept as they ran (removed only in `markers`, which measures removal); the others
+        # remove them wherever the background is normalised.
+        for spec in specs:
+            if name == "markers":
+                assert spec.resolved_markers == "remove", name
+            elif name in PINNED or spec.resolved_background == "none":
+                assert spec.resolved_markers == "keep", name
+            else:
+                assert spec.resolved_markers == "remove", name

@@ -351,11 +351,12 @@ def test_the_background_ablation_pretrains_every_method_again_on_the_unnormalise
     assert report is not None
     ndsb, nobg = (PreparedDataset.open(study._dataset_name(k)) for k in ("ndsb", "ndsb-nobg"))
     assert (ndsb.params.background, nobg.params.background) == ("normalise", "none")
-    # nothing else differs (the noise ceiling is part of the normalisation: a preparation without
-    # it records none)
+    # nothing else differs (the noise ceiling and corner-marker removal are part of the
+    # normalisation: a preparation without it records neither)
     assert nobg.params.noise_ceiling is None and ndsb.params.noise_ceiling is not None
+    assert (ndsb.params.markers, nobg.params.markers) == ("remove", "keep")
     assert ndsb.params == replace(
-        nobg.params, background="normalise", noise_ceiling=ndsb.params.noise_ceiling
+        nobg.params, background="normalise", noise_ceiling=ndsb.params.noise_ceiling, markers="remove"
     )
     assert ndsb.key != nobg.key and nobg.info["source_hash"] == ndsb.info["source_hash"]
     stages = study.work / "stages"

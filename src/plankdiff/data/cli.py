@@ -50,11 +50,12 @@ def prepare_command(
         help="normalise (default with --polarity): subtract the border's background level, drop its "
         "noise, scale the object's contrast; none: as before",
     ),
-    markers: Markers = typer.Option(
-        "keep",
+    markers: Markers | None = typer.Option(
+        None,
         "--markers",
-        help="remove: small separate parts in a corner of the frame (scale markers, labels) become "
-        "background (needs background normalisation); keep: as recorded",
+        help="remove (default with background normalisation): small separate parts in a corner of "
+        "the frame (scale markers, labels) become background; keep: as recorded, and preparations "
+        "made before this default",
     ),
     noise_ceiling: float | None = typer.Option(
         NOISE_CEILING,

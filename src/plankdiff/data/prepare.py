@@ -39,6 +39,7 @@ from plankdiff.data.preprocess import (
     PreprocessParams,
     check_noise_ceiling,
     default_background,
+    default_markers,
     keep_scale_factor,
     params_record,
     preprocess,
@@ -195,14 +196,15 @@ def prepare(
     show_progress: bool = True,
     labels_csv: Path | str | None = None,
     background: Background | None = None,
-    markers: Markers = "keep",
+    markers: Markers | None = None,
     noise_ceiling: float | None = NOISE_CEILING,
     scale_factor: float | None = None,
 ) -> PreparedDataset:
     """Decode and preprocess `source` once; reuse the result when nothing it depends on changed.
 
     `background` None: normalised where polarity is normalised (`default_background`).
-    `markers`: "remove" turns corner markers into background (`preprocess.corner_markers`).
+    `markers`: "remove" turns corner markers into background (`preprocess.corner_markers`); None:
+    removed where the background is normalised (`default_markers`).
     `noise_ceiling`: the most noise the border may claim (`preprocess.NOISE_CEILING`); None: no
     ceiling, as preparations made before it existed. Dropped where the background is not normalised
     (it has no effect there, and the record and key stay as they were).
@@ -214,6 +216,7 @@ def prepare(
     if mode == "keep-scale":
         factor = scale_factor or keep_scale_factor(_longest_sides(collection), size, keep_scale_quantile)
     background = background or default_background(normalise_polarity)
+    markers = markers or default_markers(background)
     params = PreprocessParams(
         size=size,
         mode=mode,

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from plankdiff.choices import NOISE_CEILING, Markers, Precision, ShiftName
-from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE, default_background
+from plankdiff.data.preprocess import CHANNELS, MAX_SIZE, MIN_SIZE, default_background, default_markers
 from plankdiff.data.shares import SplitOptions
 from plankdiff.diffusion.config import PRESETS, EMAWarmup, TimestepSampling, load_config
 from plankdiff.features.spec import SearchSpec
@@ -42,8 +42,9 @@ class DatasetSpec(Strict):
     polarity: bool = True
     # Background and contrast normalisation after polarity; None: on where polarity is normalised.
     background: Literal["none", "normalise"] | None = None
-    # remove: small separate parts in a corner of the frame (scale markers) become background.
-    markers: Markers = "keep"
+    # remove: small separate parts in a corner of the frame (scale markers) become background;
+    # None: removed where the background is normalised (`default_markers`).
+    markers: Markers | None = None
     # The most noise (robust σ, grey levels) the border may claim in background normalisation
     # (`NOISE_CEILING`); null: no ceiling, as preparations made before it existed.
     noise_ceiling: float | None = Field(NOISE_CEILING, gt=0)
@@ -54,6 +55,11 @@ class DatasetSpec(Strict):
         return self.background or default_background(self.polarity)
 
     @property
+    def resolved_markers(self) -> Markers:
+        """What the preparation applies (`default_markers` where the file does not say)."""
+        return self.markers or default_markers(self.resolved_background)
+
+    @property
     def resolved_noise_ceiling(self) -> float | None:
         """What the preparation applies: none without background normalisation (`prepare`)."""
         return self.noise_ceiling if self.resolved_background == "normalise" else None
@@ -61,10 +67,14 @@ class DatasetSpec(Strict):
     def identity(self) -> dict:
         """What decides whether a preparation is reused (with the source's name and content), as
         applied: the resolved background and noise ceiling. The options added after preparations
-        were cached join it only when set, so those keep their key: `markers` when not "keep",
-        `noise_ceiling` when not None (and background normalisation is on)."""
-        unset = {"markers"} if self.markers == "keep" else set()
-        fields = self.model_dump(exclude=unset | {"noise_ceiling"}) | {"background": self.resolved_background}
+        were cached join it only when they change what is applied, so those keep their key:
+        `markers` when it resolves to "remove", `noise_ceiling` when not None (and background
+        normalisation is on)."""
+        fields = self.model_dump(exclude={"markers", "noise_ceiling"}) | {
+            "background": self.resolved_background
+        }
+        if self.resolved_markers != "keep":
+            fields["markers"] = self.resolved_markers
         if self.resolved_noise_ceiling is not None:
             fields["noise_ceiling"] = self.resolved_noise_ceiling
         return fields
@@ -387,12 +397,13 @@ class ExperimentConfig(Strict):
     @property
     def background_datasets(self) -> dict[str, DatasetSpec]:
         """The background ablation's preparations: `<dataset>-nobg`, the file's spec of `<dataset>`
-        with `background: none` (so everything else is the same); empty when the ablation is off."""
+        with `background: none` (so everything else is the same; corner markers, which need the
+        normalised background's object mask, are kept); empty when the ablation is off."""
         ablated = {self.pretrain[key].dataset for key in self.background_ablated}
         if self.ndsb_pretrain in self.background_ablated:  # NDSB → PWSSC: scored on PWSSC
             ablated.add("pwssc")
         return {
-            f"{name}{NOBG}": self.datasets[name].model_copy(update={"background": "none"})
+            f"{name}{NOBG}": self.datasets[name].model_copy(update={"background": "none", "markers": "keep"})
             for name in self.datasets
             if name in ablated
         }

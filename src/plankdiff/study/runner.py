@@ -174,7 +174,7 @@ class Study:
             channels=spec.channels,
             normalise_polarity=spec.polarity,
             background=spec.background,
-            markers=spec.markers,
+            markers=spec.resolved_markers,
             noise_ceiling=spec.noise_ceiling,
         )
         return {"images": len(dataset), "classes": len(dataset.classes), "skipped": dataset.info["n_skipped"]}

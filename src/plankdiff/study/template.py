@@ -61,7 +61,8 @@ datasets:
     channels: 1        # 1 (grayscale) or 3 (RGB)
     polarity: true     # invert images so every one has a dark background and a bright object
     # background: normalise   # none | normalise (default: normalise where polarity is on)
-    # markers: remove        # keep | remove: small separate parts in a corner (scale markers) become background
+    # markers: remove        # remove | keep: small separate parts in a corner (scale markers) become background
+    #                        # (default: remove where the background is normalised)
     # noise_ceiling: {NOISE_CEILING:g}      # the most noise (grey levels) the border may claim when normalising; a larger
     #                        # spread is an object touching the border. null: no ceiling (blanks frame-filling objects)
 
