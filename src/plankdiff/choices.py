@@ -46,7 +46,9 @@ Protocol = Literal["linear", "knn"]
 Loss = Literal["ce", "class-balanced", "logit-adjusted"]
 
 # evaluation: the processing shifts (plankdiff.evaluation.processing_shift), and the open-set score
-ShiftName = Literal["grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast"]
+ShiftName = Literal[
+    "grey-background", "inverted", "jpeg", "rescaled", "corner-disc", "half-contrast", "combined"
+]
 # the open-set (out-of-distribution) score on the probe's features (see plankdiff.probe.ood)
 OODScore = Literal["mahalanobis", "relative-mahalanobis", "knn", "energy"]
 

@@ -18,6 +18,7 @@ from plankdiff.data.splits import long_tailed_split
 from plankdiff.evaluation.processing_shift import (
     DEFAULT_SHIFTS,
     SHIFT_NAMES,
+    Combined,
     CornerDisc,
     GreyBackground,
     HalfContrast,
@@ -27,6 +28,7 @@ from plankdiff.evaluation.processing_shift import (
     apply_shift,
     build_shift_zips,
     extract_like,
+    image_rng,
     prepare_shifts,
     processing_shift_scores,
     processing_shift_table,
@@ -116,13 +118,39 @@ def test_half_contrast_halves_the_distance_from_the_background():
     assert abs(out[25:35, 30:50].mean() - (10 + 190 / 2)) <= 1
 
 
+def test_combined_applies_its_steps_in_order_from_one_generator():
+    image = synthetic(245, 40)
+    out = run(Combined(), image)
+    assert [type(step) for step in Combined().steps] == [
+        GreyBackground,
+        CornerDisc,
+        Rescaled,
+        JpegRecompression,
+    ]
+    # The steps taken by hand, drawing from the image's own generator, give the same bytes.
+    rng = image_rng(0, "combined", "class/a.jpg")
+    expected = image
+    for step in Combined().steps:
+        expected = step(expected, rng)
+    assert expected.tobytes() == out.tobytes()
+    level, _ = border_level(pixels(out).astype(float))
+    assert abs(level - 128) <= 3  # the grey background survives resizing and JPEG
+    assert pixels(out)[30, 40] < 128 - 20  # the dark object stays darker than the background
+    assert (
+        run(Combined(steps=(InvertedPolarity(),)), image).tobytes()
+        == run(InvertedPolarity(), image).tobytes()
+    )
+    with pytest.raises(ValueError, match="at least one step"):
+        Combined(steps=())
+
+
 @pytest.mark.parametrize("shift", SHIFT_NAMES)
 def test_every_shift_is_deterministic_under_its_seed(shift):
     image = synthetic()
     transform = DEFAULT_SHIFTS[shift]
     assert run(transform, image).tobytes() == run(transform, image).tobytes()
     assert run(transform, image).mode == image.mode
-    if shift in ("grey-background",):  # noise: another seed draws other noise
+    if shift in ("grey-background", "combined"):  # noise: another seed draws other noise
         assert run(transform, image, seed=1).tobytes() != run(transform, image).tobytes()
 
 

@@ -12,6 +12,7 @@ Each shift is a named, seeded, typed transform of one decoded PIL image:
 | `rescaled` | downscaled (default to half) then upscaled back to its size: a resized thumbnail |
 | `corner-disc` | a small disc in one corner (drawn), in the object's ink: bright after polarity normalisation, like a scale marker |
 | `half-contrast` | the contrast around the background level halved |
+| `combined` | grey background, corner disc, rescaled and JPEG at once, in that order: another instrument's chain as a user meets it (issue #19's hidden images had all four) |
 
 `build_shift_zips` writes one zip per shift in the layout of the shared zips
 (`<name>-<shift>/<class>/<file>.png` and `manifest.csv` with the original sizes), so `prepare` reads
@@ -192,6 +193,26 @@ class HalfContrast(Transform):
         return _to_image(level + (array - level) * self.factor, image.mode)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Combined(Transform):
+    """Several shifts applied one after another, each drawing from the same image's generator. The
+    default order is a processing chain's: the instrument's background, the scale marker drawn on the
+    frame, the thumbnail's resizing, the JPEG it is published as. Shifts rarely come one at a time,
+    and their costs need not add up: this is the figure closest to a new instrument."""
+
+    name: ClassVar[str] = "combined"
+    steps: tuple[Transform, ...] = (GreyBackground(), CornerDisc(), Rescaled(), JpegRecompression())
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ValueError("a combined shift needs at least one step")
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        for step in self.steps:
+            image = step(image, rng)
+        return image
+
+
 DEFAULT_SHIFTS: dict[str, Transform] = {
     t.name: t
     for t in (
@@ -201,6 +222,7 @@ DEFAULT_SHIFTS: dict[str, Transform] = {
         Rescaled(),
         CornerDisc(),
         HalfContrast(),
+        Combined(),
     )
 }
 if tuple(DEFAULT_SHIFTS) != SHIFT_NAMES:

@@ -267,7 +267,7 @@ class ProcessingShiftSpec(Strict):
     shifts: tuple[ShiftName, ...] = Field(get_args(ShiftName), min_length=1)
     seed: int = 0  # the shifts' own draws (noise, JPEG quality, corner), per image from (seed, path)
     # The study seeds (replicates) it runs in; empty: every one. Each run extracts every method's
-    # features on six shifted copies of the test images, the costliest evaluation by far.
+    # features on seven shifted copies of the test images, the costliest evaluation by far.
     study_seeds: tuple[int, ...] = ()
 
 

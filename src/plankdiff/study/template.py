@@ -150,9 +150,9 @@ training_precision: auto
 # Robustness, on the first long-tailed experiment (or those named in experiments: [...]):
 # evaluations:
 #   processing_shift:      # the test images rebuilt from their raw files as another instrument
-#     shifts: [grey-background, inverted, jpeg, rescaled, corner-disc, half-contrast]
+#     shifts: [grey-background, inverted, jpeg, rescaled, corner-disc, half-contrast, combined]
 #     study_seeds: [0]     # the seeds it runs in (default: every seed; it extracts every method's
-#                          # features on six copies of the test images)
+#                          # features on seven copies of the test images)
 #   open_set:              # classes held out of the probe; the share of their images rejected
 #     hold_out_every: 5    # every 5th class name (sorted): a fixed fifth, chosen before any result
 #     keep: 0.95           # the cut keeps this share of the known classes' validation images
