@@ -477,7 +477,17 @@ def test_folders_named_alike_stay_two_samples_and_predict_returns_tables(model, 
     table = run.table
     assert isinstance(table, pd.DataFrame) and list(table["sample"]) == sorted(sizes)
     classes = load_classifier(model).classes
-    assert list(table.columns) == ["sample", "volume_ml", "n_images", *classes, UNCLASSIFIED, UNKNOWN]
+    assert list(table.columns) == [
+        "sample",
+        "volume_ml",
+        "n_images",
+        "unknown_share",
+        "shift_p",
+        "shift_alarm",
+        *classes,
+        UNCLASSIFIED,
+        UNKNOWN,
+    ]
     assert dict(zip(table["sample"], table["n_images"], strict=True)) == sizes
     assert (table[[*classes, UNCLASSIFIED, UNKNOWN]].sum(axis=1) == table["n_images"]).all()
     # The two class folders of a/station were pooled into one sample: the run says so.

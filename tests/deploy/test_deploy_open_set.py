@@ -132,6 +132,9 @@ def test_images_unlike_the_training_images_are_unknown(
         assert counts[sample, UNCLASSIFIED] == (group["decision"] == UNCLASSIFIED).sum()
     wide = pd.read_csv(out / "counts_wide.csv").set_index("sample")
     assert wide.loc["strange", UNKNOWN] == STRANGE and wide.loc["strange", "n_images"] == STRANGE
+    # Six images are too few against this small validation set for the sample-level alarm.
+    assert wide.loc["strange", "unknown_share"] == 1.0 and not wide.loc["strange", "shift_alarm"]
+    assert wide.loc["strange", "shift_p"] < wide.loc["ndsb-folder", "shift_p"]
     # EcoTaxa: no category for an unknown object, and its score as a number.
     tsv = next((out / ecotaxa.FOLDER).glob("ecotaxa_*.tsv"))
     table = pd.read_csv(tsv, sep="\t", skiprows=[1], keep_default_na=False)
@@ -140,6 +143,26 @@ def test_images_unlike_the_training_images_are_unknown(
     assert (table.loc[unknown, "object_annotation_category"] == "").all()
     assert (table.loc[unknown, "object_annotation_status"] == "").all()
     np.testing.assert_allclose(table["object_ood_score"].astype(float), rows["ood_score"].astype(float))
+
+
+def test_a_sample_of_many_unknown_images_raises_the_shift_alarm(
+    model, image_folder, strange_images, run_cli, tmp_path
+):
+    """Five copies of each strange shape (30 images, every one beyond the cut) are evidence enough,
+    even against this small validation set; the subset's own images are not flagged."""
+    many = tmp_path / "many-strange"
+    many.mkdir()
+    for copy in range(5):
+        for image in strange_images.iterdir():
+            shutil.copy(image, many / f"{image.stem}-{copy}.png")
+    out = tmp_path / "run"
+    result = run_cli("predict", model, image_folder, many, "--out", out)
+    assert result.exit_code == 0, result.output
+    wide = pd.read_csv(out / "counts_wide.csv").set_index("sample")
+    assert wide.loc["many-strange", "shift_p"] < 1e-3 and wide.loc["many-strange", "shift_alarm"]
+    assert not wide.loc["ndsb-folder", "shift_alarm"]
+    assert "shift alarm: 1 of 2 samples" in " ".join(result.output.split())
+    assert "many-strange" in result.output
 
 
 def test_quantified_counts_leave_unknown_images_out_and_count_them_apart(
@@ -165,6 +188,9 @@ def test_quantified_counts_leave_unknown_images_out_and_count_them_apart(
     table = run.table.set_index("sample")
     assert table.loc["strange", "n_images"] == STRANGE and table.loc["ndsb-folder", "n_images"] == 48
     assert table.loc["strange", UNKNOWN] == STRANGE
+    # The alarm's columns follow n_images in counted tables too.
+    assert table.columns.get_loc("unknown_share") == table.columns.get_loc("n_images") + 1
+    assert table.loc["strange", "unknown_share"] == 1.0
 
 
 def old_export(model: Path, target: Path, edit_card) -> Path:

@@ -16,6 +16,12 @@ whatever it is shown, so an organism never seen or an image of another instrumen
 with high confidence. `OpenSet` records a second, separate cut on an out-of-distribution score of
 the probe's features (`plankdiff.probe.ood`), calibrated on validation so that a chosen share of
 in-distribution images is kept; an image beyond it is `unknown`, whatever its posteriors say.
+
+One image's score rarely tells another instrument's images from the training ones (robustness.md:
+a fifth to a quarter rejected), but a sample of hundreds carries far more evidence: under no shift
+its share of `unknown` images is the validation share (1 - val_kept), so a sample with many more is
+flagged (`OpenSet.excess_unknown_p`, a one-sided Fisher exact test of the sample's count against
+the validation count, so the validation set's own finite size is accounted for).
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from plankdiff.choices import OODScore
 DEFAULT_TARGET_PRECISION = 0.9
 MIN_PREDICTIONS = 5
 ALWAYS_ABSTAIN = 1.01  # above any softmax probability: predictions of this class always abstain
+# A sample whose share of `unknown` images exceeds validation's with a one-sided p below this is
+# flagged as unlike the training images (counts_wide.csv `shift_alarm`). Strict, because a survey
+# has many samples and a false alarm on each would teach users to ignore it.
+SHIFT_ALARM_P = 0.001
 Status = Literal["calibrated", "unreachable", "global", "given"]
 STATUS_MEANING = {
     "calibrated": "own threshold reaches the target precision on validation",
@@ -168,6 +178,24 @@ class OpenSet:
 
     def unknown(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores, dtype=np.float64) > self.threshold
+
+    @property
+    def val_unknown(self) -> int:
+        """How many validation images the cut calls unknown (the card keeps their share and number)."""
+        return round((1.0 - self.val_kept) * self.n_val)
+
+    def excess_unknown_p(self, unknown: int, n_images: int) -> float:
+        """One-sided p of a sample having `unknown` of its `n_images` beyond the cut if it were drawn
+        like the validation images (Fisher exact, sample against validation); NaN where it cannot be
+        told: an empty sample, or a card written without its validation size."""
+        if n_images <= 0 or self.n_val <= 0:
+            return float("nan")
+        if not 0 <= unknown <= n_images:
+            raise ValueError(f"{unknown} unknown images in a sample of {n_images}")
+        from scipy.stats import fisher_exact
+
+        table = [[unknown, n_images - unknown], [self.val_unknown, self.n_val - self.val_unknown]]
+        return float(fisher_exact(table, alternative="greater").pvalue)
 
     def to_card(self) -> dict[str, Any]:
         return {

@@ -221,7 +221,7 @@ def predict_command(
 
     from plankdiff.data.sources import SourceError
     from plankdiff.deploy.export import ModelCardError, load_classifier
-    from plankdiff.deploy.predict import predict
+    from plankdiff.deploy.predict import SHIFT_ALARM_P, predict
     from plankdiff.deploy.score import score_predictions
 
     if device != "auto":
@@ -252,6 +252,15 @@ def predict_command(
         return  # one summary per run, not one per process
     if run.open_set_note:
         console.print(f"[yellow]no open-set rejection:[/yellow] {run.open_set_note}")
+    if run.shift_alarms:
+        flagged = run.shift_alarms
+        named = ", ".join(flagged[:5]) + (f" and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+        console.print(
+            f"[yellow]shift alarm:[/yellow] {len(flagged)} of {len(run.table)} samples have more unknown "
+            f"images than the classifier's validation (p < {SHIFT_ALARM_P}): {named}; their counts may "
+            f"be of organisms or processing it never saw (see {run.counts_wide}: unknown_share, shift_p)",
+            highlight=False,
+        )
     for note in run.notes or []:
         console.print(f"[yellow]ambiguous grouping:[/yellow] {note}")
     skipped = f", [yellow]{run.n_skipped} skipped[/yellow] (see {run.skipped})" if run.n_skipped else ""

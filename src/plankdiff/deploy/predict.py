@@ -32,7 +32,11 @@ Every image gets the classifier's open-set score (`ood_score` in predictions.csv
 the training images); beyond the cut calibrated at export its decision is `unknown`, whatever its
 posteriors say; else the top-1 class, or `unclassified` below that class's abstention threshold.
 A classifier exported before open-set rejection has no score (the column is empty) and no `unknown`
-decision; the run says so once (`PredictionRun.open_set_note`).
+decision; the run says so once (`PredictionRun.open_set_note`). One image's score rarely tells, but
+a sample's share of `unknown` images does: counts_wide.csv gives each sample's `unknown_share`,
+`shift_p` (one-sided Fisher exact test of that share against validation's) and `shift_alarm`
+(`shift_p` below `SHIFT_ALARM_P`): a flagged sample is unlike the images the classifier was
+calibrated on (another instrument, processing or community), and its counts should be checked.
 
 Outputs, beside `out_csv`: `predictions.csv` (one row per image), `counts.csv` (sample, class,
 count, every class of every sample, zeros kept; `unclassified` and `unknown` are classes of their own),
@@ -82,6 +86,7 @@ from plankdiff.data.sources import (
 )
 from plankdiff.data.timestamps import UNKNOWN_TIME, capture_time
 from plankdiff.deploy import ecotaxa
+from plankdiff.deploy.calibrate import SHIFT_ALARM_P, OpenSet
 from plankdiff.deploy.export import NO_OOD_SCORE, UNCLASSIFIED, UNKNOWN, DeployedClassifier, image_seed
 from plankdiff.deploy.quantify import COUNTINGS, Counting, mix_reference, quantification_table, sample_counts
 from plankdiff.progress import progress_bar
@@ -392,6 +397,14 @@ class PredictionRun:
     open_set_note: str | None = None
 
     @property
+    def shift_alarms(self) -> list[str]:
+        """The samples flagged as unlike the training images (counts_wide.csv `shift_alarm`)."""
+        if self.table is None or "shift_alarm" not in self.table.columns:
+            return []
+        flagged = self.table["shift_alarm"].astype(str).str.lower() == "true"
+        return self.table.loc[flagged, "sample"].astype(str).tolist()
+
+    @property
     def counts_wide(self) -> Path:
         return self.counts.with_name("counts_wide.csv")
 
@@ -609,6 +622,26 @@ def wide_table(
     return wide.rename_axis("sample").reset_index()
 
 
+def with_shift_alarm(wide: pd.DataFrame, open_set: OpenSet | None) -> pd.DataFrame:
+    """counts_wide.csv with, after n_images, each sample's `unknown_share`, `shift_p` (its excess of
+    `unknown` images over validation's, `OpenSet.excess_unknown_p`) and `shift_alarm` (p below
+    `SHIFT_ALARM_P`). Unchanged for a classifier without an open-set cut."""
+    if open_set is None:
+        return wide
+    unknown, n_images = wide[UNKNOWN].astype(int), wide["n_images"].astype(int)
+    p = [open_set.excess_unknown_p(u, n) for u, n in zip(unknown, n_images, strict=True)]
+    at = wide.columns.get_loc("n_images") + 1
+    columns = {
+        "unknown_share": (unknown / n_images.where(n_images > 0)).round(4),
+        "shift_p": p,
+        "shift_alarm": [bool(value < SHIFT_ALARM_P) for value in p],  # NaN (empty sample) is no alarm
+    }
+    wide = wide.copy()
+    for offset, (name, values) in enumerate(columns.items()):
+        wide.insert(at + offset, name, values)
+    return wide
+
+
 def _posteriors(out_csv: Path, num_processes: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Every process's kept (positions, posteriors), read back and removed."""
     positions, proba = [], []
@@ -659,6 +692,7 @@ def merge_parts(
     quantifier=None,
     samples: Sequence[str] = (),
     posteriors: tuple[np.ndarray, np.ndarray] | None = None,
+    open_set: OpenSet | None = None,
 ) -> tuple[int, int]:
     """Write predictions.csv, skipped.csv, counts.csv and counts_wide.csv from every process's parts;
     remove the parts. With `classes` (the classifier's, `unclassified` and `unknown` added), every sample gets a
@@ -668,7 +702,8 @@ def merge_parts(
     counts are that method's, with intervals, from the kept `posteriors` (image positions, posteriors
     of the images not decided `unknown`; read from the parts when not given), and the `unknown`
     images are a row (and column) of their own; the decisions stay in predictions.csv. Each file
-    is written under a temporary name and moved into place at the end."""
+    is written under a temporary name and moved into place at the end. `open_set` (the classifier's
+    cut): counts_wide.csv gets each sample's shift alarm (`with_shift_alarm`)."""
     n_predicted = _merge(out_csv, PREDICTION_COLUMNS, num_processes)
     final = [
         out_csv.with_name("skipped.csv"),
@@ -730,7 +765,7 @@ def merge_parts(
             n_images[sample] += counts[sample, UNKNOWN]
         wide = wide_table(long, volumes or {}, [*classes, UNKNOWN], n_images=dict(n_images))
         wide.insert(1, "method", counting)
-        wide.to_csv(_staged(wide_path), index=False)
+        with_shift_alarm(wide, open_set).to_csv(_staged(wide_path), index=False)
     else:
         with open(_staged(counts_path), "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -738,7 +773,8 @@ def merge_parts(
             ordered = sorted(counts.items(), key=lambda entry: (entry[0][0], -entry[1], entry[0][1]))
             writer.writerows([sample, name, count] for (sample, name), count in ordered)
         long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
-        wide_table(long, volumes or {}, all_classes).to_csv(_staged(wide_path), index=False)
+        wide = wide_table(long, volumes or {}, all_classes)
+        with_shift_alarm(wide, open_set).to_csv(_staged(wide_path), index=False)
     for path in [*final, out_csv]:  # predictions.csv last: its presence means the run finished
         os.replace(_staged(path), path)
     return n_predicted, n_skipped
@@ -867,6 +903,7 @@ def predict(
             quantifier=quantifier,
             samples=[image.sample for image in images],
             posteriors=posteriors,
+            open_set=classifier.open_set,
         )
         if state.is_main_process
         else None
