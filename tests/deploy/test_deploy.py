@@ -29,7 +29,14 @@ from plankdiff.deploy.export import (
     image_seed,
     load_classifier,
 )
-from plankdiff.deploy.predict import BLANK_REASON, list_inputs, merge_parts, predict, predict_share
+from plankdiff.deploy.predict import (
+    BLANK_REASON,
+    SHIFT_ALARM_COLUMNS,
+    list_inputs,
+    merge_parts,
+    predict,
+    predict_share,
+)
 from plankdiff.diffusion.model import load_backbone
 from plankdiff.diffusion.train import to_model_range
 from plankdiff.features.extract import ExtractionRequest, Extractor
@@ -481,9 +488,7 @@ def test_folders_named_alike_stay_two_samples_and_predict_returns_tables(model, 
         "sample",
         "volume_ml",
         "n_images",
-        "unknown_share",
-        "shift_p",
-        "shift_alarm",
+        *SHIFT_ALARM_COLUMNS,
         *classes,
         UNCLASSIFIED,
         UNKNOWN,

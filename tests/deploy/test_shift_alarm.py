@@ -10,7 +10,7 @@ import pytest
 
 from plankdiff.deploy.calibrate import SHIFT_ALARM_P, OpenSet
 from plankdiff.deploy.export import UNKNOWN
-from plankdiff.deploy.predict import PredictionRun, with_shift_alarm
+from plankdiff.deploy.predict import SHIFT_ALARM_COLUMNS, PredictionRun, with_shift_alarm
 
 
 def cut(*, n_val: int = 3000, val_kept: float = 0.95) -> OpenSet:
@@ -52,14 +52,7 @@ def test_counts_wide_gains_share_p_and_alarm_after_n_images(tmp_path):
         }
     )
     out = with_shift_alarm(wide, cut())
-    assert list(out.columns[:6]) == [
-        "sample",
-        "volume_ml",
-        "n_images",
-        "unknown_share",
-        "shift_p",
-        "shift_alarm",
-    ]
+    assert list(out.columns[:6]) == ["sample", "volume_ml", "n_images", *SHIFT_ALARM_COLUMNS]
     assert out["unknown_share"].tolist()[:2] == [0.05, 0.196] and math.isnan(out["unknown_share"][2])
     assert out["shift_alarm"].tolist() == [False, True, False]
     assert with_shift_alarm(wide, None) is wide  # no cut, no columns

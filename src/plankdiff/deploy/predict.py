@@ -622,6 +622,10 @@ def wide_table(
     return wide.rename_axis("sample").reset_index()
 
 
+# The columns `with_shift_alarm` inserts after n_images, in this order.
+SHIFT_ALARM_COLUMNS = ("unknown_share", "shift_p", "shift_alarm")
+
+
 def with_shift_alarm(wide: pd.DataFrame, open_set: OpenSet | None) -> pd.DataFrame:
     """counts_wide.csv with, after n_images, each sample's `unknown_share`, `shift_p` (its excess of
     `unknown` images over validation's, `OpenSet.excess_unknown_p`) and `shift_alarm` (p below
@@ -631,13 +635,13 @@ def with_shift_alarm(wide: pd.DataFrame, open_set: OpenSet | None) -> pd.DataFra
     unknown, n_images = wide[UNKNOWN].astype(int), wide["n_images"].astype(int)
     p = [open_set.excess_unknown_p(u, n) for u, n in zip(unknown, n_images, strict=True)]
     at = wide.columns.get_loc("n_images") + 1
-    columns = {
-        "unknown_share": (unknown / n_images.where(n_images > 0)).round(4),
-        "shift_p": p,
-        "shift_alarm": [bool(value < SHIFT_ALARM_P) for value in p],  # NaN (empty sample) is no alarm
-    }
+    columns = (
+        (unknown / n_images.where(n_images > 0)).round(4),
+        p,
+        [bool(value < SHIFT_ALARM_P) for value in p],  # NaN (an empty sample) is no alarm
+    )
     wide = wide.copy()
-    for offset, (name, values) in enumerate(columns.items()):
+    for offset, (name, values) in enumerate(zip(SHIFT_ALARM_COLUMNS, columns, strict=True)):
         wide.insert(at + offset, name, values)
     return wide
 
