@@ -154,3 +154,16 @@ def kill_9_at_a_random_point(
     child.wait()
     drain.join(timeout=10)  # descendants that outlive it may hold the pipe open
     return Killed(delay=delay, descendants=descendants, finished=finished, output="".join(output))
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package), registered in sys.modules so
+    that dataclasses and pickling inside it resolve their module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

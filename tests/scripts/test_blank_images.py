@@ -3,20 +3,10 @@ estimate blanks) and small objects (which the ceiling leaves alone), the counts 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "blank_images.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("blank_images", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_counts_blank_and_changed_images_per_class(tmp_path, capsys):
@@ -31,7 +21,7 @@ def test_counts_blank_and_changed_images_per_class(tmp_path, capsys):
         small[10 + i : 20 + i, 12:28] = 30
         Image.fromarray(small, "L").save(folder / "copepod" / f"{i}.png")
         Image.fromarray(small, "L").save(folder / "salp" / f"small{i}.png")
-    script = load_script()
+    script = load_script("blank_images")
     counts, per_class = script.compare(folder, tmp_path / "out", size=16)
     assert counts == {
         "dataset": "images",

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import fake_prepared
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "marker_footprint.py"
+from helpers import fake_prepared, load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("marker_footprint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("marker_footprint")
 
 
 def prepared(root: Path, images: np.ndarray, markers: str):

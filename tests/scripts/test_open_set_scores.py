@@ -4,7 +4,6 @@ PWSSC samples drawn from a small zip laid out like the shared one, and the decis
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import zipfile
 from pathlib import Path
@@ -16,14 +15,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from helpers import fake_prepared, write_store
+from helpers import fake_prepared, load_script, write_store
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import long_tailed_split
 from plankdiff.deploy.export import UNCLASSIFIED, UNKNOWN
 from plankdiff.deploy.predict import PREDICTION_COLUMNS
 from plankdiff.probe.ood import held_out_classes, held_out_rows
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "open_set_scores.py"
 PAIRS = ("mid@8/t=5", "dec@16/t=10")
 CLASSES = [f"c{i}" for i in range(10)]  # held out by the default rule (every 5th): c0 and c5
 PER_CLASS, DIM = 150, 16
@@ -31,10 +29,7 @@ PER_CLASS, DIM = 150, 16
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("open_set_scores", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("open_set_scores")
 
 
 # -- validation ---------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ images, and the alarm rates of predictions drawn into random samples and the inp
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import zipfile
 from pathlib import Path
@@ -12,21 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import load_script
 from plankdiff.data.prepare import PreparedDataset
 from plankdiff.data.splits import Split, long_tailed_split
 from plankdiff.deploy.calibrate import OpenSet
 from plankdiff.deploy.export import UNKNOWN
 from plankdiff.evaluation.processing_shift import SHIFT_NAMES, split_test_paths
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "shift_alarm_check.py"
-
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("shift_alarm_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("shift_alarm_check")
 
 
 def test_test_zips_hold_the_same_drawn_test_images_clean_and_shifted(script, prepared_small_ndsb, tmp_path):
