@@ -13,7 +13,7 @@ measures it, built on the package's API:
   then the input's images drawn into disjoint random samples of `--sample-size`
   (`numpy.random.default_rng(--seed)`, at most `--samples` of them) and, for inputs that hold several
   samples of their own (IFCB bins), those too: per input the share of images `unknown` and the
-  share of samples flagged. Writes DIR/alarm_rates.csv and prints it as a Markdown table.
+  share of samples flagged, and the median and largest p. Writes DIR/alarm_rates.csv and prints it as a Markdown table.
 
 Examples (a classifier exported with `plankdiff export --from results/<study>/metrics/...`):
 
@@ -56,6 +56,7 @@ RATE_COLUMNS = [
     "unknown_share",
     "alarmed_share",
     "median_p",
+    "max_p",
 ]
 
 
@@ -107,6 +108,7 @@ def alarm_rows(
                 "unknown_share": float(np.mean(np.concatenate([unknown[m] for m in members]))),
                 "alarmed_share": float(np.mean(p < SHIFT_ALARM_P)),
                 "median_p": float(np.nanmedian(p)) if np.isfinite(p).any() else float("nan"),
+                "max_p": float(np.nanmax(p)) if np.isfinite(p).any() else float("nan"),
             }
         )
     return rows
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples=args.samples,
                 seed=args.seed,
             )
-            print(to_markdown(table.round(4)))
+            print(to_markdown(table.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v)))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ def test_alarm_rows_flag_shifted_samples_and_not_validation_like_ones(script):
     own, drawn = shifted
     assert own["samples_of"] == "own" and own["n_samples"] == 4 and own["alarmed_share"] == 1.0
     assert drawn["n_samples"] == 5 and drawn["n_images"] == 1000 and drawn["alarmed_share"] == 1.0
+    assert drawn["median_p"] <= drawn["max_p"] < 1e-3 < usual[0]["median_p"] <= usual[0]["max_p"]
     # Fewer images than one sample: only the input's own samples are scored.
     few = script.alarm_rows(
         predictions(50, 0.3, samples=2), cut, name="few", sample_size=200, samples=5, seed=0
