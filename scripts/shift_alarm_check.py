@@ -7,13 +7,16 @@ measures it, built on the package's API:
 - `test-zips --dataset PREPARED --split SPLIT --n N --out DIR`: a fixed random sample of N of the
   split's test images (`numpy.random.default_rng(--seed)`), written from their raw files as one zip
   unchanged (`clean`) and one per processing shift (`plankdiff.evaluation.processing_shift`, the
-  same transforms and seeds as the benchmark), in the shared layout `predict` reads.
+  same transforms and seeds as the benchmark), in the shared layout `predict` reads; `--chain
+  grey-background+corner-disc` (repeatable) adds a zip of those shifts applied in that order (which
+  shifts compound).
 - `rates --model MODEL --out DIR INPUT...`: `predict` on each input apart (a folder, zip or IFCB
   bins; predictions kept in DIR/<input name>/ and reused when present for the same classifier),
   then the input's images drawn into disjoint random samples of `--sample-size`
   (`numpy.random.default_rng(--seed)`, at most `--samples` of them) and, for inputs that hold several
   samples of their own (IFCB bins), those too: per input the share of images `unknown` and the
-  share of samples flagged, and the median and largest p. Writes DIR/alarm_rates.csv and prints it as a Markdown table.
+  share of samples flagged, and the median and largest p; and the top-1 accuracy over the input's
+  images whose true label (folder or manifest) is one of the classifier's classes. Writes DIR/alarm_rates.csv and prints it as a Markdown table.
 
 Examples (a classifier exported with `plankdiff export --from results/<study>/metrics/...`):
 
@@ -42,6 +45,7 @@ from plankdiff.deploy.export import UNKNOWN, load_classifier
 from plankdiff.deploy.predict import predict
 from plankdiff.evaluation.processing_shift import (
     DEFAULT_SHIFTS,
+    Combined,
     Transform,
     build_shift_zips,
     split_test_paths,
@@ -57,6 +61,7 @@ RATE_COLUMNS = [
     "alarmed_share",
     "median_p",
     "max_p",
+    "top1_accuracy",
 ]
 
 
@@ -69,7 +74,18 @@ class Unshifted(Transform):
         return image
 
 
-def test_zips(dataset: Path, split: str, *, n: int, seed: int, out: Path) -> dict[str, Path]:
+def chained(spec: str) -> Combined:
+    """`grey-background+corner-disc` -> those shifts applied in that order."""
+    names = spec.split("+")
+    unknown = [name for name in names if name not in DEFAULT_SHIFTS]
+    if unknown:
+        raise ValueError(f"--chain {spec}: {unknown[0]!r} is not a shift ({', '.join(DEFAULT_SHIFTS)})")
+    return Combined(steps=tuple(DEFAULT_SHIFTS[name] for name in names))
+
+
+def test_zips(
+    dataset: Path, split: str, *, n: int, seed: int, out: Path, chains: tuple[str, ...] = ()
+) -> dict[str, Path]:
     prepared = PreparedDataset.open(dataset)
     paths = split_test_paths(prepared, Split.load(prepared, split))
     if n < 1:
@@ -78,12 +94,12 @@ def test_zips(dataset: Path, split: str, *, n: int, seed: int, out: Path) -> dic
     source = Path(prepared.info["source"])
     if not source.exists():
         raise ValueError(f"{source}: the raw source {prepared.name} was prepared from does not exist")
-    shifts = {"clean": Unshifted(), **DEFAULT_SHIFTS}
+    shifts = {"clean": Unshifted(), **DEFAULT_SHIFTS, **{spec: chained(spec) for spec in chains}}
     return build_shift_zips(source, out_dir=out, paths=chosen, shifts=shifts, name=f"{prepared.name}-test")
 
 
 def alarm_rows(
-    frame: pd.DataFrame, open_set, *, name: str, sample_size: int, samples: int, seed: int
+    frame: pd.DataFrame, open_set, *, name: str, sample_size: int, samples: int, seed: int, classes=()
 ) -> list[dict]:
     """Rows of RATE_COLUMNS for one input's predictions: its own samples (when it has several) and
     disjoint random samples of `sample_size` images."""
@@ -96,6 +112,12 @@ def alarm_rows(
     drawn = [order[i : i + sample_size] for i in range(0, len(order) - sample_size + 1, sample_size)]
     if drawn:
         groups[str(sample_size)] = drawn[:samples]
+    labelled = (
+        frame["true_label"].isin(list(classes)) if "true_label" in frame else np.zeros(len(frame), bool)
+    )
+    accuracy = (
+        float((frame["top1"] == frame["true_label"])[labelled].mean()) if labelled.any() else float("nan")
+    )
     rows = []
     for label, members in groups.items():
         p = np.array([open_set.excess_unknown_p(int(unknown[m].sum()), len(m)) for m in members])
@@ -109,6 +131,7 @@ def alarm_rows(
                 "alarmed_share": float(np.mean(p < SHIFT_ALARM_P)),
                 "median_p": float(np.nanmedian(p)) if np.isfinite(p).any() else float("nan"),
                 "max_p": float(np.nanmax(p)) if np.isfinite(p).any() else float("nan"),
+                "top1_accuracy": accuracy,
             }
         )
     return rows
@@ -143,7 +166,13 @@ def rates(
             stamp.write_text(json.dumps({"model": str(model), "content_sha256": card_hash}))
         frame = pd.read_csv(predictions, keep_default_na=False)
         rows += alarm_rows(
-            frame, classifier.open_set, name=name, sample_size=sample_size, samples=samples, seed=seed
+            frame,
+            classifier.open_set,
+            name=name,
+            sample_size=sample_size,
+            samples=samples,
+            seed=seed,
+            classes=classifier.classes,
         )
     table = pd.DataFrame(rows, columns=RATE_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     zips.add_argument("--n", type=int, default=2000, help="test images drawn (default 2000)")
     zips.add_argument("--seed", type=int, default=0)
     zips.add_argument("--out", type=Path, required=True)
+    zips.add_argument(
+        "--chain",
+        action="append",
+        default=[],
+        help="shifts applied in order, e.g. grey-background+corner-disc",
+    )
     rate = commands.add_parser("rates", help="shift-alarm rates of a classifier on inputs")
     rate.add_argument(
         "inputs", type=Path, nargs="+", help="folders, zips or IFCB bin folders, one input each"

@@ -45,19 +45,45 @@ def test_test_zips_hold_the_same_drawn_test_images_clean_and_shifted(script, pre
     assert again["clean"].read_bytes() == zips["clean"].read_bytes()  # fixed by the seed
     other = script.test_zips(dataset.root, split.name, n=5, seed=1, out=tmp_path / "other")
     assert other["clean"].read_bytes() != zips["clean"].read_bytes()
+    chained = script.test_zips(
+        dataset.root, split.name, n=5, seed=0, out=tmp_path / "chain", chains=("grey-background+corner-disc",)
+    )
+    assert list(chained)[-1] == "grey-background+corner-disc"
+    with zipfile.ZipFile(chained["grey-background+corner-disc"]) as archive:
+        assert len([n for n in archive.namelist() if not n.endswith("manifest.csv")]) == 5
+    with pytest.raises(ValueError, match="'glare' is not a shift"):
+        script.test_zips(dataset.root, split.name, n=5, seed=0, out=tmp_path / "bad", chains=("jpeg+glare",))
     with pytest.raises(ValueError, match="at least one"):
         script.test_zips(dataset.root, split.name, n=0, seed=0, out=tmp_path / "none")
 
 
 def predictions(n: int, unknown_share: float, *, samples: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Every image truly a copepod (half of them labelled in a class the classifier lacks), its
+    top-1 right for every other image."""
     rng = np.random.default_rng(seed)
     decisions = np.where(rng.random(n) < unknown_share, UNKNOWN, "copepod")
-    return pd.DataFrame({"sample": [f"bin{i % samples}" for i in range(n)], "decision": decisions})
+    return pd.DataFrame(
+        {
+            "sample": [f"bin{i % samples}" for i in range(n)],
+            "decision": decisions,
+            "top1": ["copepod" if i % 2 else "salp" for i in range(n)],
+            "true_label": ["copepod" if i % 4 < 2 else "unseen" for i in range(n)],
+        }
+    )
 
 
 def test_alarm_rows_flag_shifted_samples_and_not_validation_like_ones(script):
     cut = OpenSet(method="energy", keep=0.95, threshold=0.0, val_kept=0.95, n_val=3000)
-    usual = script.alarm_rows(predictions(4000, 0.05), cut, name="clean", sample_size=200, samples=20, seed=0)
+    usual = script.alarm_rows(
+        predictions(4000, 0.05),
+        cut,
+        name="clean",
+        sample_size=200,
+        samples=20,
+        seed=0,
+        classes=("copepod", "salp"),
+    )
+    assert usual[0]["top1_accuracy"] == 0.5  # over the labelled copepods only, not the unseen class
     assert [r["samples_of"] for r in usual] == ["200"]  # one sample of its own: no "own" row
     assert usual[0]["n_samples"] == 20 and usual[0]["n_images"] == 4000
     assert usual[0]["alarmed_share"] == 0.0 and abs(usual[0]["unknown_share"] - 0.05) < 0.01
