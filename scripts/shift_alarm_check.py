@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "test-zips":
+            chains = tuple(args.chain)
             for shift, path in test_zips(
-                args.dataset, args.split, n=args.n, seed=args.seed, out=args.out
+                args.dataset, args.split, n=args.n, seed=args.seed, out=args.out, chains=chains
             ).items():
                 print(f"{shift}: {path}")
         else:

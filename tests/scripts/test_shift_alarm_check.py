@@ -45,10 +45,14 @@ def test_test_zips_hold_the_same_drawn_test_images_clean_and_shifted(script, pre
     assert again["clean"].read_bytes() == zips["clean"].read_bytes()  # fixed by the seed
     other = script.test_zips(dataset.root, split.name, n=5, seed=1, out=tmp_path / "other")
     assert other["clean"].read_bytes() != zips["clean"].read_bytes()
-    chained = script.test_zips(
-        dataset.root, split.name, n=5, seed=0, out=tmp_path / "chain", chains=("grey-background+corner-disc",)
+    # Through the command line, as the docs run it.
+    arguments = ["test-zips", "--dataset", str(dataset.root), "--split", split.name, "--n", "5"]
+    assert (
+        script.main([*arguments, "--out", str(tmp_path / "chain"), "--chain", "grey-background+corner-disc"])
+        == 0
     )
-    assert list(chained)[-1] == "grey-background+corner-disc"
+    chained = {p.stem.removeprefix(f"{dataset.name}-test-"): p for p in (tmp_path / "chain").glob("*.zip")}
+    assert set(chained) == {"clean", *SHIFT_NAMES, "grey-background+corner-disc"}
     with zipfile.ZipFile(chained["grey-background+corner-disc"]) as archive:
         assert len([n for n in archive.namelist() if not n.endswith("manifest.csv")]) == 5
     with pytest.raises(ValueError, match="'glare' is not a shift"):
