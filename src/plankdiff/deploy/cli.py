@@ -220,8 +220,9 @@ def predict_command(
     from accelerate import PartialState
 
     from plankdiff.data.sources import SourceError
+    from plankdiff.deploy.calibrate import SHIFT_ALARM_P
     from plankdiff.deploy.export import ModelCardError, load_classifier
-    from plankdiff.deploy.predict import SHIFT_ALARM_P, predict
+    from plankdiff.deploy.predict import predict
     from plankdiff.deploy.score import score_predictions
 
     if device != "auto":

@@ -769,7 +769,6 @@ def merge_parts(
             n_images[sample] += counts[sample, UNKNOWN]
         wide = wide_table(long, volumes or {}, [*classes, UNKNOWN], n_images=dict(n_images))
         wide.insert(1, "method", counting)
-        with_shift_alarm(wide, open_set).to_csv(_staged(wide_path), index=False)
     else:
         with open(_staged(counts_path), "w", newline="") as handle:
             writer = csv.writer(handle)
@@ -778,7 +777,7 @@ def merge_parts(
             writer.writerows([sample, name, count] for (sample, name), count in ordered)
         long = pd.DataFrame([(s, c, n) for (s, c), n in counts.items()], columns=COUNT_COLUMNS)
         wide = wide_table(long, volumes or {}, all_classes)
-        with_shift_alarm(wide, open_set).to_csv(_staged(wide_path), index=False)
+    with_shift_alarm(wide, open_set).to_csv(_staged(wide_path), index=False)
     for path in [*final, out_csv]:  # predictions.csv last: its presence means the run finished
         os.replace(_staged(path), path)
     return n_predicted, n_skipped
